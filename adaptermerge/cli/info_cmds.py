@@ -1,0 +1,65 @@
+"""`adaptermerge methods` and `adaptermerge inspect`."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import click
+from rich.table import Table
+
+from ..adapter import load_adapter
+from ..inspection import describe
+from ..methods import METHODS
+from .progress import console
+
+
+@click.command("methods")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def methods_cmd(as_json):
+    """The merge methods and their parameters, with defaults."""
+    rows = []
+    for name, m in METHODS.items():
+        params = [
+            {"name": f.name.rstrip("_"), "default": f.default, "help": f.metadata.get("help", "")}
+            for f in dataclasses.fields(m.Params)
+        ]
+        rows.append({"method": name, "summary": m.summary, "needs_base": m.needs_base([]), "dora_inputs": m.accepts_dora, "exact_adapter_output": m.output_exact, "parameters": params})
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return 0
+    table = Table(title="merge methods (all merge deltas scale * B @ A, never A and B separately)")
+    for col in ("method", "what it does", "parameters (default)", "DoRA inputs", "adapter output"):
+        table.add_column(col)
+    for r in rows:
+        params = "\n".join(f"{p['name']}={p['default']}  [dim]{p['help']}[/dim]" for p in r["parameters"]) or "-"
+        table.add_row(r["method"], r["summary"], params, "yes" if r["dora_inputs"] else "no", "exact" if r["exact_adapter_output"] else "truncated SVD (--rank)")
+    console.print(table)
+    return 0
+
+
+@click.command("inspect")
+@click.argument("adapter", type=click.Path(path_type=Path))
+@click.option("--alpha", type=float, help="lora_alpha for a bare .safetensors file without config or metadata.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def inspect_cmd(adapter, alpha, as_json):
+    """Modules, ranks, alphas, scales, delta norms, DoRA or not."""
+    info = describe(load_adapter(adapter, alpha=alpha))
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return 0
+    head = f"{info['name']}: {'DoRA' if info['dora'] else 'LoRA'}{' (rsLoRA)' if info['rslora'] else ''}, {info['modules']} modules, ranks {info['ranks']}, {info['parameters']:,} parameters, {info['dtype']}, base {info['base_model']}"
+    table = Table(title=head)
+    for col in ("module", "rank", "alpha", "scale", "shape (out x in)", "||delta||_F", "DoRA |m| mean"):
+        table.add_column(col, justify="right" if col != "module" else "left")
+    for r in info["per_module"]:
+        table.add_row(r["module"], str(r["rank"]), f"{r['alpha']:g}", f"{r['scale']:.4g}", f"{r['shape'][0]} x {r['shape'][1]}", f"{r['delta_norm']:.4g}", f"{r['magnitude_mean']:.4g}" if r["dora"] else "-")
+    console.print(table)
+    console.print(f"total ||delta||_F = {info['total_delta_norm']:.4g}")
+    return 0
+
+
+def register(group: click.Group) -> None:
+    group.add_command(methods_cmd)
+    group.add_command(inspect_cmd)

@@ -1,0 +1,116 @@
+"""`adaptermerge METHOD INPUT... -o OUT` for every registered method, and `adaptermerge merge CONFIG`."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+import click
+from rich.table import Table
+
+from ..errors import AdapterMergeError
+from ..methods import METHODS
+from ..mergeconfig import MergeJob, load_merge_config, run_job
+from .progress import console, progress_bar
+
+
+def _floats(text: str | None, what: str) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise AdapterMergeError(f"--{what} {text!r}: expected comma-separated numbers such as 0.6,0.4") from None
+
+
+def _param_options(method):
+    """click options generated from the method's Params dataclass."""
+    options = []
+    for f in dataclasses.fields(method.Params):
+        flag = f.name.rstrip("_").replace("_", "-")
+        help_text = f"{f.metadata.get('help', '')} (default {f.default})"
+        if f.type in (bool, "bool"):
+            options.append(click.Option([f"--{flag}/--no-{flag}", f.name], default=None, help=help_text))
+        elif "choices" in f.metadata:
+            options.append(click.Option([f"--{flag}", f.name], type=click.Choice(f.metadata["choices"]), default=None, help=help_text))
+        else:
+            kind = {"float": float, "int": int, "str": str}.get(f.type if isinstance(f.type, str) else f.type.__name__, str)
+            options.append(click.Option([f"--{flag}", f.name], type=kind, default=None, help=help_text))
+    return options
+
+
+COMMON = [
+    click.Argument(["inputs"], nargs=-1, required=True, type=click.Path(path_type=Path)),
+    click.Option(["-o", "--out"], required=True, type=click.Path(path_type=Path), help="Output folder."),
+    click.Option(["--weights"], help="One weight per input, comma-separated (default: 1 each)."),
+    click.Option(["--alpha"], help="lora_alpha for bare .safetensors inputs without a config: one value, or one per input."),
+    click.Option(["--rank"], type=int, help="Output rank (default: exact for linear families, sum of input ranks otherwise)."),
+    click.Option(["--base"], help="Base model: HF id or local folder (default: the adapters' base, else the embedded SmolLM2-135M-Instruct)."),
+    click.Option(["--output", "output_kind"], type=click.Choice(["adapter", "model"]), default="adapter", show_default=True, help="A PEFT adapter, or the full merged model."),
+    click.Option(["--shard-size"], default="2GB", show_default=True, help="Shard size for --output model."),
+    click.Option(["--seed"], type=int, default=0, show_default=True, help="Seed for random methods (DARE)."),
+    click.Option(["--device"], type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True),
+    click.Option(["--ignore-base-mismatch"], is_flag=True, help="Merge adapters whose recorded base models differ."),
+    click.Option(["--force"], is_flag=True, help="Replace an existing output."),
+]
+
+
+def _method_command(name: str, method) -> click.Command:
+    def callback(inputs, out, weights, alpha, rank, base, output_kind, shard_size, seed, device, ignore_base_mismatch, force, **params):
+        job = MergeJob(
+            inputs=list(inputs),
+            out=out,
+            method=name,
+            weights=_floats(weights, "weights"),
+            alphas=_floats(alpha, "alpha"),
+            params={k: v for k, v in params.items() if v is not None},
+            rank=rank,
+            base=base,
+            output=output_kind,
+            shard_size=shard_size,
+            seed=seed,
+            device=device,
+            check_base=not ignore_base_mismatch,
+            force=force,
+        )
+        return run_and_report(job)
+
+    doc = (method.__doc__ or method.summary).strip()
+    return click.Command(name, params=COMMON + _param_options(method), callback=callback, help=doc, short_help=method.summary)
+
+
+def run_and_report(job: MergeJob) -> int:
+    start = time.time()
+    with progress_bar(f"{job.method} -> {job.output}") as update:
+        meta = run_job(job, progress=update)
+    summary = meta.get("summary") or {}
+    table = Table(title=f"{job.method}: {len(job.inputs)} adapters -> {job.out}", show_header=False)
+    table.add_row("output", job.output)
+    table.add_row("modules", str(summary.get("modules", meta.get("modules_merged", "-"))))
+    if summary:
+        table.add_row("output ranks", ", ".join(map(str, summary["ranks"])))
+        exact = "yes" if summary["all_exact"] else f"no (max rel. error {summary['max_rel_error']:.3g}, mean {summary['mean_rel_error']:.3g}, min energy {summary['min_energy']:.4f})"
+        table.add_row("exact low rank", exact)
+    table.add_row("time", f"{time.time() - start:.1f} s")
+    console.print(table)
+    return 0
+
+
+@click.command("merge")
+@click.argument("config", type=click.Path(path_type=Path))
+@click.option("-o", "--out", type=click.Path(path_type=Path), help="Output folder (overrides the config's).")
+@click.option("--force", is_flag=True, help="Replace an existing output.")
+def merge_config_cmd(config, out, force):
+    """Run a merge described by a YAML file (mergekit-style: merge_method, models, parameters)."""
+    job = load_merge_config(config)
+    if out is not None:
+        job.out = out
+    job.force = job.force or force
+    return run_and_report(job)
+
+
+def register(group: click.Group) -> None:
+    for name, method in METHODS.items():
+        group.add_command(_method_command(name, method))
+    group.add_command(merge_config_cmd)

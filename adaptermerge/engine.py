@@ -1,0 +1,262 @@
+"""The streaming merge: validate at the edges, then one module at a time.
+
+    adapters (lazy) -> plan (checked: method, params, weights, shapes, base) ->
+    per module: read factors -> method.merge_module -> low-rank factors or base + delta -> write
+
+Only one module's dense tensors exist at any moment, so peak memory does not grow with the
+number of modules.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from . import base as base_mod
+from .adapter import Adapter, LoraFactors, canonical_base
+from .basemodel import BaseWeights
+from .errors import AdapterMergeError
+from .lowrank import LowRankStats, factor_sum, truncate
+from .methods import METHODS, MergeContext, ModuleResult
+from .methods import _ops
+from .provenance import provenance
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int, str], None]  # (done, total, module)
+
+
+def natural_key(name: str):
+    """model.layers.10 sorts after model.layers.9."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+
+
+def make_params(method, overrides: dict):
+    """Build the method's Params from keyword overrides; unknown names are an error."""
+    names = {f.name for f in dataclasses.fields(method.Params)}
+    clean = {}
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        field = key if key in names else f"{key}_" if f"{key}_" in names else None
+        if field is None:
+            known = ", ".join(n.rstrip("_") for n in names) or "none"
+            raise AdapterMergeError(f"method {method.name} has no parameter {key!r} (its parameters: {known})")
+        clean[field] = value
+    try:
+        return method.Params(**clean)
+    except TypeError as exc:
+        raise AdapterMergeError(f"method {method.name}: {exc}") from None
+
+
+class MergePlan:
+    """A checked merge, ready to run module by module."""
+
+    def __init__(
+        self,
+        adapters: list[Adapter],
+        method: str = "linear",
+        weights: list[float] | None = None,
+        *,
+        base: str | None = None,
+        need_base: bool = False,
+        seed: int = 0,
+        device: str = "cpu",
+        check_base: bool = True,
+        base_transform=None,
+        **params,
+    ):
+        if not adapters:
+            raise AdapterMergeError("no adapters to merge")
+        self.adapters = adapters
+        self.method = METHODS.get(method)
+        self.params = make_params(self.method, params)
+        self.weights = self._weights(weights)
+        self.seed = seed
+        self.device = torch.device(device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise AdapterMergeError("--device cuda: no CUDA device is available here")
+        if not self.method.accepts_dora:
+            for a in adapters:
+                if a.is_dora:
+                    raise AdapterMergeError(
+                        f"adapter {a.name} is a DoRA adapter (lora_magnitude_vector): method {self.method.name} merges plain "
+                        "LoRA deltas and would drop its magnitudes; use the dora or sequential method"
+                    )
+        self.base_model = self._base_name(base, check_base)
+        self.modules = self._modules()
+        self.base_weights = None
+        if need_base or self.method.needs_base(adapters):
+            self.base_weights = BaseWeights(base_mod.resolve_base(self.base_model), transform=base_transform)
+            self._check_base_shapes()
+        self.dora_output = self.method.name == "dora" or any(a.is_dora for a in adapters)
+
+    # -- checks ----------------------------------------------------------------------------
+    def _weights(self, weights):
+        n = len(self.adapters)
+        if weights is None:
+            return [1.0] * n
+        weights = [float(w) for w in weights]
+        if len(weights) != n:
+            raise AdapterMergeError(f"{len(weights)} weights given for {n} adapters: give one weight per adapter")
+        if not all(torch.isfinite(torch.tensor(weights))):
+            raise AdapterMergeError(f"weights must be finite numbers, got {weights}")
+        return weights
+
+    def _base_name(self, base, check_base):
+        recorded = [(a.name, a.base_model) for a in self.adapters if a.base_model]
+        if check_base:
+            names = {canonical_base(b) for _, b in recorded}
+            if len(names) > 1:
+                listing = ", ".join(f"{n}: {b}" for n, b in recorded)
+                raise AdapterMergeError(f"the adapters were trained on different base models ({listing}); pass --ignore-base-mismatch to merge anyway")
+            if base is not None and names and canonical_base(base) not in names:
+                raise AdapterMergeError(
+                    f"--base {base} differs from the adapters' base model {recorded[0][1]}; pass --ignore-base-mismatch if it is the same model"
+                )
+        if base is not None:
+            return base
+        return recorded[0][1] if recorded else None
+
+    def _modules(self) -> list[str]:
+        shapes: dict[str, tuple[str, tuple]] = {}
+        for a in self.adapters:
+            for m, spec in a.specs.items():
+                if m in shapes and shapes[m][1] != spec.shape:
+                    other, shape = shapes[m]
+                    raise AdapterMergeError(
+                        f"module {m}: adapter {a.name} adapts a {spec.shape[0]}x{spec.shape[1]} weight but adapter {other} a "
+                        f"{shape[0]}x{shape[1]} one; the adapters do not fit the same base model"
+                    )
+                shapes.setdefault(m, (a.name, spec.shape))
+        self.shapes = {m: s for m, (_, s) in shapes.items()}
+        return sorted(shapes, key=natural_key)
+
+    def _check_base_shapes(self):
+        for m in self.modules:
+            shape = self.base_weights.shape(m)
+            if tuple(shape) != self.shapes[m]:
+                raise AdapterMergeError(
+                    f"module {m}: the adapters adapt a {self.shapes[m][0]}x{self.shapes[m][1]} weight but base model "
+                    f"{self.base_weights.folder} has {tuple(shape)}"
+                )
+
+    # -- per module ------------------------------------------------------------------------
+    def module_result(self, module: str) -> tuple[ModuleResult, torch.Tensor | None]:
+        """The merged update of one module, and the base weight when it was needed (float32)."""
+        inputs = [a.factors(module, self.device) if module in a.specs else None for a in self.adapters]
+        w0 = self.base_weights.weight(module, self.device).float() if self.base_weights is not None else None
+        ctx = MergeContext(module, self.seed, self.device)
+        result = self.method.merge_module(inputs, self.weights, w0, self.params, ctx)
+        for label, t in (("delta", result.dense), ("magnitude", result.magnitude)):
+            if t is not None and not torch.isfinite(t).all():
+                raise AdapterMergeError(f"module {module}: the merged {label} has NaN or Inf values")
+        return result, w0
+
+    def input_rank(self, module: str) -> int:
+        return sum(a.specs[module].rank for a in self.adapters if module in a.specs)
+
+    def to_factors(self, module: str, rank: int | None) -> tuple[LoraFactors, LowRankStats]:
+        result, w0 = self.module_result(module)
+        if result.concat:
+            B = torch.cat([b for b, _ in result.terms], 1)
+            A = torch.cat([a for _, a in result.terms], 0)
+            stats = LowRankStats(A.shape[0], 0.0, 1.0, True)
+        elif result.terms is not None:
+            B, A, stats = factor_sum([b for b, _ in result.terms], [a for _, a in result.terms], rank)
+        else:
+            B, A, stats = truncate(result.dense, rank or self.input_rank(module), generator_seed=self.seed)
+        magnitude = result.magnitude
+        if magnitude is None and self.dora_output:
+            # A DoRA adapter needs a magnitude on every module; ||W0 + BA|| makes this one plain LoRA.
+            magnitude = _ops.row_norm(w0 + B @ A)
+        r = A.shape[0]
+        factors = LoraFactors(A.cpu(), B.cpu(), float(r), 1.0, None if magnitude is None else magnitude.float().cpu())
+        return factors, stats
+
+    # -- outputs ---------------------------------------------------------------------------
+    def to_adapter(self, rank: int | None = None, progress: Progress | None = None, name: str = "merged") -> Adapter:
+        if rank is not None and rank < 1:
+            raise AdapterMergeError(f"--rank must be a positive integer, got {rank}")
+        if rank is not None and self.method.name == "cat":
+            raise AdapterMergeError("cat keeps every factor (rank = sum of ranks); use linear for an exact merge at a chosen --rank")
+        start = time.time()
+        factors, stats = {}, {}
+        for i, module in enumerate(self.modules):
+            factors[module], s = self.to_factors(module, rank)
+            stats[module] = s.as_dict()
+            if progress:
+                progress(i + 1, len(self.modules), module)
+        meta = provenance(self, output="adapter", rank=rank, modules=stats, wall_s=time.time() - start)
+        dtype = self.adapters[0].dtype
+        if dtype in (torch.float16, torch.bfloat16):
+            factors = {m: _cast(f, dtype) for m, f in factors.items()}
+        return Adapter.from_factors(name, factors, base_model=base_mod.base_id(self.base_model) if self.base_model else None, metadata=meta)
+
+    def merged_weight(self, module: str) -> torch.Tensor:
+        """The full merged weight of one module (float32): W0 + delta, or the DoRA weight."""
+        result, w0 = self.module_result(module)
+        delta = result.delta()
+        if result.magnitude is not None:
+            return _ops.dora_weight(w0, delta, result.magnitude)
+        return w0 + delta
+
+
+def _cast(f: LoraFactors, dtype) -> LoraFactors:
+    return LoraFactors(f.A.to(dtype), f.B.to(dtype), f.alpha, f.scale, f.magnitude)
+
+
+def merge(
+    adapters: list[Adapter],
+    method: str = "linear",
+    weights: list[float] | None = None,
+    *,
+    base: str | None = None,
+    rank: int | None = None,
+    seed: int = 0,
+    device: str = "cpu",
+    progress: Progress | None = None,
+    check_base: bool = True,
+    **params,
+) -> Adapter:
+    """Merge adapters into one adapter (in memory; `.save(path)` writes a PEFT folder).
+
+    `params` are the method's parameters (e.g. density=0.2 for ties; see `adaptermerge methods`).
+    `rank` caps the output rank (default: exact for linear families, sum of input ranks for
+    sparse ones). The result's `metadata` is the provenance written as adaptermerge.json.
+    """
+    plan = MergePlan(adapters, method, weights, base=base, seed=seed, device=device, check_base=check_base, **params)
+    return plan.to_adapter(rank, progress)
+
+
+def merge_to_model(
+    adapters: list[Adapter],
+    out: str | Path,
+    method: str = "linear",
+    weights: list[float] | None = None,
+    *,
+    base: str | None = None,
+    seed: int = 0,
+    device: str = "cpu",
+    shard_size: str | int = "2GB",
+    force: bool = False,
+    progress: Progress | None = None,
+    check_base: bool = True,
+    **params,
+) -> Path:
+    """Merge adapters straight into the base model's weights and write the full model to `out`.
+
+    The merged update is exact here (no low-rank truncation): W0 + delta, or the DoRA weight.
+    """
+    from .fileio import check_output
+    from .model_output import write_model
+
+    check_output(out, force)
+    plan = MergePlan(adapters, method, weights, base=base, need_base=True, seed=seed, device=device, check_base=check_base, **params)
+    return write_model(plan, out, shard_size=shard_size, force=force, progress=progress)

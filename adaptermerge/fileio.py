@@ -1,0 +1,52 @@
+"""Safe file writing: outputs appear atomically and never overwrite without force."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from .errors import AdapterMergeError
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def check_output(path: str | Path, force: bool) -> Path:
+    """Fail early, before any work, when the output exists and force is off."""
+    path = Path(path).expanduser()
+    if path.exists() and not force:
+        raise AdapterMergeError(f"output {path} already exists: pass --force to replace it")
+    return path
+
+
+@contextmanager
+def atomic_dir(path: str | Path, *, force: bool = False) -> Iterator[Path]:
+    """Yield a temp folder beside `path`; on success it replaces `path` in one rename.
+
+    On any error the temp folder is removed and `path` is untouched. With force, an existing
+    `path` is moved aside first and deleted only after the new folder is in place.
+    """
+    path = check_output(path, force)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        yield tmp
+        old = None
+        if path.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
+            os.replace(path, old / "x")
+        os.replace(tmp, path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,112 @@
+"""The merge math: small pure tensor functions, no I/O, no modules.
+
+Shapes: a delta is [out, in]; a stack of k deltas is [k, out, in]; weights are [k].
+"""
+
+from __future__ import annotations
+
+import torch
+
+# Below this size the exact k-th value is cheap; above it, a sampled bracket narrows the search.
+_EXACT_SELECT_MAX = 2_000_000
+_SAMPLE = 1_000_000
+
+
+def keep_count(numel: int, density: float) -> int:
+    """How many entries a top-`density` trim keeps: round(density * numel), at least 1."""
+    return max(1, min(numel, round(density * numel)))
+
+
+def magnitude_threshold(delta: torch.Tensor, k: int) -> torch.Tensor:
+    """The k-th largest |entry| of `delta`, exactly, so that `|delta| >= t` keeps k entries
+    (more only on exact ties).
+
+    A full sort or kthvalue over a 14336 x 4096 delta costs seconds; instead a 1M-entry sample
+    gives a bracket [lo, hi] around the threshold (+-6 sigma of the sample quantile), entries
+    above hi are counted, and the exact k-th value is selected among the few inside the bracket.
+    If the bracket misses (probability ~1e-9), the full kthvalue runs. The result is exact either way.
+    """
+    x = delta.abs().flatten()
+    n = x.numel()
+    if k >= n:
+        return x.min()
+    if n <= _EXACT_SELECT_MAX:
+        return x.kthvalue(n - k + 1).values
+    gen = torch.Generator(device=x.device).manual_seed(n * 31 + k)
+    sample = x[torch.randint(n, (_SAMPLE,), generator=gen, device=x.device)]
+    q = 1.0 - k / n
+    spread = 6.0 * (q * (1 - q) / _SAMPLE) ** 0.5 + 1.0 / _SAMPLE
+    lo_q, hi_q = max(0.0, q - spread), min(1.0, q + spread)
+    lo, hi = torch.quantile(sample, torch.tensor([lo_q, hi_q], device=x.device, dtype=sample.dtype))
+    above = int((x > hi).sum())
+    band = x[(x >= lo) & (x <= hi)]
+    need = k - above  # the threshold is the need-th largest inside the band
+    if 0 < need <= band.numel():
+        return band.kthvalue(band.numel() - need + 1).values
+    return x.kthvalue(n - k + 1).values
+
+
+def trim(delta: torch.Tensor, density: float) -> torch.Tensor:
+    """Keep the top-`density` fraction of entries by magnitude, zero the rest (TIES step 1)."""
+    if density >= 1.0:
+        return delta
+    t = magnitude_threshold(delta, keep_count(delta.numel(), density))
+    return torch.where(delta.abs() >= t, delta, torch.zeros((), dtype=delta.dtype, device=delta.device))
+
+
+def dare(delta: torch.Tensor, density: float, generator: torch.Generator) -> torch.Tensor:
+    """DARE (Yu et al. 2023): drop each entry with probability 1 - density, rescale survivors by
+    1/density so the expected delta is unchanged. density must be in (0, 1]; 1 is the identity."""
+    if not 0.0 < density <= 1.0:
+        raise ValueError(f"density must be in (0, 1], got {density}")  # 0 would divide by zero
+    if density == 1.0:
+        return delta
+    keep = torch.rand(delta.shape, generator=generator, device=delta.device, dtype=torch.float32) < density
+    return torch.where(keep, delta / density, torch.zeros((), dtype=delta.dtype, device=delta.device))
+
+
+def elect_sign(deltas: list[torch.Tensor], weights: list[float]) -> torch.Tensor:
+    """TIES step 2: per entry, the sign of the weighted total mass `sum_i w_i * delta_i`."""
+    total = torch.zeros_like(deltas[0])
+    for d, w in zip(deltas, weights):
+        total.add_(d, alpha=w)
+    return torch.sign(total)
+
+
+def disjoint_mean(deltas: list[torch.Tensor], weights: list[float], sign: torch.Tensor) -> torch.Tensor:
+    """TIES step 3: per entry, the weighted mean over the adapters whose nonzero value agrees with
+    the elected sign: `sum_i w_i d_i [agree] / sum_i w_i [agree]` (mergekit's divisor; PEFT
+    divides by the count of agreeing adapters instead, which equals this only for equal weights).
+    Entries where no adapter agrees are 0."""
+    num = torch.zeros_like(deltas[0])
+    den = torch.zeros_like(deltas[0])
+    for d, w in zip(deltas, weights):
+        agree = (torch.sign(d) == sign) & (d != 0)
+        num.add_(torch.where(agree, d, 0.0), alpha=w)
+        den.add_(agree.to(den.dtype), alpha=w)
+    return torch.where(den != 0, num / den.where(den != 0, torch.ones((), dtype=den.dtype, device=den.device)), 0.0)
+
+
+def ties(deltas: list[torch.Tensor], weights: list[float], density: float) -> torch.Tensor:
+    """TIES-merging (Yadav et al. 2023): trim each delta to its top-`density` entries, elect the
+    sign per entry, take the weighted mean of the agreeing entries."""
+    trimmed = [trim(d, density) for d in deltas]
+    return disjoint_mean(trimmed, weights, elect_sign(trimmed, weights))
+
+
+def row_norm(weight: torch.Tensor) -> torch.Tensor:
+    """L2 norm of each output row of a Linear weight [out, in] -> [out]: PEFT's DoRA norm axis
+    (`||W||` over the input dimension, one magnitude per output feature)."""
+    return torch.linalg.vector_norm(weight, dim=1)
+
+
+def dora_weight(base: torch.Tensor, delta: torch.Tensor, magnitude: torch.Tensor) -> torch.Tensor:
+    """The weight a DoRA layer computes: `magnitude * (W0 + delta) / ||W0 + delta||_row`."""
+    w = base + delta
+    return w * (magnitude / row_norm(w))[:, None]
+
+
+def dora_split(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """W -> (magnitude [out], direction [out, in] with unit rows); `recombine` inverts it."""
+    m = row_norm(weight)
+    return m, weight / m[:, None]

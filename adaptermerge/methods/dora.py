@@ -1,0 +1,69 @@
+"""DoRA magnitude-direction merge (needs the base weight W0).
+
+Each adapter i defines a weight `W_i = m_i * (W0 + d_i) / n_i` with `n_i = ||W0 + d_i||_row`
+(row = output feature, PEFT's DoRA norm axis) and `m_i` its DoRA magnitude, or `n_i` for a plain
+LoRA adapter (then W_i = W0 + d_i). The merge combines magnitudes and directions separately:
+
+- magnitudes: `m = sum_i w_i * m_i` (weights normalized to sum 1 unless normalize=false).
+- directions: the weighted mean of the unit-row directions `V_i = (W0 + d_i) / n_i` is, after
+  row normalization, the direction of `W0 + sum_i w_i * (c / n_i) * d_i` with
+  `c = 1 / sum_j (w_j / n_j)` per row. So each delta is rescaled per row to a common norm frame,
+  `delta'_i = (c / n_i) * d_i` (still low rank: the scaling goes into B), and the inner method
+  merges those: `linear` exactly, or `ties` (trim / elect / disjoint mean with `density`).
+- recombine: `W = m * (W0 + delta) / ||W0 + delta||_row`, written as a DoRA adapter
+  (use_dora, lora_magnitude_vector = m) or, for model output, as the full weight.
+
+One adapter at weight 1 returns itself exactly (c = n_1, delta' = d_1, m = m_1).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from . import _ops
+from .base import ModuleResult, check_choice, check_density, normalized, param
+
+
+class Dora:
+    name = "dora"
+    summary = "merge magnitudes and directions separately (needs the base weight)"
+    accepts_dora = True
+    output_exact = True  # with inner=linear; inner=ties is truncated to --rank
+
+    @dataclass(frozen=True)
+    class Params:
+        inner: str = param("linear", "how the directions are merged", choices=("linear", "ties"))
+        density: float = param(0.2, "with inner=ties: fraction of entries kept, in (0, 1]")
+        normalize: bool = param(True, "divide the weights by their sum")
+
+        def __post_init__(self):
+            check_choice(self.inner, ("linear", "ties"), "inner")
+            check_density(self.density)
+
+    def needs_base(self, adapters) -> bool:
+        return True
+
+    def merge_module(self, inputs, weights, base_weight, params, ctx) -> ModuleResult:
+        w0 = base_weight.float()
+        base_norm = _ops.row_norm(w0)
+        ws = normalized(weights, params.normalize)
+        norms, mags, present = [], [], []
+        for f, w in zip(inputs, ws):
+            if f is None:  # a zero delta: W_i = W0, n_i = m_i = ||W0||
+                n = base_norm
+                mags.append(n * w)
+            else:
+                n = _ops.row_norm(w0 + f.delta())
+                mags.append((f.magnitude.float() if f.is_dora else n) * w)
+                present.append((f, w, n))
+            norms.append((w, n))
+        magnitude = torch.stack(mags).sum(0)
+        common = 1.0 / torch.stack([w / n for w, n in norms]).sum(0)  # c per row [out]
+        if params.inner == "linear":
+            terms = [(f.scaled_B() * (w * common / n)[:, None], f.A.float()) for f, w, n in present]
+            return ModuleResult(terms=terms, magnitude=magnitude)
+        deltas = [f.delta() * (common / n)[:, None] for f, _, n in present]
+        merged = _ops.ties(deltas, [w for _, w, _ in present], params.density)
+        return ModuleResult(dense=merged, magnitude=magnitude)

@@ -1,0 +1,64 @@
+"""adaptermerge.json: what went into an output and how it was made."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import importlib.metadata
+import platform
+
+
+def package_versions(names=("adaptermerge", "torch", "safetensors", "transformers", "peft", "bitsandbytes", "numpy")) -> dict:
+    out = {"python": platform.python_version()}
+    for name in names:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def _summary(modules: dict) -> dict:
+    if not modules:
+        return {}
+    errs = [m["rel_error"] for m in modules.values()]
+    return {
+        "modules": len(modules),
+        "all_exact": all(m["exact"] for m in modules.values()),
+        "max_rel_error": max(errs),
+        "mean_rel_error": sum(errs) / len(errs),
+        "min_energy": min(m["energy"] for m in modules.values()),
+        "ranks": sorted({m["rank"] for m in modules.values()}),
+    }
+
+
+def provenance(plan, *, output: str, modules: dict | None = None, wall_s: float | None = None, **extra) -> dict:
+    params = {k.rstrip("_"): v for k, v in dataclasses.asdict(plan.params).items()}
+    return {
+        "tool": "adaptermerge",
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "method": plan.method.name,
+        "params": params,
+        "weights": plan.weights,
+        "seed": plan.seed,
+        "device": str(plan.device),
+        "base_model": plan.base_model,
+        "output": output,
+        **extra,
+        "inputs": [
+            {
+                "name": a.name,
+                "path": str(a.source) if a.source else None,
+                "sha256": a.metadata.get("sha256"),
+                "base_model": a.base_model,
+                "dora": a.is_dora,
+                "ranks": sorted({s.rank for s in a.specs.values()}),
+                "modules": len(a.specs),
+            }
+            for a in plan.adapters
+        ],
+        "versions": package_versions(),
+        "wall_s": wall_s,
+        "summary": _summary(modules or {}),
+        "modules": modules or {},
+    }

@@ -1,0 +1,51 @@
+"""Shared fixtures: a tiny random Llama (hidden 32, 2 layers) saved as safetensors, and real PEFT
+adapters made on it. Everything offline."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+warnings.filterwarnings("ignore", message=".*kernels.*")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from support import make_adapter, tiny_config  # noqa: E402,F401
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_cache(tmp_path_factory):
+    """Keep caches out of the home folder; reuse a converted embedded base when one exists."""
+    if "ADAPTERMERGE_CACHE" not in os.environ:
+        os.environ["ADAPTERMERGE_CACHE"] = str(Path.home() / ".cache" / "adaptermerge")
+    os.environ.setdefault("HF_DATASETS_CACHE", str(tmp_path_factory.mktemp("hf_datasets")))
+    yield
+
+
+@pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory) -> Path:
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("tiny_base")
+    LlamaForCausalLM(tiny_config()).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def adapters(tiny_base, tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("adapters")
+    return {
+        "a": make_adapter(tiny_base, root / "a", seed=1, r=4, alpha=8),
+        "b": make_adapter(tiny_base, root / "b", seed=2, r=8, alpha=4, targets=["q_proj", "v_proj", "down_proj", "up_proj"]),
+        "c": make_adapter(tiny_base, root / "c", seed=3, r=2, alpha=2, rslora=True),
+        "dora": make_adapter(tiny_base, root / "dora", seed=4, r=4, alpha=8, dora=True),
+        "dora2": make_adapter(tiny_base, root / "dora2", seed=5, r=2, alpha=4, dora=True, targets=["q_proj", "v_proj", "o_proj"]),
+        "pattern": make_adapter(tiny_base, root / "pattern", seed=6, r=4, alpha=8, rank_pattern={"down_proj": 2}, alpha_pattern={"layers.1.self_attn.q_proj": 3}),
+    }
+
+

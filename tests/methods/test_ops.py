@@ -1,0 +1,78 @@
+import pytest
+import torch
+
+from adaptermerge.methods import _ops
+
+
+def dense_ties_reference(deltas, weights, density):
+    """Independent TIES: topk by magnitude, sign of the weighted sum, weighted mean of agreeing."""
+    trimmed = []
+    for d in deltas:
+        k = max(1, round(density * d.numel()))
+        idx = d.abs().flatten().topk(k).indices
+        t = torch.zeros(d.numel())
+        t[idx] = d.flatten()[idx]
+        trimmed.append(t.view_as(d))
+    stack = torch.stack(trimmed)
+    w = torch.tensor(weights).view(-1, 1, 1)
+    sign = torch.sign((stack * w).sum(0))
+    agree = (torch.sign(stack) == sign) & (stack != 0)
+    den = (agree * w).sum(0)
+    num = (stack * w * agree).sum(0)
+    return torch.where(den > 0, num / den.clamp_min(1e-30), torch.zeros(()))
+
+
+@pytest.mark.parametrize("shape", [(64, 48), (3000, 1000)])  # the second crosses the sampled-bracket path
+def test_magnitude_threshold_is_exact(shape):
+    torch.manual_seed(0)
+    x = torch.randn(shape)
+    for density in (0.01, 0.2, 0.5, 0.9):
+        k = _ops.keep_count(x.numel(), density)
+        t = _ops.magnitude_threshold(x, k)
+        assert int((x.abs() >= t).sum()) == k
+        assert t == x.abs().flatten().topk(k).values.min()
+
+
+def test_ties_matches_independent_dense_implementation():
+    torch.manual_seed(1)
+    deltas = [torch.randn(40, 30) for _ in range(3)]
+    for weights in ([1.0, 1.0, 1.0], [0.5, 1.0, 2.0]):
+        torch.testing.assert_close(_ops.ties(deltas, weights, 0.3), dense_ties_reference(deltas, weights, 0.3))
+
+
+def test_ties_divisor_is_the_weight_sum_not_the_count():
+    # Two agreeing entries 1.0 and 3.0 with weights 1 and 3: weighted mean (1*1 + 3*3) / 4 = 2.5;
+    # PEFT's count divisor would give (1 + 9) / 2 = 5.
+    a, b = torch.tensor([[1.0]]), torch.tensor([[3.0]])
+    assert _ops.ties([a, b], [1.0, 3.0], 1.0).item() == pytest.approx(2.5)
+
+
+def test_ties_elects_sign_by_weighted_mass():
+    a, b, c = torch.tensor([[1.0]]), torch.tensor([[1.0]]), torch.tensor([[-5.0]])
+    assert _ops.ties([a, b, c], [1, 1, 1], 1.0).item() == pytest.approx(-5.0)
+
+
+def test_dare_rescales_and_is_seeded():
+    x = torch.ones(200, 200)
+    g1, g2 = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
+    d1, d2 = _ops.dare(x, 0.25, g1), _ops.dare(x, 0.25, g2)
+    assert torch.equal(d1, d2)
+    assert set(d1.unique().tolist()) <= {0.0, 4.0}
+    assert d1.mean().item() == pytest.approx(1.0, abs=0.05)  # expectation preserved
+    assert torch.equal(_ops.dare(x, 1.0, g1), x)
+
+
+def test_dare_density_zero_is_refused_not_nan():
+    # PEFT once divided by a zero density and produced NaN; we refuse it.
+    with pytest.raises(ValueError, match="density"):
+        _ops.dare(torch.ones(2, 2), 0.0, torch.Generator())
+
+
+def test_dora_split_then_recombine_gives_w_back():
+    torch.manual_seed(2)
+    w = torch.randn(16, 24)
+    m, direction = _ops.dora_split(w)
+    torch.testing.assert_close(direction.norm(dim=1), torch.ones(16))
+    torch.testing.assert_close(m[:, None] * direction, w)
+    # and the DoRA layer formula with a zero delta and m = ||W0|| is the identity
+    torch.testing.assert_close(_ops.dora_weight(w, torch.zeros_like(w), m), w)

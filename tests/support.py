@@ -1,0 +1,57 @@
+"""Helpers shared by the tests (importable as `support`: tests/ is on pytest's pythonpath)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+ALL_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+REPO = Path(__file__).resolve().parents[1]
+SHARED_MMLU = REPO.parent / "shared" / "data" / "mmlu"
+
+
+def tiny_config(**kw):
+    from transformers import LlamaConfig
+
+    base = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, vocab_size=128, max_position_embeddings=64, tie_word_embeddings=False)
+    base.update(kw)
+    return LlamaConfig(**base)
+
+
+def make_adapter(base_dir: Path, out: Path, *, seed: int, r: int = 4, alpha: float = 8, targets=None, dora=False, rslora=False, rank_pattern=None, alpha_pattern=None, base_name=None) -> Path:
+    """A real PEFT adapter with random (nonzero) A and B, saved with save_pretrained."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaForCausalLM
+
+    model = LlamaForCausalLM.from_pretrained(base_dir)
+    torch.manual_seed(seed)
+    cfg = LoraConfig(r=r, lora_alpha=alpha, target_modules=targets or ALL_TARGETS, init_lora_weights=False, use_dora=dora, use_rslora=rslora, rank_pattern=rank_pattern or {}, alpha_pattern=alpha_pattern or {})
+    peft_model = get_peft_model(model, cfg)
+    if dora:  # move magnitudes away from ||W0 + BA|| so DoRA is not a no-op
+        for n, p in peft_model.named_parameters():
+            if "lora_magnitude_vector" in n:
+                p.data.mul_(1 + 0.1 * torch.randn_like(p))
+    peft_model.save_pretrained(out)
+    if True:
+        cfg_path = out / "adapter_config.json"
+        data = json.loads(cfg_path.read_text())
+        data["base_model_name_or_path"] = base_name or str(base_dir)
+        cfg_path.write_text(json.dumps(data))
+    return out
+
+
+def peft_deltas(base_dir: Path, adapter_dir: Path) -> dict[str, torch.Tensor]:
+    """Independent reference: the deltas PEFT itself applies (merged weight minus base weight)."""
+    from peft import PeftModel
+    from transformers import LlamaForCausalLM
+
+    base = LlamaForCausalLM.from_pretrained(base_dir)
+    ref = {n: p.detach().clone() for n, p in base.state_dict().items()}
+    merged = PeftModel.from_pretrained(LlamaForCausalLM.from_pretrained(base_dir), adapter_dir).merge_and_unload()
+    out = {}
+    for n, p in merged.state_dict().items():
+        if n.endswith(".weight") and not torch.equal(p, ref[n]):
+            out[n[: -len(".weight")]] = p - ref[n]
+    return out

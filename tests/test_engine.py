@@ -1,0 +1,198 @@
+import json
+
+import pytest
+import torch
+
+from adaptermerge import AdapterMergeError, MergePlan, load_adapter, merge, merge_to_model
+from adaptermerge.methods import _ops
+from support import peft_deltas
+
+
+def deltas_of(adapter):
+    return {m: adapter.factors(m).delta() for m in adapter.modules}
+
+
+def assert_same_deltas(got, ref, atol=1e-5):
+    assert set(got) == set(ref)
+    for m in ref:
+        torch.testing.assert_close(got[m], ref[m], atol=atol, rtol=1e-4)
+
+
+def test_one_adapter_at_weight_one_comes_back_unchanged(adapters):
+    a = load_adapter(adapters["pattern"])
+    for method in ("linear", "task_arithmetic", "sequential", "cat"):
+        assert_same_deltas(deltas_of(merge([a], method)), deltas_of(a))
+
+
+def test_merging_an_adapter_with_itself_returns_it(adapters):
+    a = load_adapter(adapters["a"])
+    merged = merge([a, a], "linear")
+    assert_same_deltas(deltas_of(merged), deltas_of(a))
+    assert merged.metadata["summary"]["ranks"] == [4]  # rank r, not 2r
+    assert_same_deltas(deltas_of(merge([a, a], "ties", density=1.0)), deltas_of(a))
+
+
+def test_linear_equals_peft_cat_the_exact_weighted_sum(tiny_base, adapters, tmp_path):
+    from peft import PeftModel
+    from transformers import LlamaForCausalLM
+
+    a, b, c = (load_adapter(adapters[k]) for k in "abc")
+    weights = [0.5, 0.3, 0.2]
+    ours = merge([a, b, c], "linear", weights)
+    ours.save(tmp_path / "ours")
+    model = PeftModel.from_pretrained(LlamaForCausalLM.from_pretrained(tiny_base), adapters["a"], adapter_name="a")
+    model.load_adapter(adapters["b"], adapter_name="b")
+    model.load_adapter(adapters["c"], adapter_name="c")
+    model.add_weighted_adapter(["a", "b", "c"], weights, "cat", combination_type="cat")
+    model.set_adapter("cat")
+    (tmp_path / "peft").mkdir()
+    model.save_pretrained(tmp_path / "peft", selected_adapters=["cat"])
+    ref = peft_deltas(tiny_base, tmp_path / "peft" / "cat")
+    assert_same_deltas(peft_deltas(tiny_base, tmp_path / "ours"), ref)
+    # and both equal the weighted sum of each adapter's own delta
+    da, db, dc = deltas_of(a), deltas_of(b), deltas_of(c)
+    for m, d in ref.items():
+        expect = 0.5 * da[m] + (0.3 * db[m] if m in db else 0) + 0.2 * dc[m]
+        torch.testing.assert_close(d, expect, atol=1e-5, rtol=1e-4)
+
+
+def test_ties_module_result_matches_independent_dense_ties(adapters):
+    from methods.test_ops import dense_ties_reference
+
+    a, b = load_adapter(adapters["a"]), load_adapter(adapters["b"])
+    plan = MergePlan([a, b], "ties", [1.0, 2.0], density=0.3)
+    m = "model.layers.1.self_attn.q_proj"
+    result, _ = plan.module_result(m)
+    ref = dense_ties_reference([a.factors(m).delta(), b.factors(m).delta()], [1.0, 2.0], 0.3)
+    torch.testing.assert_close(result.dense, ref)
+    # a module only `a` has: TIES of one delta is its trimmed self
+    m = "model.layers.0.self_attn.k_proj"
+    result, _ = plan.module_result(m)
+    torch.testing.assert_close(result.dense, dense_ties_reference([a.factors(m).delta()], [1.0], 0.3))
+
+
+def test_ties_adapter_output_records_error_and_loads_in_peft(tiny_base, adapters, tmp_path):
+    from peft import PeftModel
+    from transformers import LlamaForCausalLM
+
+    a, b = load_adapter(adapters["a"]), load_adapter(adapters["b"])
+    merged = merge([a, b], "ties", density=0.2)
+    merged.save(tmp_path / "ties")
+    meta = json.loads((tmp_path / "ties" / "adaptermerge.json").read_text())
+    assert meta["method"] == "ties" and meta["params"]["density"] == 0.2
+    assert len(meta["inputs"]) == 2 and all(len(i["sha256"]) == 64 for i in meta["inputs"])
+    for stats in meta["modules"].values():
+        assert 0 <= stats["rel_error"] < 1 and 0 < stats["energy"] <= 1
+    model = PeftModel.from_pretrained(LlamaForCausalLM.from_pretrained(tiny_base), tmp_path / "ties")
+    out = model(torch.tensor([[1, 2, 3, 4]])).logits
+    assert torch.isfinite(out).all()
+
+
+def test_model_output_matches_peft_merge_and_unload(tiny_base, adapters, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, LlamaForCausalLM
+
+    a = load_adapter(adapters["a"])
+    merge_to_model([a], tmp_path / "full", "linear", base=str(tiny_base), shard_size="100KB")
+    index = json.loads((tmp_path / "full" / "model.safetensors.index.json").read_text())
+    assert len(set(index["weight_map"].values())) > 1  # really sharded
+    ours = AutoModelForCausalLM.from_pretrained(tmp_path / "full").state_dict()
+    ref = PeftModel.from_pretrained(LlamaForCausalLM.from_pretrained(tiny_base), adapters["a"]).merge_and_unload().state_dict()
+    assert set(ours) == set(ref)
+    for k in ref:
+        torch.testing.assert_close(ours[k], ref[k], atol=1e-6, rtol=1e-5)
+
+
+def test_dora_single_adapter_roundtrip_adapter_and_model(tiny_base, adapters, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, LlamaForCausalLM
+
+    d = load_adapter(adapters["dora"])
+    merged = merge([d], "dora", base=str(tiny_base))
+    assert merged.is_dora
+    for m in d.modules:
+        torch.testing.assert_close(merged.factors(m).magnitude, d.factors(m).magnitude)
+    merged.save(tmp_path / "dora_out")
+    ref = PeftModel.from_pretrained(LlamaForCausalLM.from_pretrained(tiny_base), adapters["dora"]).merge_and_unload().state_dict()
+    got = PeftModel.from_pretrained(LlamaForCausalLM.from_pretrained(tiny_base), tmp_path / "dora_out").merge_and_unload().state_dict()
+    for k in ref:
+        torch.testing.assert_close(got[k], ref[k], atol=1e-5, rtol=1e-4)
+    merge_to_model([d], tmp_path / "dora_full", "dora", base=str(tiny_base))
+    full = AutoModelForCausalLM.from_pretrained(tmp_path / "dora_full").state_dict()
+    for k in ref:
+        torch.testing.assert_close(full[k], ref[k], atol=1e-5, rtol=1e-4)
+
+
+def test_dora_merge_of_two_follows_the_documented_formula(tiny_base, adapters):
+    from safetensors import safe_open
+
+    d1, d2 = load_adapter(adapters["dora"]), load_adapter(adapters["dora2"])
+    plan = MergePlan([d1, d2], "dora", [0.7, 0.3], base=str(tiny_base))
+    m = "model.layers.0.self_attn.q_proj"
+    with safe_open(str(tiny_base / "model.safetensors"), "pt") as f:
+        w0 = f.get_tensor(m + ".weight")
+    f1, f2 = d1.factors(m), d2.factors(m)
+    v1 = (w0 + f1.delta()) / _ops.row_norm(w0 + f1.delta())[:, None]
+    v2 = (w0 + f2.delta()) / _ops.row_norm(w0 + f2.delta())[:, None]
+    direction = 0.7 * v1 + 0.3 * v2
+    magnitude = 0.7 * f1.magnitude + 0.3 * f2.magnitude
+    expect = magnitude[:, None] * direction / _ops.row_norm(direction)[:, None]
+    torch.testing.assert_close(plan.merged_weight(m), expect, atol=1e-5, rtol=1e-4)
+
+
+def test_sequential_dora_order_matters_and_matches_stepwise(tiny_base, adapters):
+    d1, d2 = load_adapter(adapters["dora"]), load_adapter(adapters["dora2"])
+    m = "model.layers.0.self_attn.q_proj"
+    ab = MergePlan([d1, d2], "sequential", base=str(tiny_base)).merged_weight(m)
+    ba = MergePlan([d2, d1], "sequential", base=str(tiny_base)).merged_weight(m)
+    assert not torch.allclose(ab, ba, atol=1e-4)
+    w0 = MergePlan([d1], "dora", base=str(tiny_base)).base_weights.weight(m)
+    w1 = _ops.dora_weight(w0, d1.factors(m).delta(), d1.factors(m).magnitude)
+    w2 = _ops.dora_weight(w1, d2.factors(m).delta(), d2.factors(m).magnitude)
+    torch.testing.assert_close(ab, w2, atol=1e-5, rtol=1e-4)
+
+
+def test_dare_is_reproducible_and_seed_dependent(adapters):
+    a, b = load_adapter(adapters["a"]), load_adapter(adapters["b"])
+    m = "model.layers.0.self_attn.q_proj"
+    r1 = MergePlan([a, b], "dare_ties", density=0.5, seed=3).module_result(m)[0].dense
+    r2 = MergePlan([a, b], "dare_ties", density=0.5, seed=3).module_result(m)[0].dense
+    r3 = MergePlan([a, b], "dare_ties", density=0.5, seed=4).module_result(m)[0].dense
+    assert torch.equal(r1, r2) and not torch.equal(r1, r3)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(method="nope"), "unknown merge method 'nope': expected one of linear"),
+        (dict(method="ties", density=0.0), r"density must be in \(0, 1\]"),
+        (dict(method="ties", density=1.5), r"density must be in \(0, 1\]"),
+        (dict(method="linear", weights=[1.0]), "1 weights given for 2 adapters"),
+        (dict(method="linear", density=0.5), "method linear has no parameter 'density'"),
+        (dict(method="dora", inner="median"), "inner must be one of linear, ties"),
+    ],
+)
+def test_bad_parameters_are_clear_errors(adapters, kwargs, message):
+    a, b = load_adapter(adapters["a"]), load_adapter(adapters["c"])
+    with pytest.raises(AdapterMergeError, match=message):
+        merge([a, b], **kwargs)
+
+
+def test_dora_inputs_refused_by_delta_methods(adapters):
+    with pytest.raises(AdapterMergeError, match="DoRA adapter .* would drop its magnitudes"):
+        merge([load_adapter(adapters["a"]), load_adapter(adapters["dora"])], "ties")
+
+
+def test_mismatched_shapes_and_bases_are_refused(tiny_base, adapters, tmp_path):
+    from support import make_adapter, tiny_config
+    from transformers import LlamaForCausalLM
+
+    other = tmp_path / "other_base"
+    LlamaForCausalLM(tiny_config(hidden_size=48, intermediate_size=96)).save_pretrained(other)
+    wide = load_adapter(make_adapter(other, tmp_path / "wide", seed=1, base_name=str(tiny_base)))
+    with pytest.raises(AdapterMergeError, match="do not fit the same base model"):
+        merge([load_adapter(adapters["a"]), wide], "linear")
+    foreign = load_adapter(make_adapter(tiny_base, tmp_path / "foreign", seed=1, base_name="org/another-model"))
+    with pytest.raises(AdapterMergeError, match="different base models"):
+        merge([load_adapter(adapters["a"]), foreign], "linear")
+    assert merge([load_adapter(adapters["a"]), foreign], "linear", check_base=False).modules

@@ -1,0 +1,40 @@
+import torch
+
+from adaptermerge.lowrank import factor_sum, truncate
+
+
+def test_factor_sum_is_exact_and_finds_numerical_rank():
+    torch.manual_seed(0)
+    B1, A1 = torch.randn(50, 4), torch.randn(4, 30)
+    B2, A2 = torch.randn(50, 6), torch.randn(6, 30)
+    B, A, stats = factor_sum([B1, B2], [A1, A2])
+    torch.testing.assert_close(B @ A, B1 @ A1 + B2 @ A2, atol=1e-4, rtol=1e-4)
+    assert stats.rank == 10 and stats.exact and stats.rel_error < 1e-6
+    # the same adapter twice is still rank 4, not 8
+    B, A, stats = factor_sum([B1, B1], [A1, A1])
+    assert stats.rank == 4
+    torch.testing.assert_close(B @ A, 2 * B1 @ A1, atol=1e-4, rtol=1e-4)
+
+
+def test_factor_sum_truncation_is_optimal_and_error_is_exact():
+    torch.manual_seed(1)
+    B1, A1 = torch.randn(40, 8), torch.randn(8, 20)
+    full = B1 @ A1
+    B, A, stats = factor_sum([B1], [A1], rank=3)
+    U, S, Vh = torch.linalg.svd(full)
+    best = (U[:, :3] * S[:3]) @ Vh[:3]
+    torch.testing.assert_close(B @ A, best, atol=1e-4, rtol=1e-4)
+    measured = ((full - B @ A).norm() / full.norm()).item()
+    assert abs(measured - stats.rel_error) < 1e-4 and not stats.exact
+
+
+def test_truncate_reports_measured_error():
+    torch.manual_seed(2)
+    d = torch.randn(300, 200)
+    B, A, stats = truncate(d, 10)
+    measured = ((d - B @ A).norm() / d.norm()).item()
+    assert abs(measured - stats.rel_error) < 1e-4
+    assert 0 < stats.energy < 1 and stats.rank == 10
+    low = torch.randn(300, 5) @ torch.randn(5, 200)
+    _, _, stats = truncate(low, 5)
+    assert stats.rel_error < 1e-4
