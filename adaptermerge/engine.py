@@ -171,7 +171,7 @@ class MergePlan:
         elif result.terms is not None:
             B, A, stats = factor_sum([b for b, _ in result.terms], [a for _, a in result.terms], rank)
         else:
-            B, A, stats = truncate(result.dense, rank or self.input_rank(module), generator_seed=self.seed)
+            B, A, stats = truncate(result.dense, rank or self.input_rank(module), sketch=result.sketch, seed=self.seed)
         magnitude = result.magnitude
         if magnitude is None and self.dora_output:
             # A DoRA adapter needs a magnitude on every module; ||W0 + BA|| makes this one plain LoRA.

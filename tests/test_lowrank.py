@@ -35,6 +35,14 @@ def test_truncate_reports_measured_error():
     measured = ((d - B @ A).norm() / d.norm()).item()
     assert abs(measured - stats.rel_error) < 1e-4
     assert 0 < stats.energy < 1 and stats.rank == 10
+    # the randomized path (large matrix), started from a sketch of the row space
+    big = torch.randn(3000, 8) @ torch.randn(8, 1500) + 0.01 * torch.randn(3000, 1500)
+    B, A, stats = truncate(big, 8, sketch=torch.randn(8, 1500))
+    measured = ((big - B @ A).norm() / big.norm()).item()
+    assert abs(measured - stats.rel_error) < 1e-3
+    U, S, Vh = torch.linalg.svd(big, full_matrices=False)
+    optimal = ((S[8:] ** 2).sum() / (S**2).sum()).sqrt().item()
+    assert measured <= optimal * 1.01
     low = torch.randn(300, 5) @ torch.randn(5, 200)
     _, _, stats = truncate(low, 5)
     assert stats.rel_error < 1e-4

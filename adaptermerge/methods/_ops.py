@@ -65,33 +65,36 @@ def dare(delta: torch.Tensor, density: float, generator: torch.Generator) -> tor
     return torch.where(keep, delta / density, torch.zeros((), dtype=delta.dtype, device=delta.device))
 
 
-def elect_sign(deltas: list[torch.Tensor], weights: list[float]) -> torch.Tensor:
-    """TIES step 2: per entry, the sign of the weighted total mass `sum_i w_i * delta_i`."""
-    total = torch.zeros_like(deltas[0])
-    for d, w in zip(deltas, weights):
-        total.add_(d, alpha=w)
-    return torch.sign(total)
+def disjoint_mean(values: list[torch.Tensor], weights: list[float]) -> torch.Tensor:
+    """TIES steps 2 and 3 on weighted, sparsified values `v_i = w_i * t_i`:
 
-
-def disjoint_mean(deltas: list[torch.Tensor], weights: list[float], sign: torch.Tensor) -> torch.Tensor:
-    """TIES step 3: per entry, the weighted mean over the adapters whose nonzero value agrees with
-    the elected sign: `sum_i w_i d_i [agree] / sum_i w_i [agree]` (mergekit's divisor; PEFT
-    divides by the count of agreeing adapters instead, which equals this only for equal weights).
-    Entries where no adapter agrees are 0."""
-    num = torch.zeros_like(deltas[0])
-    den = torch.zeros_like(deltas[0])
-    for d, w in zip(deltas, weights):
-        agree = (torch.sign(d) == sign) & (d != 0)
-        num.add_(torch.where(agree, d, 0.0), alpha=w)
-        den.add_(agree.to(den.dtype), alpha=w)
-    return torch.where(den != 0, num / den.where(den != 0, torch.ones((), dtype=den.dtype, device=den.device)), 0.0)
+    - elect the sign per entry: the sign of the total mass `sum_i v_i`;
+    - keep the adapters whose value agrees with that sign (zeros never agree);
+    - divide their sum by the sum of their |w_i| (a weighted mean, as mergekit; PEFT divides by
+      the count of agreeing adapters, which equals this only when all weights are 1).
+    Entries where nothing agrees (all zero, or an exact tie) are 0.
+    Computed as positive and negative mass (P, N) and their weight sums, in one pass per adapter.
+    """
+    pos_mass = torch.zeros_like(values[0])
+    neg_mass = torch.zeros_like(values[0])
+    pos_weight = torch.zeros_like(values[0])
+    neg_weight = torch.zeros_like(values[0])
+    for v, w in zip(values, weights):
+        pos_mass.add_(v.clamp(min=0))
+        neg_mass.add_(v.clamp(max=0))
+        pos_weight.add_((v > 0).to(v.dtype), alpha=abs(w))
+        neg_weight.add_((v < 0).to(v.dtype), alpha=abs(w))
+    total = pos_mass + neg_mass
+    one = torch.ones((), dtype=total.dtype, device=total.device)
+    up = pos_mass / torch.where(pos_weight > 0, pos_weight, one)
+    down = neg_mass / torch.where(neg_weight > 0, neg_weight, one)
+    return torch.where(total > 0, up, torch.where(total < 0, down, torch.zeros((), dtype=total.dtype, device=total.device)))
 
 
 def ties(deltas: list[torch.Tensor], weights: list[float], density: float) -> torch.Tensor:
-    """TIES-merging (Yadav et al. 2023): trim each delta to its top-`density` entries, elect the
-    sign per entry, take the weighted mean of the agreeing entries."""
-    trimmed = [trim(d, density) for d in deltas]
-    return disjoint_mean(trimmed, weights, elect_sign(trimmed, weights))
+    """TIES-merging (Yadav et al. 2023) of dense deltas: trim each to its top-`density` entries,
+    then `disjoint_mean` of the weighted trimmed deltas."""
+    return disjoint_mean([trim(d, density) * w for d, w in zip(deltas, weights)], list(weights))
 
 
 def row_norm(weight: torch.Tensor) -> torch.Tensor:

@@ -26,12 +26,15 @@ class ModuleResult:
     dense: the delta itself when it is not low rank # [out, in]
     magnitude: DoRA magnitude [out]; the layer's weight is then `m * (W0 + delta) / ||W0 + delta||_row`
     concat: keep `terms` as they are (exact concatenation) instead of recompressing them
+    sketch: rows spanning the inputs' row spaces [R, in] (the stacked A factors): a far better
+        test matrix than a random one for the truncated SVD of a dense merge of those inputs
     """
 
     terms: list[tuple[torch.Tensor, torch.Tensor]] | None = None
     dense: torch.Tensor | None = None
     magnitude: torch.Tensor | None = None
     concat: bool = False
+    sketch: torch.Tensor | None = None
     info: dict = field(default_factory=dict)
 
     def delta(self) -> torch.Tensor:

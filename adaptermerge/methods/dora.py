@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from . import _ops
+from ._chunked import sparse_merge
 from .base import ModuleResult, check_choice, check_density, normalized, param
 
 
@@ -64,6 +65,7 @@ class Dora:
         if params.inner == "linear":
             terms = [(f.scaled_B() * (w * common / n)[:, None], f.A.float()) for f, w, n in present]
             return ModuleResult(terms=terms, magnitude=magnitude)
-        deltas = [f.delta() * (common / n)[:, None] for f, _, n in present]
-        merged = _ops.ties(deltas, [w for _, w, _ in present], params.density)
-        return ModuleResult(dense=merged, magnitude=magnitude)
+        Bs = [f.scaled_B() * (common / n)[:, None] for f, _, n in present]
+        As = [f.A.float() for f, _, _ in present]
+        merged = sparse_merge(Bs, As, [w for _, w, _ in present], density=params.density, sparsify="trim", combine="ties")
+        return ModuleResult(dense=merged, magnitude=magnitude, sketch=torch.cat(As, 0))

@@ -13,12 +13,12 @@ def dense_ties_reference(deltas, weights, density):
         t = torch.zeros(d.numel())
         t[idx] = d.flatten()[idx]
         trimmed.append(t.view_as(d))
-    stack = torch.stack(trimmed)
-    w = torch.tensor(weights).view(-1, 1, 1)
-    sign = torch.sign((stack * w).sum(0))
-    agree = (torch.sign(stack) == sign) & (stack != 0)
-    den = (agree * w).sum(0)
-    num = (stack * w * agree).sum(0)
+    w = torch.tensor(weights, dtype=torch.float32).view(-1, 1, 1)
+    values = torch.stack(trimmed) * w
+    sign = torch.sign(values.sum(0))
+    agree = (torch.sign(values) == sign) & (values != 0)
+    den = (agree * w.abs()).sum(0)
+    num = (values * agree).sum(0)
     return torch.where(den > 0, num / den.clamp_min(1e-30), torch.zeros(()))
 
 
@@ -36,7 +36,7 @@ def test_magnitude_threshold_is_exact(shape):
 def test_ties_matches_independent_dense_implementation():
     torch.manual_seed(1)
     deltas = [torch.randn(40, 30) for _ in range(3)]
-    for weights in ([1.0, 1.0, 1.0], [0.5, 1.0, 2.0]):
+    for weights in ([1.0, 1.0, 1.0], [0.5, 1.0, 2.0], [1.0, -0.5, 1.0]):
         torch.testing.assert_close(_ops.ties(deltas, weights, 0.3), dense_ties_reference(deltas, weights, 0.3))
 
 
@@ -50,6 +50,19 @@ def test_ties_divisor_is_the_weight_sum_not_the_count():
 def test_ties_elects_sign_by_weighted_mass():
     a, b, c = torch.tensor([[1.0]]), torch.tensor([[1.0]]), torch.tensor([[-5.0]])
     assert _ops.ties([a, b, c], [1, 1, 1], 1.0).item() == pytest.approx(-5.0)
+
+
+def test_chunked_ties_from_factors_matches_dense_ties():
+    from adaptermerge.methods import _chunked
+
+    torch.manual_seed(3)
+    # 2100 x 1000 crosses both the block boundary and the sampled-threshold path
+    Bs = [torch.randn(2100, 4) for _ in range(3)]
+    As = [torch.randn(4, 1000) for _ in range(3)]
+    weights = [1.0, 0.5, 2.0]
+    got = _chunked.sparse_merge(Bs, As, weights, density=0.2, sparsify="trim", combine="ties")
+    ref = dense_ties_reference([B @ A for B, A in zip(Bs, As)], weights, 0.2)
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
 
 
 def test_dare_rescales_and_is_seeded():

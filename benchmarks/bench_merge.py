@@ -1,0 +1,270 @@
+"""Merge benchmark: adaptermerge against PEFT `add_weighted_adapter`, side by side, in one run.
+
+Three random rank-16 LoRA adapters on all seven projections of
+  (a) SmolLM2-135M shapes (the real embedded base, for PEFT), and
+  (b) Llama-3-8B shapes (32 layers, hidden 4096, MLP 14336, GQA k/v 1024): adaptermerge on all
+      layers; PEFT on `--peft-layers` layers (default 2), its time scaled to 32 layers.
+Each run is its own process, so its peak RSS (VmHWM) is its own. Reported per run: merge time,
+peak RSS, and the relative error against the exact dense merge (an independent topk TIES
+reference, or the exact weighted sum), aggregated over the checked modules.
+
+    python benchmarks/bench_merge.py                 # both cases
+    python benchmarks/bench_merge.py --case a        # SmolLM2 shapes only
+    python benchmarks/bench_merge.py --device cuda   # adaptermerge on the GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+RANK, N_ADAPTERS, DENSITY = 16, 3, 0.2
+LLAMA8B = dict(hidden_size=4096, intermediate_size=14336, num_attention_heads=32, num_key_value_heads=8, num_hidden_layers=32, vocab_size=1024, max_position_embeddings=256, tie_word_embeddings=False)
+
+
+# ----------------------------------------------------------------------------------------------
+# setup: random adapters in PEFT format, written without building the model (fast for 8B shapes)
+# ----------------------------------------------------------------------------------------------
+def module_shapes(cfg: dict, layers: int) -> dict[str, tuple[int, int]]:
+    h, mlp = cfg["hidden_size"], cfg["intermediate_size"]
+    head = h // cfg["num_attention_heads"]
+    kv = head * cfg["num_key_value_heads"]
+    shapes = {}
+    for i in range(layers):
+        p = f"model.layers.{i}"
+        shapes.update({
+            f"{p}.self_attn.q_proj": (h, h), f"{p}.self_attn.k_proj": (kv, h), f"{p}.self_attn.v_proj": (kv, h), f"{p}.self_attn.o_proj": (h, h),
+            f"{p}.mlp.gate_proj": (mlp, h), f"{p}.mlp.up_proj": (mlp, h), f"{p}.mlp.down_proj": (h, mlp),
+        })
+    return shapes
+
+
+def write_adapters(root: Path, cfg: dict, layers: int, base_name: str) -> list[Path]:
+    import torch
+    from safetensors.torch import save_file
+
+    paths = []
+    for n in range(N_ADAPTERS):
+        gen = torch.Generator().manual_seed(100 + n)
+        tensors = {}
+        for m, (out, inp) in module_shapes(cfg, layers).items():
+            # LoRA-like scales: A ~ kaiming-ish, B small and nonzero (as after training)
+            tensors[f"base_model.model.{m}.lora_A.weight"] = torch.randn(RANK, inp, generator=gen) / inp**0.5
+            tensors[f"base_model.model.{m}.lora_B.weight"] = torch.randn(out, RANK, generator=gen) * 0.01
+        d = root / f"adapter{n}"
+        d.mkdir(parents=True, exist_ok=True)
+        save_file(tensors, d / "adapter_model.safetensors")
+        (d / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": RANK, "lora_alpha": 32, "target_modules": TARGETS, "base_model_name_or_path": base_name, "task_type": "CAUSAL_LM"}))
+        paths.append(d)
+    return paths
+
+
+# ----------------------------------------------------------------------------------------------
+# references and error
+# ----------------------------------------------------------------------------------------------
+def reference_ties(deltas, density):
+    """Independent dense TIES with weights 1: topk per delta, sign of the sum, mean of agreeing."""
+    import torch
+
+    trimmed = []
+    for d in deltas:
+        k = max(1, round(density * d.numel()))
+        flat = d.flatten()
+        t = torch.zeros_like(flat)
+        idx = flat.abs().topk(k).indices
+        t[idx] = flat[idx]
+        trimmed.append(t.view_as(d))
+    stack = torch.stack(trimmed)
+    sign = torch.sign(stack.sum(0))
+    agree = (torch.sign(stack) == sign) & (stack != 0)
+    return torch.where(agree.any(0), (stack * agree).sum(0) / agree.sum(0).clamp_min(1), torch.zeros(()))
+
+
+def exact_deltas(adapter_dirs, module):
+    from adaptermerge import load_adapter
+
+    return [load_adapter(p).factors(module).delta() for p in adapter_dirs]
+
+
+def aggregate_error(pairs):
+    num = sum(float((got - ref).pow(2).sum()) for got, ref in pairs)
+    den = sum(float(ref.pow(2).sum()) for _, ref in pairs)
+    worst = max(float((got - ref).norm() / ref.norm()) for got, ref in pairs)
+    return {"rel_error": (num / den) ** 0.5, "worst_module_rel_error": worst}
+
+
+def peak_rss_mb() -> float:
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def rss_mb() -> float:
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+# ----------------------------------------------------------------------------------------------
+# one run, in a child process
+# ----------------------------------------------------------------------------------------------
+def child(args) -> dict:
+    import torch
+
+    torch.manual_seed(0)
+    adapter_dirs = [Path(p) for p in args.adapters]
+    check = args.check_modules.split(",")
+    result = {"tool": args.tool, "method": args.method}
+    if args.tool == "adaptermerge":
+        from adaptermerge import load_adapter, merge
+
+        adapters = [load_adapter(p) for p in adapter_dirs]
+        result["rss_before_mb"] = rss_mb()
+        params = {"density": DENSITY} if args.method == "ties" else {}
+        start = time.perf_counter()
+        merged = merge(adapters, args.method, [1.0] * N_ADAPTERS, rank=args.rank, device=args.device, **params)
+        if args.device == "cuda":
+            torch.cuda.synchronize()
+        result["time_s"] = time.perf_counter() - start
+        got = {m: merged.factors(m).delta() for m in check}
+        result["modules"] = len(merged.modules)
+    else:
+        from peft import PeftModel
+        from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
+        if args.base:
+            model = AutoModelForCausalLM.from_pretrained(args.base)
+        else:
+            with torch.device("cpu"):
+                model = LlamaForCausalLM(LlamaConfig(**{**LLAMA8B, "num_hidden_layers": args.layers}))
+        model = PeftModel.from_pretrained(model, adapter_dirs[0], adapter_name="a0")
+        for i, p in enumerate(adapter_dirs[1:], 1):
+            model.load_adapter(p, adapter_name=f"a{i}")
+        names = [f"a{i}" for i in range(N_ADAPTERS)]
+        weights = [1.0] * N_ADAPTERS if args.method != "svd" else [1.0 / N_ADAPTERS] * N_ADAPTERS
+        kwargs = {"density": DENSITY} if "ties" in args.method else {}
+        if args.method.endswith("svd"):
+            kwargs["svd_rank"] = args.rank
+        result["rss_before_mb"] = rss_mb()
+        start = time.perf_counter()
+        model.add_weighted_adapter(names, weights, "merged", combination_type=args.method, **kwargs)
+        result["time_s"] = time.perf_counter() - start
+        modules = dict(model.base_model.model.named_modules())
+        got = {m: modules[m].get_delta_weight("merged").float() for m in check}
+        result["modules"] = sum(1 for mod in modules.values() if hasattr(mod, "lora_A") and "merged" in getattr(mod, "lora_A", {}))
+    pairs = []
+    for m in check:
+        deltas = exact_deltas(adapter_dirs, m)
+        ref = reference_ties(deltas, DENSITY) if "ties" in args.method else sum(deltas) / N_ADAPTERS
+        pairs.append((got[m].cpu(), ref))
+    result.update(aggregate_error(pairs))
+    result["peak_rss_mb"] = peak_rss_mb()
+    return result
+
+
+def run_child(**kw) -> dict:
+    argv = [sys.executable, __file__, "--child"]
+    for k, v in kw.items():
+        if isinstance(v, list):
+            argv += [f"--{k.replace('_', '-')}", *map(str, v)]
+        elif v is not None:
+            argv += [f"--{k.replace('_', '-')}", str(v)]
+    proc = subprocess.run(argv, capture_output=True, text=True)
+    if proc.returncode != 0:
+        return {"tool": kw["tool"], "method": kw["method"], "error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}"}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# ----------------------------------------------------------------------------------------------
+def case_a(root: Path, device: str) -> list[dict]:
+    from adaptermerge.base import embedded_base_dir
+
+    base = embedded_base_dir()
+    cfg = json.loads((base / "config.json").read_text())
+    dirs = write_adapters(root / "a", cfg, cfg["num_hidden_layers"], "HuggingFaceTB/SmolLM2-135M-Instruct")
+    check = ",".join(module_shapes(cfg, cfg["num_hidden_layers"]))  # every module
+    common = dict(adapters=[str(d) for d in dirs], check_modules=check, rank=RANK * N_ADAPTERS)
+    rows = [
+        run_child(tool="adaptermerge", method="ties", device=device, **common),
+        run_child(tool="peft", method="ties_svd", base=str(base), **common),
+        run_child(tool="peft", method="ties", base=str(base), **common),
+        run_child(tool="adaptermerge", method="linear", device=device, **{**common, "rank": None}),
+        run_child(tool="peft", method="svd", base=str(base), **common),
+    ]
+    for r in rows:
+        r["case"] = "a: SmolLM2-135M shapes (30 layers)"
+    return rows
+
+
+def case_b(root: Path, device: str, peft_layers: int) -> list[dict]:
+    cfg = LLAMA8B
+    dirs = write_adapters(root / "b", cfg, cfg["num_hidden_layers"], "meta-llama/Meta-Llama-3-8B")
+    peft_dirs = write_adapters(root / "b_peft", cfg, peft_layers, "meta-llama/Meta-Llama-3-8B")
+    check = ",".join(m for m in module_shapes(cfg, 1))  # layer 0: every module kind
+    rows = [run_child(tool="adaptermerge", method="ties", device=device, adapters=[str(d) for d in dirs], check_modules=check, rank=RANK * N_ADAPTERS)]
+    for method in ("ties_svd", "ties"):
+        r = run_child(tool="peft", method=method, layers=peft_layers, adapters=[str(d) for d in peft_dirs], check_modules=check, rank=RANK * N_ADAPTERS)
+        if "time_s" in r:
+            r["measured_layers"] = peft_layers
+            r["time_s_scaled_to_32_layers"] = r["time_s"] * cfg["num_hidden_layers"] / peft_layers
+        rows.append(r)
+    for r in rows:
+        r["case"] = "b: Llama-3-8B shapes (32 layers)"
+    return rows
+
+
+def print_table(rows: list[dict]) -> None:
+    head = f"{'case':<36} {'tool':<13} {'method':<9} {'time s':>9} {'scaled s':>9} {'peak RSS MB':>12} {'rel err':>9} {'worst':>9}"
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        if "error" in r:
+            print(f"{r.get('case', ''):<36} {r['tool']:<13} {r['method']:<9} error: {r['error']}")
+            continue
+        scaled = f"{r['time_s_scaled_to_32_layers']:.1f}" if "time_s_scaled_to_32_layers" in r else ""
+        print(f"{r['case']:<36} {r['tool']:<13} {r['method']:<9} {r['time_s']:>9.2f} {scaled:>9} {r['peak_rss_mb']:>12.0f} {r['rel_error']:>9.4f} {r['worst_module_rel_error']:>9.4f}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--case", choices=["a", "b", "both"], default="both")
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    ap.add_argument("--peft-layers", type=int, default=2)
+    ap.add_argument("--json", type=Path, help="Also write the rows as JSON here.")
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--tool"), ap.add_argument("--method"), ap.add_argument("--adapters", nargs="*")
+    ap.add_argument("--check-modules"), ap.add_argument("--rank", type=int), ap.add_argument("--base")
+    ap.add_argument("--layers", type=int, default=2)
+    args = ap.parse_args()
+    if args.child:
+        import warnings
+
+        warnings.filterwarnings("ignore")
+        print(json.dumps(child(args)))
+        return
+    import torch
+
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}")
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench_merge_") as tmp:
+        if args.case in ("a", "both"):
+            rows += case_a(Path(tmp), args.device)
+        if args.case in ("b", "both"):
+            rows += case_b(Path(tmp), args.device, args.peft_layers)
+    print_table(rows)
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()
