@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from . import _ops
+from . import _kernels, _ops
 
 BLOCK_ENTRIES = 1 << 20
 _SAMPLE = 1_000_000
@@ -26,29 +26,50 @@ def row_blocks(out: int, inp: int) -> list[slice]:
     return [slice(r, min(out, r + rows)) for r in range(0, out, rows)]
 
 
-def threshold(B: torch.Tensor, A: torch.Tensor, k: int) -> torch.Tensor:
-    """The k-th largest |entry| of `B @ A`, exactly (B: [out, r] with scale folded in; A: [r, in])."""
-    out, inp = B.shape[0], A.shape[1]
+def thresholds(Bs: list[torch.Tensor], As: list[torch.Tensor], k: int) -> list[torch.Tensor]:
+    """For each adapter, the k-th largest |entry| of `Bs[i] @ As[i]`, exactly (scale folded into B)."""
+    out, inp = Bs[0].shape[0], As[0].shape[1]
     n = out * inp
     if n <= _ops._EXACT_SELECT_MAX or k >= n:
-        return _exact(B, A, k)
-    gen = torch.Generator(device=B.device).manual_seed(n * 31 + k)
-    rows = torch.randint(out, (_SAMPLE,), generator=gen, device=B.device)
-    cols = torch.randint(inp, (_SAMPLE,), generator=gen, device=B.device)
-    sample = (B[rows] * A[:, cols].T).sum(1).abs()
+        return [_exact(B, A, k) for B, A in zip(Bs, As)]
+    device = Bs[0].device
+    gen = torch.Generator(device=device).manual_seed(n * 31 + k)
+    rows = torch.randint(out, (_SAMPLE,), generator=gen, device=device)
+    cols = torch.randint(inp, (_SAMPLE,), generator=gen, device=device)
     q = 1.0 - k / n
     spread = 6.0 * (q * (1 - q) / _SAMPLE) ** 0.5 + 1.0 / _SAMPLE
-    lo, hi = torch.quantile(sample, torch.tensor([max(0.0, q - spread), min(1.0, q + spread)], device=B.device))
-    above, band = 0, []
+    levels = torch.tensor([max(0.0, q - spread), min(1.0, q + spread)], device=device)
+    brackets = [torch.quantile((B[rows] * A[:, cols].T).sum(1).abs(), levels) for B, A in zip(Bs, As)]
+    lo = torch.stack([b[0] for b in brackets]).view(-1, 1, 1)
+    hi = torch.stack([b[1] for b in brackets]).view(-1, 1, 1)
+    B_stack, A_stack = _stack(Bs, As)
+    search = _kernels.kernel(_kernels.band_block, n)
+    above = torch.zeros(len(Bs), dtype=torch.long, device=device)
+    bands: list[list[torch.Tensor]] = [[] for _ in Bs]
     for rs in row_blocks(out, inp):
-        block = (B[rs] @ A).abs_()
-        above += int((block > hi).sum())
-        band.append(block[(block >= lo) & (block <= hi)])
-    band = torch.cat(band)
-    need = k - above
-    if 0 < need <= band.numel():
-        return band.kthvalue(band.numel() - need + 1).values
-    return _exact(B, A, k)
+        values = torch.bmm(B_stack[:, rs], A_stack)
+        count, inside = search(values, lo, hi)
+        above += count
+        for i in range(len(Bs)):
+            bands[i].append(values[i][inside[i]].abs())
+    result = []
+    for i, (B, A) in enumerate(zip(Bs, As)):
+        band = torch.cat(bands[i])
+        need = k - int(above[i])
+        ok = 0 < need <= band.numel()
+        result.append(band.kthvalue(band.numel() - need + 1).values if ok else _exact(B, A, k))
+    return result
+
+
+def _stack(Bs, As) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack factors of different ranks, zero-padded to a common r (zeros add nothing). [k, out, r], [k, r, in]"""
+    r = max(B.shape[1] for B in Bs)
+    B_stack = torch.zeros(len(Bs), Bs[0].shape[0], r, device=Bs[0].device)
+    A_stack = torch.zeros(len(As), r, As[0].shape[1], device=As[0].device)
+    for i, (B, A) in enumerate(zip(Bs, As)):
+        B_stack[i, :, : B.shape[1]] = B
+        A_stack[i, : A.shape[0]] = A
+    return B_stack, A_stack
 
 
 def _exact(B: torch.Tensor, A: torch.Tensor, k: int) -> torch.Tensor:
@@ -70,27 +91,27 @@ def sparse_merge(
     """Merge the deltas `Bs[i] @ As[i]` into one dense [out, in] tensor, block by block.
 
     sparsify: "trim" (top-density by magnitude, TIES), "dare" (random drop + 1/density rescale)
-    or "none". combine: "ties" (`_ops.disjoint_mean` of the weighted values) or "sum"
-    (`sum_i w_i * t_i`).
+    or "none". combine: "ties" (sign election + disjoint weighted mean) or "sum"
+    (`sum_i w_i * t_i`). The adapters are stacked so each step is one tensor op over all of them.
     """
     out, inp = Bs[0].shape[0], As[0].shape[1]
-    thresholds = None
+    device = Bs[0].device
+    k = len(Bs)
+    w = torch.tensor(weights, dtype=torch.float32, device=device).view(-1, 1, 1)
     if sparsify == "trim" and density < 1.0:
-        k = _ops.keep_count(out * inp, density)
-        thresholds = [threshold(B, A, k) for B, A in zip(Bs, As)]
-    merged = torch.empty(out, inp, dtype=torch.float32, device=Bs[0].device)
-    zero = torch.zeros((), dtype=torch.float32, device=Bs[0].device)
+        cut = torch.stack(thresholds(Bs, As, _ops.keep_count(out * inp, density))).view(-1, 1, 1)
+    else:
+        cut = torch.zeros(k, 1, 1, device=device)  # keep everything
+    # Weights folded into B: the blocks come out as w_i * d_i (the threshold test scales by |w_i|).
+    B_stack, A_stack = _stack([B * wi for B, wi in zip(Bs, weights)], As)
+    ties = _kernels.kernel(_kernels.ties_block, out * inp)
+    merged = torch.empty(out, inp, dtype=torch.float32, device=device)
     for rs in row_blocks(out, inp):
-        values = []
-        for i, (B, A, w) in enumerate(zip(Bs, As, weights)):
-            block = B[rs] @ A
-            if thresholds is not None:
-                block = torch.where(block.abs() >= thresholds[i], block, zero)
-            elif sparsify == "dare":
-                block = _ops.dare(block, density, generators[i])
-            values.append(block.mul_(w))
+        values = torch.bmm(B_stack[:, rs], A_stack)  # [k, rows, in]
+        if sparsify == "dare":
+            values = torch.stack([_ops.dare(v, density, g) for v, g in zip(values, generators)])
         if combine == "ties":
-            merged[rs] = _ops.disjoint_mean(values, weights)
+            merged[rs] = ties(values, cut, w)
         else:
-            merged[rs] = torch.stack(values).sum(0)
+            merged[rs] = values.sum(0)
     return merged

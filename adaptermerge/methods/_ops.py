@@ -65,36 +65,16 @@ def dare(delta: torch.Tensor, density: float, generator: torch.Generator) -> tor
     return torch.where(keep, delta / density, torch.zeros((), dtype=delta.dtype, device=delta.device))
 
 
-def disjoint_mean(values: list[torch.Tensor], weights: list[float]) -> torch.Tensor:
-    """TIES steps 2 and 3 on weighted, sparsified values `v_i = w_i * t_i`:
-
-    - elect the sign per entry: the sign of the total mass `sum_i v_i`;
-    - keep the adapters whose value agrees with that sign (zeros never agree);
-    - divide their sum by the sum of their |w_i| (a weighted mean, as mergekit; PEFT divides by
-      the count of agreeing adapters, which equals this only when all weights are 1).
-    Entries where nothing agrees (all zero, or an exact tie) are 0.
-    Computed as positive and negative mass (P, N) and their weight sums, in one pass per adapter.
-    """
-    pos_mass = torch.zeros_like(values[0])
-    neg_mass = torch.zeros_like(values[0])
-    pos_weight = torch.zeros_like(values[0])
-    neg_weight = torch.zeros_like(values[0])
-    for v, w in zip(values, weights):
-        pos_mass.add_(v.clamp(min=0))
-        neg_mass.add_(v.clamp(max=0))
-        pos_weight.add_((v > 0).to(v.dtype), alpha=abs(w))
-        neg_weight.add_((v < 0).to(v.dtype), alpha=abs(w))
-    total = pos_mass + neg_mass
-    one = torch.ones((), dtype=total.dtype, device=total.device)
-    up = pos_mass / torch.where(pos_weight > 0, pos_weight, one)
-    down = neg_mass / torch.where(neg_weight > 0, neg_weight, one)
-    return torch.where(total > 0, up, torch.where(total < 0, down, torch.zeros((), dtype=total.dtype, device=total.device)))
-
-
 def ties(deltas: list[torch.Tensor], weights: list[float], density: float) -> torch.Tensor:
-    """TIES-merging (Yadav et al. 2023) of dense deltas: trim each to its top-`density` entries,
-    then `disjoint_mean` of the weighted trimmed deltas."""
-    return disjoint_mean([trim(d, density) * w for d, w in zip(deltas, weights)], list(weights))
+    """TIES-merging (Yadav et al. 2023) of dense deltas [out, in]: trim each to its top-`density`
+    entries by magnitude, elect the sign of `sum_i w_i t_i` per entry, and take the weighted mean
+    of the agreeing entries, divided by the sum of the agreeing |w_i| (mergekit's divisor; PEFT
+    divides by their count, which equals this only when all weights are 1)."""
+    from ._kernels import ties_block
+
+    w = torch.tensor(weights, dtype=torch.float32, device=deltas[0].device).view(-1, 1, 1)
+    cut = torch.stack([magnitude_threshold(d, keep_count(d.numel(), density)) if density < 1 else d.new_zeros(()) for d in deltas])
+    return ties_block(torch.stack(deltas) * w, cut.view(-1, 1, 1), w)
 
 
 def row_norm(weight: torch.Tensor) -> torch.Tensor:

@@ -89,3 +89,17 @@ def test_dora_split_then_recombine_gives_w_back():
     torch.testing.assert_close(m[:, None] * direction, w)
     # and the DoRA layer formula with a zero delta and m = ||W0|| is the identity
     torch.testing.assert_close(_ops.dora_weight(w, torch.zeros_like(w), m), w)
+
+
+def test_compiled_kernels_equal_eager(monkeypatch):
+    """The fused (torch.compile) block kernels give the same TIES as the eager ones."""
+    from adaptermerge.methods import _chunked, _kernels
+
+    torch.manual_seed(4)
+    Bs = [torch.randn(600, 4) for _ in range(3)]
+    As = [torch.randn(4, 4000) for _ in range(3)]
+    eager = _chunked.sparse_merge(Bs, As, [1.0, 2.0, 0.5], density=0.3, sparsify="trim", combine="ties")
+    monkeypatch.setattr(_kernels, "COMPILE_MIN_ENTRIES", 0)
+    fused = _chunked.sparse_merge(Bs, As, [1.0, 2.0, 0.5], density=0.3, sparsify="trim", combine="ties")
+    assert not _kernels._failed, "torch.compile failed here; the eager fallback ran instead"
+    torch.testing.assert_close(fused, eager, atol=1e-6, rtol=1e-5)
