@@ -15,7 +15,7 @@ import json
 import logging
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -240,12 +240,12 @@ class Adapter:
 # ---------------------------------------------------------------------------------------------
 
 
-def _open_header(path: Path) -> tuple[dict[str, tuple], dict, torch.dtype | None]:
+def _open_header(path: Path) -> tuple[dict[str, tuple], dict]:
     """Shapes of every tensor and the metadata, from the safetensors header alone."""
     try:
         with safe_open(str(path), framework="pt") as f:
             shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
-            return shapes, f.metadata() or {}, None
+            return shapes, f.metadata() or {}
     except (SafetensorError, OSError, ValueError) as exc:
         raise AdapterMergeError(f"{path}: not a readable safetensors file ({exc})") from None
 
@@ -374,7 +374,7 @@ def load_adapter(path: str | Path, *, alpha: float | None = None, name: str | No
     else:
         raise AdapterMergeError(f"{path}: expected a PEFT adapter folder or a .safetensors file")
 
-    shapes, meta, _ = _open_header(weights)
+    shapes, meta = _open_header(weights)
     grouped = _group_keys(weights, shapes)
     name = name or (path.name if path.is_dir() else path.stem)
 

@@ -196,3 +196,19 @@ def test_mismatched_shapes_and_bases_are_refused(tiny_base, adapters, tmp_path):
     with pytest.raises(AdapterMergeError, match="different base models"):
         merge([load_adapter(adapters["a"]), foreign], "linear")
     assert merge([load_adapter(adapters["a"]), foreign], "linear", check_base=False).modules
+
+
+def test_sequential_single_dora_adapter_comes_back_unchanged_and_chain_is_low_rank(tiny_base, adapters):
+    d1, d2 = load_adapter(adapters["dora"]), load_adapter(adapters["dora2"])
+    one = merge([d1], "sequential", base=str(tiny_base))
+    for m in d1.modules:
+        torch.testing.assert_close(one.factors(m).delta(), d1.factors(m).delta(), atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(one.factors(m).magnitude, d1.factors(m).magnitude)
+    chain = merge([d1, d2], "sequential", base=str(tiny_base))
+    meta = chain.metadata
+    assert meta["summary"]["all_exact"]  # the chain is a DoRA layer of rank <= 4 + 2, no truncation
+    plan = MergePlan([d1, d2], "sequential", base=str(tiny_base))
+    m = "model.layers.0.self_attn.q_proj"
+    w0 = plan.base_weights.weight(m)
+    f = chain.factors(m)
+    torch.testing.assert_close(_ops.dora_weight(w0, f.delta(), f.magnitude), plan.merged_weight(m), atol=1e-5, rtol=1e-4)

@@ -2,14 +2,19 @@
 
 For plain LoRA this is `W0 + sum_i w_i * delta_i` (exact, low rank; weights are multipliers,
 default 1, not normalized). A DoRA adapter re-normalizes against the weight it is applied to:
-`W_k = m_k * (W_{k-1} + w_k * delta_k) / ||W_{k-1} + w_k * delta_k||_row`, so order matters and the
-result is dense. It is returned as a DoRA layer on W0: delta = W_n - W0, magnitude = ||W_n||_row,
-which reproduces W_n exactly (`m * (W0 + delta) / ||W0 + delta|| = W_n`).
+`W_k = m_k * (W_{k-1} + w_k d_k) / ||W_{k-1} + w_k d_k||_row`, so order matters.
+
+The chain stays exactly low rank. Write `W_k = diag(p_k) (W0 + D_k)` with p_0 = 1, D_0 = 0; a
+step adds `diag(1/p) w_k d_k` to D (a row scaling of B_k), and a DoRA step sets
+`p = m_k / ||W0 + D||_row`. The result is the DoRA layer `m * (W0 + D) / ||W0 + D||_row` with
+`m = ||W_n||_row` (m_n itself when the last step is DoRA), rank = sum of the input ranks.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+import torch
 
 from . import _ops
 from .base import ModuleResult, present
@@ -19,7 +24,7 @@ class Sequential:
     name = "sequential"
     summary = "apply the adapters in order onto the base (DoRA re-normalizes at each step)"
     accepts_dora = True
-    output_exact = True  # exact for LoRA chains; DoRA chains are truncated to --rank
+    output_exact = True
 
     @dataclass(frozen=True)
     class Params:
@@ -33,10 +38,13 @@ class Sequential:
         if not any(f.is_dora for f, _ in pairs):
             return ModuleResult(terms=[(f.scaled_B() * w, f.A.float()) for f, w in pairs])
         w0 = base_weight.float()
-        w = w0
+        p = torch.ones(w0.shape[0], device=w0.device)  # row scale of the current weight
+        D = torch.zeros_like(w0)
+        terms = []
         for f, c in pairs:
+            B = f.scaled_B() * (c / p)[:, None]
+            terms.append((B, f.A.float()))
+            D.addmm_(B, f.A.float())
             if f.is_dora:
-                w = _ops.dora_weight(w, f.delta() * c, f.magnitude.float())
-            else:
-                w = w + f.delta() * c
-        return ModuleResult(dense=w - w0, magnitude=_ops.row_norm(w))
+                p = f.magnitude.float() / _ops.row_norm(w0 + D)
+        return ModuleResult(terms=terms, magnitude=p * _ops.row_norm(w0 + D))
