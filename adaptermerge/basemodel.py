@@ -40,8 +40,9 @@ class BaseWeights:
                     self.location[key] = shard
         if self.config.get("quantization_config"):
             raise AdapterMergeError(
-                f"base model {self.folder} is already quantized ({self.config['quantization_config'].get('quant_method', '?')}); "
-                "merging needs the full-precision weights"
+                f"base model {self.folder} is already quantized ({self.config['quantization_config'].get('quant_method', '?')}): "
+                "merging reads full-precision weights (W0 for --merge-onto original, NF4 is redone for dequantized); "
+                "pass the full-precision base with --base"
             )
 
     def _config(self) -> dict:
@@ -74,8 +75,21 @@ class BaseWeights:
             w = self.transform(module, w)
         return w.to(device)
 
+    def shard_layout(self, shard: str) -> list[tuple[str, str, list[int]]]:
+        """(key, safetensors dtype such as "F32", shape) of each tensor of one shard, in file order."""
+        with safe_open(str(self.folder / shard), framework="pt") as f:
+            return [(key, f.get_slice(key).get_dtype(), list(f.get_slice(key).get_shape())) for key in f.keys()]
+
+    def tensor(self, key: str) -> torch.Tensor:
+        """One stored tensor as it is on disk (no transform).
+
+        The file is opened per tensor: safe_open maps the whole shard, and pages read through a
+        mapping held open for a whole shard stay in the process's resident memory.
+        """
+        with safe_open(str(self.folder / self.location[key]), framework="pt") as f:
+            return f.get_tensor(key)
+
     def shard_tensors(self, shard: str):
         """Yield (key, tensor) of one shard in file order, one tensor at a time."""
-        with safe_open(str(self.folder / shard), framework="pt") as f:
-            for key in f.keys():
-                yield key, f.get_tensor(key)
+        for key, _, _ in self.shard_layout(shard):
+            yield key, self.tensor(key)

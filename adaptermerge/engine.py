@@ -248,15 +248,35 @@ def merge_to_model(
     force: bool = False,
     progress: Progress | None = None,
     check_base: bool = True,
+    merge_onto: str | None = None,
+    requantize: str | None = None,
+    compute_dtype: str = "float32",
     **params,
 ) -> Path:
     """Merge adapters straight into the base model's weights and write the full model to `out`.
 
     The merged update is exact here (no low-rank truncation): W0 + delta, or the DoRA weight.
+    merge_onto: "original" (W0), "dequantized" (dequant(NF4(W0)), what a QLoRA adapter was trained
+    against) or None to choose from the adapters' training.json (see adaptermerge.qlora).
+    requantize: "nf4" or "int8" writes the merged model quantized with bitsandbytes, with the
+    quantization report in adaptermerge.json; compute_dtype is its matmul dtype.
     """
     from .fileio import check_output
-    from .model_output import write_model
+    from .model_output import write_full_model
+    from .qlora import apply_merge_onto, check_merge_onto
 
     check_output(out, force)
+    check_merge_onto(merge_onto)
+    if requantize is not None:
+        from .quantize import check_compute_dtype, check_scheme, require_bitsandbytes
+
+        check_scheme(requantize)
+        check_compute_dtype(compute_dtype)
+        require_bitsandbytes()
     plan = MergePlan(adapters, method, weights, base=base, need_base=True, seed=seed, device=device, check_base=check_base, **params)
-    return write_model(plan, out, shard_size=shard_size, force=force, progress=progress)
+    choice = apply_merge_onto(plan, merge_onto)
+    write_full_model(
+        plan, out, shard_size=shard_size, force=force, progress=progress, extra_meta={"merge_onto": choice},
+        requantize=requantize, compute_dtype=compute_dtype,
+    )
+    return Path(out)

@@ -9,6 +9,8 @@
         parameters: {weight: 0.4}
     parameters: {density: 0.2}         # the method's parameters
     output: adapter                    # or model
+    merge_onto: dequantized            # model output: original | dequantized (default from training.json)
+    requantize: nf4                    # model output: nf4 | int8, with compute_dtype: float32
     rank: 32
     seed: 0
     out: merged/
@@ -27,7 +29,7 @@ from .engine import MergePlan, Progress
 from .errors import AdapterMergeError
 from .fileio import check_output
 
-_TOP_KEYS = {"merge_method", "method", "base_model", "base", "models", "adapters", "parameters", "output", "rank", "seed", "out", "output_path", "device", "shard_size", "force", "check_base", "dtype"}
+_TOP_KEYS = {"merge_method", "method", "base_model", "base", "models", "adapters", "parameters", "output", "rank", "seed", "out", "output_path", "device", "shard_size", "force", "check_base", "dtype", "requantize", "compute_dtype", "merge_onto"}
 
 
 @dataclass
@@ -46,6 +48,9 @@ class MergeJob:
     device: str = "cpu"
     check_base: bool = True
     force: bool = False
+    merge_onto: str | None = None  # None: from the adapters' training.json (adaptermerge.qlora)
+    requantize: str | None = None  # nf4 | int8, with output model
+    compute_dtype: str = "float32"
 
 
 def _alpha_for(alphas, i, n):
@@ -58,11 +63,36 @@ def _alpha_for(alphas, i, n):
     return alphas[i]
 
 
-def run_job(job: MergeJob, progress: Progress | None = None) -> dict:
-    """Load, check, merge and write. Returns the provenance written to adaptermerge.json."""
+def check_job(job: MergeJob) -> None:
+    """What can be checked before any work: the output kind and folder, the model-only options."""
+    from .qlora import check_merge_onto
+
     if job.output not in ("adapter", "model"):
         raise AdapterMergeError(f"output must be adapter or model, got {job.output!r}")
-    check_output(job.out, job.force)  # before any work
+    check_output(job.out, job.force)
+
+    if job.output != "model":
+        for flag, value in (("--requantize", job.requantize), ("--merge-onto", job.merge_onto)):
+            if value is not None:
+                raise AdapterMergeError(f"{flag} applies to --output model (the full merged model), not to adapter output")
+        return
+    if job.rank is not None:
+        raise AdapterMergeError("--rank applies to adapter output; --output model adds the exact merged delta")
+    check_merge_onto(job.merge_onto)
+    if job.requantize is not None:
+        from .quantize import check_compute_dtype, check_scheme, require_bitsandbytes
+
+        check_scheme(job.requantize)
+        check_compute_dtype(job.compute_dtype)
+        require_bitsandbytes()
+
+
+def run_job(job: MergeJob, progress: Progress | None = None, quantize_progress=None) -> dict:
+    """Load, check, merge and write. Returns the provenance written to adaptermerge.json.
+
+    quantize_progress(stage, done, total) follows the re-quantization of --requantize.
+    """
+    check_job(job)
     adapters = [load_adapter(p, alpha=_alpha_for(job.alphas, i, len(job.inputs))) for i, p in enumerate(job.inputs)]
     names = [a.name for a in adapters]
     for i, a in enumerate(adapters):  # two inputs named alike (a/adapter_model.safetensors, b/...) stay distinguishable
@@ -80,14 +110,14 @@ def run_job(job: MergeJob, progress: Progress | None = None) -> dict:
         **job.params,
     )
     if job.output == "model":
-        from .model_output import write_model
+        from .model_output import write_full_model
+        from .qlora import apply_merge_onto
 
-        if job.rank is not None:
-            raise AdapterMergeError("--rank applies to adapter output; --output model adds the exact merged delta")
-        out = write_model(plan, job.out, shard_size=job.shard_size, force=job.force, progress=progress)
-        import json
-
-        return json.loads((Path(out) / "adaptermerge.json").read_text())
+        choice = apply_merge_onto(plan, job.merge_onto)
+        return write_full_model(
+            plan, job.out, shard_size=job.shard_size, force=job.force, progress=progress, extra_meta={"merge_onto": choice},
+            requantize=job.requantize, compute_dtype=job.compute_dtype, quantize_progress=quantize_progress,
+        )
     merged = plan.to_adapter(job.rank, progress)
     merged.save(job.out, force=job.force)
     return merged.metadata
@@ -150,6 +180,9 @@ def load_merge_config(path: str | Path) -> MergeJob:
         device=data.get("device", "cpu"),
         check_base=bool(data.get("check_base", True)),
         force=bool(data.get("force", False)),
+        merge_onto=data.get("merge_onto"),
+        requantize=data.get("requantize"),
+        compute_dtype=str(data.get("compute_dtype", "float32")),
     )
 
 

@@ -1,23 +1,24 @@
 """Full merged model output: stream the base shard by shard, add each module's merged update,
 write sharded safetensors with an index, copy config and tokenizer files.
 
-Peak memory: one output shard buffer plus one module's tensors, whatever the model's size.
+Peak memory: one module's tensors, whatever the model's or the shards' size (see stwriter.py).
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+import tempfile
 import time
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
 from .engine import MergePlan, Progress
 from .errors import AdapterMergeError
-from .fileio import atomic_dir
+from .fileio import atomic_dir, check_output
 from .provenance import provenance
+from .stwriter import DTYPES, StreamingSafetensors, nbytes
 
 _UNITS = {"KB": 1e3, "MB": 1e6, "GB": 1e9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "B": 1}
 _SKIP_SUFFIXES = {".safetensors", ".bin", ".pt", ".pth", ".gguf", ".ckpt"}
@@ -40,12 +41,27 @@ def parse_size(size: str | int) -> int:
         raise AdapterMergeError(f"--shard-size {size!r}: expected a size such as 2GB or 500MB") from None
 
 
-def _nbytes(t: torch.Tensor) -> int:
-    return t.numel() * t.element_size()
+def plan_shards(layout: list[tuple[str, str, list[int]]], limit: int) -> list[list[tuple[str, str, list[int]]]]:
+    """Split (key, dtype, shape) entries, in order, into shards of at most `limit` bytes (a larger tensor alone)."""
+    shards, current, size = [], [], 0
+    for entry in layout:
+        n = nbytes(entry[1], entry[2])
+        if current and size + n > limit:
+            shards.append(current)
+            current, size = [], 0
+        current.append(entry)
+        size += n
+    if current:
+        shards.append(current)
+    return shards
 
 
 def write_model(plan: MergePlan, out: str | Path, *, shard_size: str | int = "2GB", force: bool = False, progress: Progress | None = None, extra_meta: dict | None = None) -> Path:
-    """Write base + merged update as a full model folder (loads with AutoModelForCausalLM)."""
+    """Write base + merged update as a full model folder (loads with AutoModelForCausalLM).
+
+    Every output shard's header is known from the base's headers, so tensors stream into the files
+    one at a time: peak memory is a few copies of the largest weight, whatever the shard size.
+    """
     if plan.base_weights is None:
         raise AdapterMergeError("model output needs the base model's weights (internal: plan built without need_base)")
     limit = parse_size(shard_size)
@@ -53,35 +69,28 @@ def write_model(plan: MergePlan, out: str | Path, *, shard_size: str | int = "2G
     targets = set(plan.modules)
     start = time.time()
     done = 0
+    layout = [entry for shard in base.shards for entry in base.shard_layout(shard)]
+    shards = plan_shards(layout, limit)
     with atomic_dir(out, force=force) as tmp:
-        buffer, size, files, weight_map = {}, 0, [], {}
-
-        def flush():
-            nonlocal buffer, size
-            if buffer:
-                name = f"part-{len(files):05d}.safetensors"
-                save_file(buffer, str(tmp / name), metadata={"format": "pt"})
-                files.append((name, list(buffer)))
-            buffer, size = {}, 0
-
-        for shard in base.shards:
-            for key, tensor in base.shard_tensors(shard):
-                module = key[: -len(".weight")] if key.endswith(".weight") else None
-                if module in targets:
-                    tensor = plan.merged_weight(module).to(dtype=tensor.dtype, device="cpu")
-                    done += 1
-                    if progress:
-                        progress(done, len(targets), module)
-                if size and size + _nbytes(tensor) > limit:
-                    flush()
-                buffer[key] = tensor.contiguous()
-                size += _nbytes(tensor)
-        flush()
-        total = len(files)
-        for i, (name, keys) in enumerate(files):
-            final = f"model-{i + 1:05d}-of-{total:05d}.safetensors"
-            (tmp / name).rename(tmp / final)
-            weight_map.update({k: final for k in keys})
+        weight_map = {}
+        for i, entries in enumerate(shards):
+            name = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+            with StreamingSafetensors(tmp / name, entries, metadata={"format": "pt"}) as writer:
+                for key, dtype, _ in entries:
+                    module = key[: -len(".weight")] if key.endswith(".weight") else None
+                    if module in targets:
+                        tensor = plan.merged_weight(module).to(dtype=DTYPES[dtype], device="cpu")
+                        done += 1
+                        if progress:
+                            progress(done, len(targets), module)
+                    else:
+                        tensor = base.tensor(key)
+                        if module is not None and base.transform is not None:
+                            tensor = base.transform(module, tensor)  # e.g. dequant(NF4(W0)) for --merge-onto dequantized
+                    writer.write(key, tensor)
+                    weight_map[key] = name
+                    del tensor
+        total = len(shards)
         total_size = sum((tmp / f).stat().st_size for f in set(weight_map.values()))
         (tmp / "model.safetensors.index.json").write_text(
             json.dumps({"metadata": {"total_size": total_size}, "weight_map": weight_map}, indent=2)
@@ -92,3 +101,40 @@ def write_model(plan: MergePlan, out: str | Path, *, shard_size: str | int = "2G
         meta = provenance(plan, output="model", wall_s=time.time() - start, shards=total, **(extra_meta or {}))
         (tmp / "adaptermerge.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
     return Path(out)
+
+
+def write_full_model(
+    plan: MergePlan,
+    out: str | Path,
+    *,
+    shard_size: str | int = "2GB",
+    force: bool = False,
+    progress: Progress | None = None,
+    extra_meta: dict | None = None,
+    requantize: str | None = None,
+    compute_dtype: str = "float32",
+    quantize_progress=None,
+) -> dict:
+    """write_model, then (requantize "nf4"|"int8") quantize it into `out`; returns adaptermerge.json's content.
+
+    With requantize the full-precision merge goes to a temp folder beside `out` and quantize_model
+    moves the quantized folder in place at the end: a failure at any step leaves no `out` behind.
+    """
+    out = Path(out)
+    check_output(out, force)
+    if requantize is None:
+        write_model(plan, out, shard_size=shard_size, force=force, progress=progress, extra_meta=extra_meta)
+        return json.loads((out / "adaptermerge.json").read_text())
+    from .quantize import check_compute_dtype, check_scheme, quantize_model, require_bitsandbytes
+
+    scheme = check_scheme(requantize)
+    check_compute_dtype(compute_dtype)
+    require_bitsandbytes()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}.fp-", dir=out.parent))
+    try:
+        full = write_model(plan, scratch / "merged", shard_size=shard_size, progress=progress, extra_meta=extra_meta)
+        quantize_model(full, out, scheme, compute_dtype=compute_dtype, device=str(plan.device), force=force, progress=quantize_progress, source=f"merge ({plan.method.name}) before quantization")
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return json.loads((out / "adaptermerge.json").read_text())

@@ -49,3 +49,24 @@ def adapters(tiny_base, tmp_path_factory) -> dict[str, Path]:
     }
 
 
+
+
+@pytest.fixture(scope="session")
+def quant_base(tmp_path_factory) -> Path:
+    """A tiny Llama with rows a multiple of bitsandbytes' NF4 block (64), tied embeddings like SmolLM2."""
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("quant_base")
+    LlamaForCausalLM(tiny_config(hidden_size=64, intermediate_size=128, tie_word_embeddings=True)).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def quant_adapters(quant_base, tmp_path_factory) -> dict[str, Path]:
+    """Adapters on quant_base: one on all projections, one on q/v only (so other Linears are not targets)."""
+    root = tmp_path_factory.mktemp("quant_adapters")
+    return {
+        "all": make_adapter(quant_base, root / "all", seed=11, r=4, alpha=8),
+        "qv": make_adapter(quant_base, root / "qv", seed=12, r=4, alpha=8, targets=["q_proj", "v_proj"]),
+    }

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from ..errors import AdapterMergeError
 from ..methods import METHODS
-from ..mergeconfig import MergeJob, load_merge_config, run_job
+from ..mergeconfig import MergeJob, check_job, load_merge_config, run_job
 from .progress import console, progress_bar
 
 
@@ -49,6 +49,9 @@ COMMON = [
     click.Option(["--base"], help="Base model: HF id or local folder (default: the adapters' base, else the embedded SmolLM2-135M-Instruct)."),
     click.Option(["--output", "output_kind"], type=click.Choice(["adapter", "model"]), default="adapter", show_default=True, help="A PEFT adapter, or the full merged model."),
     click.Option(["--shard-size"], default="2GB", show_default=True, help="Shard size for --output model."),
+    click.Option(["--merge-onto"], help="--output model: add the delta to the original base weights, or to dequant(NF4(W0)) as QLoRA adapters were trained (original|dequantized; default from the adapters' training.json)."),
+    click.Option(["--requantize"], help="--output model: write the merged model quantized with bitsandbytes (nf4|int8)."),
+    click.Option(["--compute-dtype"], default="float32", show_default=True, help="With --requantize: float32, bfloat16 or float16."),
     click.Option(["--seed"], type=int, default=0, show_default=True, help="Seed for random methods (DARE)."),
     click.Option(["--device"], type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True),
     click.Option(["--ignore-base-mismatch"], is_flag=True, help="Merge adapters whose recorded base models differ."),
@@ -57,7 +60,7 @@ COMMON = [
 
 
 def _method_command(name: str, method) -> click.Command:
-    def callback(inputs, out, weights, alpha, rank, base, output_kind, shard_size, seed, device, ignore_base_mismatch, force, **params):
+    def callback(inputs, out, weights, alpha, rank, base, output_kind, shard_size, merge_onto, requantize, compute_dtype, seed, device, ignore_base_mismatch, force, **params):
         job = MergeJob(
             inputs=list(inputs),
             out=out,
@@ -73,6 +76,9 @@ def _method_command(name: str, method) -> click.Command:
             device=device,
             check_base=not ignore_base_mismatch,
             force=force,
+            merge_onto=merge_onto,
+            requantize=requantize,
+            compute_dtype=compute_dtype,
         )
         return run_and_report(job)
 
@@ -82,8 +88,9 @@ def _method_command(name: str, method) -> click.Command:
 
 def run_and_report(job: MergeJob) -> int:
     start = time.time()
+    check_job(job)  # bad options fail before a progress bar is drawn
     with progress_bar(f"{job.method} -> {job.output}") as update:
-        meta = run_job(job, progress=update)
+        meta = run_job(job, progress=update, quantize_progress=lambda stage, done, total: update(done, total, f"quantize: {stage}"))
     summary = meta.get("summary") or {}
     table = Table(title=f"{job.method}: {len(job.inputs)} adapters -> {job.out}", show_header=False)
     table.add_row("output", job.output)
@@ -92,8 +99,15 @@ def run_and_report(job: MergeJob) -> int:
         table.add_row("output ranks", ", ".join(map(str, summary["ranks"])))
         exact = "yes" if summary["all_exact"] else f"no (max rel. error {summary['max_rel_error']:.3g}, mean {summary['mean_rel_error']:.3g}, min energy {summary['min_energy']:.4f})"
         table.add_row("exact low rank", exact)
+    onto = meta.get("merge_onto")
+    if onto:
+        table.add_row("merged onto", f"{onto['merge_onto']} ({onto['reason']})")
     table.add_row("time", f"{time.time() - start:.1f} s")
     console.print(table)
+    if meta.get("quantization"):
+        from .quantize_cmds import quantization_table
+
+        console.print(quantization_table(meta["quantization"]))
     return 0
 
 

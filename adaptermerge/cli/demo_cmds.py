@@ -1,0 +1,99 @@
+"""`adaptermerge demo`: train three task adapters, merge them every way, evaluate, show the table.
+
+Exit status: 0 a merge passed every gate, 1 none did (the table and report are still written), 2 bad input.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+STAGES = ("base", "train", "merge", "eval", "sweep", "winner")
+
+
+def register(group: click.Group) -> None:
+    group.add_command(demo_cmd)
+
+
+def _table(data: dict):
+    from rich.table import Table
+
+    from ..demo.report import table_rows
+
+    rows = table_rows(data)
+    winner = data["winner"]["name"] if data["winner"] else None
+    table = Table(title=f"adaptermerge demo (winner: {winner or 'none'})")
+    for i, head in enumerate(rows[0]):
+        table.add_column(head, justify="left" if i in (0, len(rows[0]) - 1) else "right")
+    for r in rows[1:]:
+        style = "bold green" if r[0] == winner else ("dim" if r[-1].startswith(("error", "skipped")) else None)
+        table.add_row(*r, style=style)
+    return table
+
+
+def _parse_steps(text: str | None) -> dict[str, int] | None:
+    from ..errors import AdapterMergeError
+    from ..train.data import TASKS
+
+    if not text:
+        return None
+    out = {}
+    for part in text.split(","):
+        task, _, n = part.partition("=")
+        if not n.strip().isdigit():
+            raise AdapterMergeError(f"--train-steps {text!r}: expected task=steps,... e.g. domain=30,structured=12")
+        if task.strip() not in TASKS:
+            raise AdapterMergeError(f"--train-steps: unknown task {task.strip()!r}: expected {', '.join(TASKS)}")
+        out[task.strip()] = int(n)
+    return out
+
+
+@click.command("demo")
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=Path("demo"), show_default=True, help="Demo folder.")
+@click.option("--quick", is_flag=True, help="A short version: fewer training steps (or cached full adapters), eval subsets, 1 MMLU question per subject.")
+@click.option("--base", default=None, help="Base model: HF id or folder (default: the embedded SmolLM2-135M-Instruct).")
+@click.option("--mmlu-data", default=None, help="Local cais/mmlu CSV folder (default: $ADAPTERMERGE_MMLU_DATA, else ../shared/data/mmlu).")
+@click.option("--mmlu-limit", type=int, default=None, help="MMLU questions per subject (default 5; --quick 1).")
+@click.option("--train-steps", default=None, help="Override training steps per task, e.g. domain=30,structured=12.")
+@click.option("--methods", default=None, help="Comma-separated registered methods to run (default: all).")
+@click.option("--no-baselines", is_flag=True, help="Skip the PEFT, mergekit and sequential-training rows.")
+@click.option("--no-sweep", is_flag=True, help="Do not search density and weights when the defaults miss the targets.")
+@click.option("--mergekit", default=None, help="mergekit-yaml executable (default: $ADAPTERMERGE_MERGEKIT, else on PATH; else that row is skipped).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--threads", type=int, default=None, help="torch CPU threads for evaluation.")
+@click.option("--dtype", type=click.Choice(["float32", "bfloat16"]), default="float32", show_default=True,
+              help="Evaluation compute dtype; bfloat16 is about 2x faster on CPUs with bf16 units, scores shift slightly.")
+@click.option("--force", is_flag=True, help="Replace an existing demo folder.")
+def demo_cmd(output, quick, base, mmlu_data, mmlu_limit, train_steps, methods, no_baselines, no_sweep, mergekit, seed, threads, dtype,
+             force) -> int:
+    """Train the domain, structured and safety adapters, merge them with every method and with
+    PEFT / mergekit / sequential training for comparison, evaluate all of them against the gates,
+    and write report.md, report.json and the winning merge (PEFT adapter and NF4 model).
+
+    \b
+      adaptermerge demo -o demo/
+      adaptermerge demo --quick -o demo-quick/
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from ..demo import DemoConfig, run_demo
+    from .progress import console
+
+    config = DemoConfig(output=output, base=base, quick=quick, force=force, mmlu_data=mmlu_data, mmlu_limit=mmlu_limit,
+                        train_steps=_parse_steps(train_steps), seed=seed, threads=threads, sweep=not no_sweep,
+                        mergekit=mergekit, eval_dtype=dtype, methods=methods.split(",") if methods else None, baselines=not no_baselines)
+    with Progress(TextColumn("[bold]{task.description:<7}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TextColumn("{task.fields[label]}", style="dim"), console=console) as bar:
+        tasks = {}
+
+        def progress(stage: str, done: int, total: int, label: str = "") -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(stage, total=None, label="")
+            bar.update(tasks[stage], completed=done, total=total or None, label=label[-60:])
+
+        result = run_demo(config, progress)
+    console.print(_table(result.report))
+    click.echo(f"wrote {result.output}/report.md, report.json" + (f", winner/ ({result.winner})" if result.winner else ""))
+    winner = next((r for r in result.rows if r["name"] == result.winner), None)
+    return 0 if winner and winner["passed"] else 1

@@ -1,0 +1,111 @@
+"""`adaptermerge eval`: evaluate candidates against the base, check gates, write the report.
+
+Exit status: 0 every gate passes, 1 a gate fails or an evaluation errors, 2 bad input.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+
+STYLE = {"pass": "green", "fail": "bold red", "error": "bold yellow", None: ""}
+
+
+def register(group: click.Group) -> None:
+    group.add_command(eval_cmd)
+
+
+def _table(report):
+    from rich.table import Table
+
+    from ..evalsuite.report import headline, summary_rows
+
+    has_mmlu = "mmlu" in report.tasks
+    table = Table(title=f"adaptermerge eval: {'PASS' if report.passed else 'FAIL'}", title_style="green" if report.passed else "bold red")
+    table.add_column("candidate")
+    for task in report.tasks:
+        table.add_column(f"{task}\n{headline(report, task)}", justify="right")
+    table.add_column("retention", justify="right")
+    if has_mmlu:
+        table.add_column("MMLU Δ\nvs base", justify="right")
+    table.add_column("verdict")
+    for row in summary_rows(report):
+        cells = [f"[{STYLE[row['cells'][t]['status']]}]{row['cells'][t]['text']}[/]" if row["cells"][t]["status"] else row["cells"][t]["text"]
+                 for t in report.tasks]
+        ret = row["retention"]
+        cells.append(f"[{STYLE[ret['status']]}]{ret['text']}[/]" if ret["status"] else ret["text"])
+        if has_mmlu:
+            cells.append(row["mmlu_delta"])
+        verdict = row["verdict"]
+        cells.append(f"[{STYLE.get(verdict, 'dim')}]{verdict}[/]" if verdict in STYLE else f"[dim]{verdict}[/]")
+        table.add_row(row["name"], *cells)
+    return table
+
+
+@click.command("eval")
+@click.argument("candidates", nargs=-1)
+@click.option("--gates", "gates_path", type=click.Path(path_type=Path), default=None, help="Gates YAML (tasks, thresholds, retention).")
+@click.option("--tasks", default=None, help="Comma-separated tasks (default: the gates file's, else domain,structured,safety,mmlu).")
+@click.option("--base", default=None, help="Base model: HF id or folder (default: the adapters' base, else the embedded one).")
+@click.option("--mmlu-data", default=None, help="Local cais/mmlu CSV folder (default: $ADAPTERMERGE_MMLU_DATA, else the hub).")
+@click.option("--mmlu-limit", type=int, default=None, help="Questions per MMLU subject (stratified, fixed seed).")
+@click.option("--mmlu-shots", type=int, default=0, show_default=True, help="Few-shot examples from the dev split (0-5).")
+@click.option("--mmlu-format", type=click.Choice(["auto", "cloze", "letter"]), default="auto", show_default=True,
+              help="auto: cloze below 1B parameters (letter format is at chance there), letter above.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the built-in eval data and the MMLU sample.")
+@click.option("--batch-size", type=int, default=32, show_default=True, help="Generation batch size.")
+@click.option("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice).")
+@click.option("--dtype", type=click.Choice(["float32", "bfloat16"]), default="float32", show_default=True,
+              help="Compute dtype; bfloat16 is about 2x faster on CPUs with bf16 units, scores shift slightly.")
+@click.option("--no-cache", is_flag=True, help="Evaluate again even when cached results exist.")
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=None, help="Report folder (report.json, report.md, chart.png).")
+@click.option("--force", is_flag=True, help="Overwrite an existing report folder.")
+@click.option("--print-include-path", is_flag=True, help="Print the folder of the lm-eval task YAML files and exit.")
+def eval_cmd(candidates, gates_path, tasks, base, mmlu_data, mmlu_limit, mmlu_shots, mmlu_format, seed, batch_size, threads,
+             dtype, no_cache, output, force, print_include_path) -> int:
+    """Evaluate CANDIDATES (adapter folders, merged model folders; the base is always the reference)
+    on the built-in tasks, user tasks and MMLU, and check the gates.
+
+    \b
+      adaptermerge eval merged/ adapters/domain --gates gates.yaml -o report/
+      adaptermerge eval merged/ --mmlu-limit 10 --mmlu-data ../shared/data/mmlu -o report/
+    The same tasks run on lm-eval's CLI:
+      lm-eval run --model hf --model_args pretrained=HF_ID,peft=ADAPTER --device cpu --apply_chat_template \\
+        --include_path $(adaptermerge eval --print-include-path) --tasks adaptermerge_domain
+      (MMLU: --tasks adaptermerge_mmlu_cloze --metadata '{"mmlu_data": "DIR", "mmlu_limit": 10}')
+    """
+    from ..evalsuite import gates as gates_mod
+    from ..evalsuite.harness import TASKS_DIR
+    from ..evalsuite.report import check_output, write_report
+    from ..evalsuite.runner import EvalSettings, evaluate
+    from .progress import console, progress_bar
+
+    if print_include_path:
+        click.echo(str(TASKS_DIR))
+        return 0
+    # datasets and lm-eval draw tqdm bars of their own (the model's are switched off by the runner);
+    # this silences those that do not pass `disable` explicitly. The rich bar below is the one to read.
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    if output is not None:
+        check_output(output, force)
+    config = gates_mod.load_gates(gates_path) if gates_path else None
+    task_list = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else None
+    settings = EvalSettings(base=base, mmlu_data=mmlu_data, mmlu_limit=mmlu_limit, mmlu_shots=mmlu_shots, mmlu_format=mmlu_format,
+                            seed=seed, batch_size=batch_size, threads=threads, dtype=dtype,
+                            use_cache=not no_cache)
+    with progress_bar("evaluating") as update:
+        report = evaluate(list(candidates), task_list, config, settings, progress=update)
+    console.print(_table(report))
+    for note in report.notes:
+        console.print(f"[dim]{note}[/]")
+    for g in report.gates:
+        if not g.passed:
+            console.print(f"[red]FAIL[/] {g.candidate}: {g.gate.describe()}: {g.detail}")
+    for error in report.errors:
+        console.print(f"[yellow]error[/] {error}")
+    if output is not None:
+        write_report(report, output, force=force)
+        console.print(f"report -> {output}/report.md")
+    return 0 if report.passed else 1

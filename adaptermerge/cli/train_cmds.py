@@ -1,0 +1,92 @@
+"""`adaptermerge data build` and `adaptermerge train`: thin shells over adaptermerge.train."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+TASK_CHOICES = ("domain", "structured", "safety", "custom")
+
+
+def register(group: click.Group) -> None:
+    group.add_command(data_group)
+    group.add_command(train_cmd)
+
+
+@click.group("data")
+def data_group() -> None:
+    """Built-in task data sets."""
+
+
+@data_group.command("build")
+@click.option("--task", required=True, help="domain, structured or safety.")
+@click.option("--split", default="train", show_default=True, help="train or eval.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=None, help="JSONL file (default: stdout).")
+@click.option("--force", is_flag=True, help="Overwrite an existing output file.")
+def data_build(task: str, split: str, seed: int, output: Path | None, force: bool) -> None:
+    """Write a built-in data set as JSONL chat records."""
+    from ..train.data import build_records, write_jsonl
+    from ..train.records import jsonl_text
+
+    records = build_records(task, split, seed)
+    if output is None:
+        click.echo(jsonl_text(records), nl=False)
+        return
+    write_jsonl(records, output, force=force)
+    click.echo(f"{len(records)} {task} {split} records -> {output}", err=True)
+
+
+@click.command("train")
+@click.option("--task", required=True, help="domain, structured, safety or custom (custom needs --data).")
+@click.option("--data", type=click.Path(path_type=Path), default=None, help="JSONL chat records (overrides built-in data).")
+@click.option("--base", default=None, help="HF id or local folder (default: the embedded SmolLM2-135M-Instruct).")
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Adapter folder to write.")
+@click.option("--max-steps", type=int, default=None, help="Optimizer steps (preset default).")
+@click.option("--epochs", type=float, default=None, help="Passes over the data (with --max-steps: whichever ends first).")
+@click.option("--lr", type=float, default=None, help="Peak learning rate.")
+@click.option("--rank", type=int, default=None)
+@click.option("--alpha", type=float, default=None)
+@click.option("--targets", default=None, help="Comma-separated module names (default: all seven projections).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--batch-size", type=int, default=None)
+@click.option("--max-length", type=int, default=None, help="Tokens per example; longer ones are cut.")
+@click.option("--no-qlora", is_flag=True, help="Plain LoRA on the fp32 base instead of an NF4 base.")
+@click.option("--dora", is_flag=True, help="Train a DoRA adapter.")
+@click.option("--on-top-of", type=click.Path(path_type=Path), default=None, help="Adapter merged into the base first (sequential training).")
+@click.option("--force", is_flag=True, help="Overwrite an existing output folder.")
+def train_cmd(task, data, base, output, max_steps, epochs, lr, rank, alpha, targets, seed, batch_size, max_length,
+              no_qlora, dora, on_top_of, force) -> None:
+    """Train a (Q)LoRA or DoRA adapter for a task preset or your own data."""
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from ..errors import AdapterMergeError
+    from ..train.presets import ALL_PROJECTIONS, PRESETS
+    from ..train.trainer import TrainConfig, train
+
+    if task not in PRESETS:
+        raise AdapterMergeError(f"unknown task {task!r}: expected one of {', '.join(TASK_CHOICES)}")
+    if data is not None and not data.is_file():
+        raise AdapterMergeError(f"data file {data} does not exist")
+    if on_top_of is not None and not on_top_of.is_dir():
+        raise AdapterMergeError(f"--on-top-of {on_top_of} does not exist")
+    names = tuple(t.strip() for t in targets.split(",") if t.strip()) if targets else ALL_PROJECTIONS
+    config = TrainConfig(
+        task=task, output=output, data=data, base=base, max_steps=max_steps, epochs=epochs, lr=lr, rank=rank,
+        alpha=alpha, targets=names, seed=seed, batch_size=batch_size, max_length=max_length, qlora=not no_qlora,
+        dora=dora, on_top_of=on_top_of, force=force,
+    ).resolved()
+    if output.exists() and not force:
+        raise AdapterMergeError(f"{output} exists: pass --force to overwrite")
+    columns = [TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+               TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn()]
+    with Progress(*columns, console=Console(stderr=True), transient=False) as bar:
+        job = bar.add_task(f"train {task}", total=None, loss="-")
+
+        def progress(step: int, total: int, loss: float) -> None:
+            bar.update(job, completed=step, total=total, loss=f"{loss:.3f}")
+
+        path = train(config, progress=progress)
+    click.echo(str(path))

@@ -1,0 +1,95 @@
+"""The comparison rows that do not use adaptermerge's merge engine, run on the same adapters:
+
+- PEFT's `add_weighted_adapter`: `ties` works on the factors A and B separately (it needs equal
+  ranks), `ties_svd` on the dense deltas followed by a truncated SVD;
+- mergekit's `ties` on `base+lora` models: each adapter is folded into a dense copy of the base
+  (`--lora-merge-cache`), the dense models are merged, and the output is a full model. mergekit is
+  not a dependency: the row is skipped when no `mergekit-yaml` executable is found.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import yaml
+
+from .. import base as base_mod
+
+MERGEKIT_ENV = "ADAPTERMERGE_MERGEKIT"  # path of a mergekit-yaml executable
+
+
+class Skipped(Exception):
+    """The approach cannot run here (a missing optional tool); the row says why."""
+
+
+def peft_merge(adapters: dict[str, Path], out: Path, combination_type: str, *, base: str | None,
+               weights: list[float], density: float, seed: int = 0) -> Path:
+    """Merge `adapters` ({name: folder}) with PEFT's add_weighted_adapter into the PEFT folder `out`."""
+    import torch
+    from peft import PeftModel
+
+    torch.manual_seed(seed)
+    names = list(adapters)
+    model = PeftModel.from_pretrained(base_mod.load_model(base), str(adapters[names[0]]), adapter_name=names[0])
+    for name in names[1:]:
+        model.load_adapter(str(adapters[name]), adapter_name=name)
+    model.add_weighted_adapter(names, list(weights), "merged", combination_type=combination_type, density=density)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{out.name}-", dir=out.parent))
+    try:
+        model.save_pretrained(tmp, selected_adapters=["merged"])  # a non-default name goes to tmp/merged/
+        config_path = tmp / "merged" / "adapter_config.json"
+        config = json.loads(config_path.read_text())
+        config["base_model_name_or_path"] = base_mod.base_id(base)
+        config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        os.replace(tmp / "merged", out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def find_mergekit(explicit: str | None = None) -> str | None:
+    """The mergekit-yaml executable: `explicit`, else $ADAPTERMERGE_MERGEKIT, else on PATH."""
+    candidate = explicit or os.environ.get(MERGEKIT_ENV) or shutil.which("mergekit-yaml")
+    if candidate and Path(candidate).is_file() and os.access(candidate, os.X_OK):
+        return str(candidate)
+    return None
+
+
+def mergekit_config(adapters: dict[str, Path], base_dir: Path, *, weights: list[float], density: float) -> dict:
+    """mergekit's `ties` over `base+lora` models, its defaults otherwise (normalize: true)."""
+    return {
+        "merge_method": "ties",
+        "base_model": str(base_dir),
+        "models": [{"model": f"{base_dir}+{Path(folder).resolve()}", "parameters": {"density": density, "weight": w}}
+                   for folder, w in zip(adapters.values(), weights)],
+        "dtype": "float32",
+    }
+
+
+def mergekit_merge(adapters: dict[str, Path], out: Path, *, base: str | None, weights: list[float], density: float,
+                   work: Path, executable: str | None = None, timeout: float = 3600) -> Path:
+    """Run mergekit-yaml; `out` becomes a full model folder. Raises Skipped without mergekit."""
+    exe = find_mergekit(executable)
+    if exe is None:
+        raise Skipped(f"mergekit-yaml not found (install mergekit, or pass --mergekit PATH / set ${MERGEKIT_ENV})")
+    base_dir = base_mod.resolve_base(base)
+    work.mkdir(parents=True, exist_ok=True)
+    config_path = work / "mergekit_ties.yaml"
+    config_path.write_text(yaml.safe_dump(mergekit_config(adapters, base_dir, weights=weights, density=density), sort_keys=False))
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{out.name}-", dir=out.parent))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    try:
+        done = subprocess.run([exe, str(config_path), str(tmp), "--lora-merge-cache", str(work / "lora-merge-cache"),
+                               "--copy-tokenizer"], capture_output=True, text=True, timeout=timeout, env=env)
+        if done.returncode != 0:
+            lines = [line for line in (done.stderr or done.stdout).strip().splitlines() if line.strip()]
+            raise RuntimeError(f"mergekit-yaml exited with {done.returncode}: {lines[-1] if lines else 'no output'}")
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out

@@ -1,0 +1,132 @@
+"""The demo's report: report.json (every row), report.md (the table and chart.png).
+
+Columns: approach | domain | structured | safety | MMLU | retention per task | MMLU delta | gates.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict
+from pathlib import Path
+
+from ..train.data import TASKS
+from .plan import HEADLINE, MMLU, MMLU_MAX_DROP, RETENTION_MIN, TASK_GATES
+
+
+def _relative(path, tmp: Path) -> str | None:
+    if path is None:
+        return None
+    path = Path(path)
+    try:
+        return str(path.relative_to(tmp))
+    except ValueError:
+        return str(path)
+
+
+def to_json(rows: list[dict], winner: dict | None, *, config, timings: dict, notes: list[str], eval_names: dict,
+            output: Path, tmp: Path, machine: dict) -> dict:
+    candidates = []
+    for row in rows:
+        c = {k: v for k, v in row.items() if k not in ("path",)}
+        c["path"] = _relative(row.get("path"), tmp)
+        candidates.append(c)
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()}
+    return {
+        "candidates": candidates,
+        "winner": winner,
+        "targets": {"retention_min": RETENTION_MIN, "mmlu_max_drop": MMLU_MAX_DROP,
+                    "task_minimums": {t: dict(g) for t, g in TASK_GATES.items()}},
+        "metrics": {**HEADLINE, MMLU: "acc"},
+        "eval_tasks": eval_names,
+        "settings": settings,
+        "timings_s": timings,
+        "machine": machine,
+        "notes": notes,
+    }
+
+
+def _fmt(x, digits=3) -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+
+
+def table_rows(data: dict) -> list[list[str]]:
+    """The table as text cells: header first. Shared by report.md and the terminal."""
+    head = ["approach", *[f"{t} ({HEADLINE[t]})" for t in TASKS], "MMLU (acc)", "retention d/s/s", "MMLU Δ", "gates"]
+    out = [head]
+    for c in data["candidates"]:
+        if c.get("error"):
+            out.append([c["name"], *["-"] * (len(head) - 2), ("skipped: " if c.get("skipped") else "error: ") + c["error"].removeprefix("skipped: ")])
+            continue
+        scores = c.get("scores", {})
+        ret = c.get("retention")
+        ret_text = "/".join(_fmt(ret.get(t), 2) for t in TASKS) if ret else "-"
+        delta = c.get("mmlu_delta")
+        gates = f"{c['gates_passed']}/{c['gates_total']}" + (" pass" if c["passed"] else "")
+        if c.get("errors"):
+            gates = "error: " + "; ".join(c["errors"])[:120]
+        out.append([c["name"], *[_fmt(scores.get(t)) for t in TASKS], _fmt(scores.get(MMLU)), ret_text,
+                    "-" if delta is None else f"{delta:+.3f}", gates])
+    return out
+
+
+def to_markdown(data: dict) -> str:
+    rows = table_rows(data)
+    m = data["machine"]
+    winner = data["winner"]
+    lines = ["# adaptermerge demo", "",
+             f"{m['date']}, {m['processor']}, {m['cpus']} CPUs, load average {m['load_average']}; "
+             f"total {data['timings_s'].get('total', 0) / 60:.1f} min ({'quick' if data['settings']['quick'] else 'full'} run).", "",
+             "| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
+    lines += ["| " + " | ".join(r) + " |" for r in rows[1:]]
+    t = data["targets"]
+    lines += ["", f"Targets: every task's preset minimum ({', '.join(f'{task} {m} >= {v}' for task, g in t['task_minimums'].items() for m, v in g.items())}), "
+              f"retention >= {t['retention_min']} of each single adapter's gain over the base, MMLU drop <= {t['mmlu_max_drop']}. "
+              "retention = (merge - base) / (single adapter - base) on the task's metric; '-' where the single adapter does not beat the base.",
+              "", f"Winner: **{winner['name']}** (PEFT adapter in `winner/{winner['adapter']}`, NF4 model in `winner/nf4`)" if winner else "Winner: none", ""]
+    if data["eval_tasks"] and any(k != v for k, v in data["eval_tasks"].items()):
+        lines += ["Evaluation subsets: " + ", ".join(f"{k} -> {v}" for k, v in data["eval_tasks"].items()), ""]
+    lines += ["![scores](chart.png)", "", "## Approaches", ""]
+    for c in data["candidates"]:
+        a = c.get("approach")
+        if a:
+            what = a["describe"] + (f" ({c['seconds']} s)" if "seconds" in c else "")
+        elif c["kind"] == "adapter":
+            what = f"single-task adapter, {c['steps']} steps, {'reused from the cache' if c['reused'] else 'trained'}: {c['path']}"
+        else:
+            what = c["kind"]
+        lines.append(f"- {c['name']}: {what}")
+    lines += ["", "## Timings (s)", "", ", ".join(f"{k} {v}" for k, v in data["timings_s"].items()), ""]
+    if data["notes"]:
+        lines += ["## Notes", "", *[f"- {n}" for n in data["notes"]], ""]
+    return "\n".join(lines)
+
+
+def write_chart(data: dict, path: Path) -> None:
+    """Grouped bars: one group per task (and MMLU), one bar per candidate that has scores."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cands = [c for c in data["candidates"] if c.get("scores")]
+    tasks = [t for t in (*TASKS, MMLU) if any(c["scores"].get(t) is not None for c in cands)]
+    width = 0.8 / max(len(cands), 1)
+    fig, ax = plt.subplots(figsize=(max(8, 0.45 * len(cands) * len(tasks)), 4.5))
+    for i, c in enumerate(cands):
+        xs = [k + (i - (len(cands) - 1) / 2) * width for k in range(len(tasks))]
+        ax.bar(xs, [c["scores"].get(t) or 0 for t in tasks], width, label=c["name"])
+    ax.set_xticks(range(len(tasks)), [f"{t}\n{data['metrics'][t]}" for t in tasks])
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("score")
+    ax.set_title("adaptermerge demo")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write(data: dict, folder: Path) -> None:
+    (folder / "report.json").write_text(json.dumps(data, indent=2, default=str) + "\n")
+    write_chart(data, folder / "chart.png")
+    (folder / "report.md").write_text(to_markdown(data))

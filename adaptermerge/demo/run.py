@@ -1,0 +1,256 @@
+"""`run_demo(config, progress)`: the stages of the end-to-end demo, each a small function.
+
+base -> train (cached) -> merge every way -> evaluate -> (sweep) -> winner (PEFT adapter + NF4 model)
+-> report. Everything is written into a temporary folder beside the output, which replaces the
+output in one rename at the end. An approach that fails becomes a row with its error.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+from .. import base as base_mod
+from ..errors import AdapterMergeError
+from ..train.data import TASKS
+from . import adapters as adapters_mod
+from . import baselines, plan, report, results, sweep
+from .plan import Approach, DemoConfig
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str, int, int, str], None]  # (stage, done, total, label)
+
+
+@dataclass
+class DemoResult:
+    output: Path
+    rows: list[dict]
+    winner: str | None
+    report: dict
+
+
+def _noop(stage: str, done: int, total: int, label: str = "") -> None:
+    pass
+
+
+# ---------------------------------------------------------------- stages
+
+def train_singles(config: DemoConfig, progress: Progress) -> dict[str, dict]:
+    """{task: {"path", "reused", "steps"}} for the three task adapters."""
+    out = {}
+    for i, task in enumerate(TASKS):
+        steps = (config.train_steps or {}).get(task)
+        cfg = adapters_mod.choose_config(task, base=config.base, seed=config.seed, quick=config.quick, steps=steps)
+        progress("train", i, len(TASKS), f"{task}")
+        path, reused = adapters_mod.ensure_adapter(cfg, lambda s, n, loss, t=task: progress("train", i, len(TASKS), f"{t} step {s}/{n} loss {loss:.3f}"))
+        out[task] = {"path": path, "reused": reused, "steps": cfg.resolved().max_steps}
+    progress("train", len(TASKS), len(TASKS), "done")
+    return out
+
+
+def _sequential_training(singles: dict[str, dict], config: DemoConfig, out: Path, work: Path, progress: Progress) -> Path:
+    """Train each next task on top of the chain so far (`train --on-top-of`), folding the chain with
+    the sequential method after each step; the result is one adapter on the base."""
+    from .. import load_adapter, merge
+
+    chain = singles[TASKS[0]]["path"]
+    for task in TASKS[1:]:
+        cfg = adapters_mod.choose_config(task, base=config.base, seed=config.seed, quick=config.quick,
+                                         steps=(config.train_steps or {}).get(task))
+        cfg = replace(cfg, on_top_of=chain)
+        trained, _ = adapters_mod.ensure_adapter(cfg, lambda s, n, loss, t=task: progress("merge", 0, 0, f"sequential_training: {t} step {s}/{n}"))
+        folded = merge([load_adapter(chain), load_adapter(trained)], "sequential", [1.0, 1.0], base=config.base, seed=config.seed)
+        chain = folded.save(work / f"chain-{task}", force=True)
+    shutil.copytree(chain, out)
+    return out
+
+
+def run_approach(approach: Approach, singles: dict[str, dict], config: DemoConfig, merges_dir: Path, work: Path,
+                 progress: Progress) -> dict:
+    """Produce one approach's output; a failure is returned as the row's error, never raised."""
+    from .. import load_adapter, merge
+
+    out = merges_dir / approach.name
+    paths = {task: singles[task]["path"] for task in TASKS}
+    entry = {"name": approach.name, "kind": "merge", "approach": approach.to_dict(), "path": None, "model": "adapter",
+             "error": None, "skipped": False}
+    started = time.perf_counter()
+    try:
+        if approach.kind == "method":
+            merged = merge([load_adapter(p) for p in paths.values()], approach.method, list(approach.weights),
+                           base=config.base, seed=config.seed, **approach.params)
+            merged.save(out)
+        elif approach.kind == "peft":
+            baselines.peft_merge(paths, out, approach.method, base=config.base, weights=list(approach.weights),
+                                 density=approach.params["density"], seed=config.seed)
+        elif approach.kind == "mergekit":
+            baselines.mergekit_merge(paths, out, base=config.base, weights=list(approach.weights),
+                                     density=approach.params["density"], work=work / "mergekit", executable=config.mergekit)
+            entry["model"] = "full"
+        elif approach.kind == "train":
+            _sequential_training(singles, config, out, work / "sequential", progress)
+        else:
+            raise AdapterMergeError(f"unknown approach kind {approach.kind!r}")
+        entry["path"] = out
+    except baselines.Skipped as exc:
+        entry.update(error=f"skipped: {exc}", skipped=True)
+    except Exception as exc:  # noqa: BLE001 - one approach failing must not stop the comparison
+        log.exception("approach %s failed", approach.name)
+        entry["error"] = f"{type(exc).__name__}: {exc}"
+        shutil.rmtree(out, ignore_errors=True)
+    entry["seconds"] = round(time.perf_counter() - started, 2)
+    return entry
+
+
+def _candidate(entry: dict, base: str | None):
+    from ..evalsuite.candidates import Candidate
+
+    kind = "merged" if entry.get("model") == "full" else "adapter"
+    task = entry["name"] if entry["kind"] == "adapter" else None
+    return Candidate(entry["name"], kind, Path(entry["path"]), base=base, task=task)
+
+
+def evaluate_entries(entries: list[dict], config: DemoConfig, gate_config, has_mmlu: bool, progress: Progress):
+    """Evaluate the base and every entry that produced an output (one call: cached results are reused)."""
+    from ..evalsuite.runner import EvalSettings, evaluate
+
+    settings = EvalSettings(base=config.base, mmlu_data=config.mmlu_data, mmlu_limit=config.mmlu_limit, seed=config.seed,
+                            threads=config.threads, batch_size=config.eval_batch_size, dtype=config.eval_dtype)
+    tasks = [t for t in gate_config.tasks if has_mmlu or t != plan.MMLU]
+    cands = [_candidate(e, config.base) for e in entries if e["kind"] != "base" and e.get("error") is None]
+    return evaluate(cands, tasks=tasks, gates=gate_config, settings=settings,
+                    progress=lambda d, n, label: progress("eval", d, n, label))
+
+
+def write_winner(row: dict, config: DemoConfig, out: Path, progress: Progress) -> dict:
+    """out/adapter (the PEFT adapter; none for a full-model merge) and out/nf4 (the NF4 model)."""
+    from .. import load_adapter, merge_to_model
+    from ..quantize import quantize_model
+
+    out.mkdir(parents=True)
+    info = {"name": row["name"], "adapter": None, "nf4": None, "notes": []}
+    source = Path(row["path"])
+    progress("winner", 0, 1, row["name"])
+    if row.get("model") == "full":
+        info["notes"].append("a full-model merge (mergekit) has no adapter form")
+        quantize_model(source, out / "nf4", "nf4", source=row["name"])
+    else:
+        shutil.copytree(source, out / "adapter")
+        info["adapter"] = "adapter"
+        # One adapter through the sequential method is the adapter itself, DoRA included.
+        merge_to_model([load_adapter(source)], out / "nf4", "sequential", [1.0], base=config.base, requantize="nf4")
+    info["nf4"] = "nf4"
+    progress("winner", 1, 1, "done")
+    return info
+
+
+# ---------------------------------------------------------------- the run
+
+def run_demo(config: DemoConfig, progress: Progress | None = None) -> DemoResult:
+    """Run the whole demo into config.output (see the module docstring)."""
+    from ..fileio import check_output
+
+    config = config.checked()
+    progress = progress or _noop
+    output = check_output(config.output, config.force)
+    if config.mmlu_data is None:
+        config.mmlu_data = plan.default_mmlu_data()
+    has_mmlu = config.mmlu_data is not None
+    started, timings, notes = time.perf_counter(), {}, []
+    if not has_mmlu:
+        notes.append("MMLU skipped: no data (pass --mmlu-data or set ADAPTERMERGE_MMLU_DATA)")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{output.name}-", dir=output.parent))
+    try:
+        t = time.perf_counter()
+        progress("base", 0, 1, "resolving")
+        base_dir = base_mod.resolve_base(config.base)
+        progress("base", 1, 1, str(base_dir.name))
+        timings["base"] = round(time.perf_counter() - t, 2)
+
+        t = time.perf_counter()
+        singles = train_singles(config, progress)
+        timings["train"] = round(time.perf_counter() - t, 2)
+
+        t = time.perf_counter()
+        (tmp / "merges").mkdir()
+        work = tmp / ".work"
+        entries = [{"name": "base", "kind": "base", "approach": None, "path": None, "error": None}]
+        entries += [{"name": task, "kind": "adapter", "approach": None, "path": info["path"], "error": None,
+                     "reused": info["reused"], "steps": info["steps"]} for task, info in singles.items()]
+        approaches = plan.approaches(config)
+        for i, approach in enumerate(approaches):
+            progress("merge", i, len(approaches), approach.name)
+            entries.append(run_approach(approach, singles, config, tmp / "merges", work, progress))
+        progress("merge", len(approaches), len(approaches), "done")
+        timings["merge"] = round(time.perf_counter() - t, 2)
+
+        t = time.perf_counter()
+        gate_config = plan.gate_config(config, tmp / "eval-data")
+        eval_names = {task: plan.eval_task_name(task, config) for task in TASKS}
+        evaluated = evaluate_entries(entries, config, gate_config, has_mmlu, progress)
+        rows = results.build_rows(entries, evaluated.scores, gate_config, eval_names, has_mmlu)
+        timings["eval"] = round(time.perf_counter() - t, 2)
+
+        best = results.best_merge(rows)
+        if config.sweep and not (best and best["passed"]):
+            t = time.perf_counter()
+            points = sweep.sweep_points(best, config.quick)
+            for i, approach in enumerate(points):
+                progress("sweep", i, len(points), approach.name)
+                entry = run_approach(approach, singles, config, tmp / "merges", work, progress)
+                entry["sweep"] = True
+                entries.append(entry)
+            evaluated = evaluate_entries(entries, config, gate_config, has_mmlu, progress)
+            rows = results.build_rows(entries, evaluated.scores, gate_config, eval_names, has_mmlu)
+            best = results.best_merge(rows)
+            timings["sweep"] = round(time.perf_counter() - t, 2)
+
+        winner = None
+        if best is not None:
+            t = time.perf_counter()
+            try:
+                winner = write_winner(best, config, tmp / "winner", progress)
+            except Exception as exc:  # noqa: BLE001 - the table is still worth writing
+                log.exception("writing the winner failed")
+                notes.append(f"writing the winner {best['name']} failed: {type(exc).__name__}: {exc}")
+            timings["winner"] = round(time.perf_counter() - t, 2)
+        else:
+            notes.append("no merge produced a usable result: no winner written")
+        shutil.rmtree(work, ignore_errors=True)
+        timings["total"] = round(time.perf_counter() - started, 2)
+
+        data = report.to_json(rows, winner, config=config, timings=timings, notes=notes + _eval_notes(evaluated.notes),
+                              eval_names=eval_names, output=output, tmp=tmp, machine=machine())
+        report.write(data, tmp)
+        if output.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".old-{output.name}-", dir=output.parent))
+            os.replace(output, old / "old")
+            shutil.rmtree(old, ignore_errors=True)
+        os.replace(tmp, output)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return DemoResult(output, data["candidates"], winner["name"] if winner else None, data)
+
+
+def _eval_notes(notes: list[str]) -> list[str]:
+    # The suite's own retention note concerns its gates; the demo computes retention itself.
+    return [n for n in notes if not n.startswith("retention:")]
+
+
+def machine() -> dict:
+    import torch
+
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    return {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "load_average": [round(x, 2) for x in load] if load else None}

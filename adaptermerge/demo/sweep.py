@@ -1,0 +1,46 @@
+"""A small search when the defaults miss the targets: density and scaling of the TIES family and
+task arithmetic, plus up-weighting the task the best merge so far retains least. Every point is
+scored by the same gates as the defaults; the winner is simply the best row.
+"""
+
+from __future__ import annotations
+
+from ..train.data import TASKS
+from .plan import Approach, method_approach
+
+FULL_GRID = [
+    ("ties", {"density": 0.5}),
+    ("ties", {"density": 0.8}),
+    ("ties", {"density": 0.5, "lambda_": 1.3}),
+    ("dare_ties", {"density": 0.8}),
+    ("task_arithmetic", {"lambda_": 0.8}),
+    ("dora", {"inner": "ties", "density": 0.5}),
+]
+QUICK_GRID = [("ties", {"density": 0.5})]
+UPWEIGHT = 1.5
+
+
+def point_name(method: str, params: dict, weights: list[float]) -> str:
+    parts = [method] + [f"{k.rstrip('_')}{v:g}" if isinstance(v, float) else f"{k}-{v}" for k, v in params.items()]
+    if any(w != 1.0 for w in weights):
+        parts.append("w" + "-".join(f"{w:g}" for w in weights))
+    return "sweep_" + "_".join(parts)
+
+
+def sweep_points(best: dict | None, quick: bool) -> list[Approach]:
+    """The grid, then the best merge so far (if a registered method) with its least-retained task up-weighted."""
+    grid = QUICK_GRID if quick else FULL_GRID
+    points = [method_approach(m, p, name=point_name(m, p, [1.0] * len(TASKS))) for m, p in grid]
+    if best is not None and best["approach"]["kind"] == "method":
+        kept = {t: r for t, r in (best.get("retention") or {}).items() if r is not None}
+        if kept:
+            worst = min(kept, key=kept.get)
+            weights = [UPWEIGHT if t == worst else 1.0 for t in TASKS]
+            method, params = best["approach"]["method"], best["approach"]["params"]
+            points.append(method_approach(method, params, weights, name=point_name(method, params, weights)))
+    seen, out = set(), []
+    for p in points:
+        if p.name not in seen:
+            seen.add(p.name)
+            out.append(p)
+    return out

@@ -1,0 +1,233 @@
+"""Gates: the pass/fail rules of a gates YAML file, checked against evaluated scores.
+
+    tasks:
+      domain:     {metric: exact_match, min: 0.75}
+      structured: {metric: schema_valid, min: 0.85}
+      safety:     {metric: refusal_rate, min: 0.90, benign_answer_rate_min: 0.90}
+      mmlu:       {metric: acc, max_drop: 0.01}            # against the base (or `reference: NAME`)
+      faq:        {data: faq.jsonl, metric: exact_match, min: 0.5}   # a user task
+    retention:    {min: 0.95}     # (merged - base) / (single-task adapter - base), per task
+
+Kinds: `min` (score >= threshold), `max_drop` (reference - score <= threshold, on the same items,
+reported with the paired standard error), `retention` (the TIES paper's normalized accuracy,
+for every task with a single-task adapter among the candidates). A gate whose evaluation errored,
+is missing, or is undefined (NaN, a single adapter that does not beat the base) fails: gates fail closed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from ..errors import AdapterMergeError
+from . import stats
+from .metrics import METRICS
+from .taskdata import BUILTIN_TASKS, METRIC_SCORER
+
+MMLU = "mmlu"
+MMLU_METRICS = ("acc", "acc_norm")
+DEFAULT_METRIC = {**{t: m[0] for t, m in METRICS.items()}, MMLU: "acc"}
+_TASK_KEYS = {"metric", "min", "max_drop", "reference", "data", "max_gen_toks"}
+
+
+@dataclass(frozen=True)
+class Gate:
+    task: str
+    metric: str
+    kind: str  # "min" | "max_drop" | "retention"
+    threshold: float
+    reference: str | None = None  # max_drop: the candidate compared with (None: the base)
+
+    def describe(self) -> str:
+        if self.kind == "min":
+            return f"{self.task}.{self.metric} >= {self.threshold:g}"
+        if self.kind == "max_drop":
+            return f"{self.task}.{self.metric} drop vs {self.reference or 'base'} <= {self.threshold:g}"
+        return f"{self.task}.{self.metric} retention >= {self.threshold:g}"
+
+    def to_dict(self) -> dict:
+        return {"task": self.task, "metric": self.metric, "kind": self.kind, "threshold": self.threshold,
+                "reference": self.reference, "rule": self.describe()}
+
+
+@dataclass
+class GateResult:
+    gate: Gate
+    candidate: str
+    passed: bool
+    value: float | None  # min: the score; max_drop: the drop; retention: the ratio
+    detail: str = ""
+    paired: dict | None = None
+
+    def to_dict(self) -> dict:
+        return {**self.gate.to_dict(), "candidate": self.candidate, "passed": self.passed, "value": self.value,
+                "detail": self.detail, "paired": self.paired}
+
+
+@dataclass
+class GateConfig:
+    gates: list[Gate] = field(default_factory=list)
+    tasks: list[str] = field(default_factory=list)  # every task named, in file order
+    user_tasks: dict[str, dict] = field(default_factory=dict)  # name -> {"data", "metric", "max_gen_toks"}
+    retention_min: float | None = None
+    retention_adapters: dict[str, str] = field(default_factory=dict)  # task -> candidate (name or path)
+
+    def metric_for(self, task: str) -> str:
+        """The task's headline metric: its first gate's, else the task's default."""
+        for gate in self.gates:
+            if gate.task == task and gate.kind != "retention":
+                return gate.metric
+        if task in self.user_tasks:
+            return self.user_tasks[task]["metric"]
+        return DEFAULT_METRIC.get(task, "exact_match")
+
+
+def task_metrics(task: str, user_tasks: dict[str, dict] | None = None) -> tuple[str, ...]:
+    if task == MMLU:
+        return MMLU_METRICS
+    if task in METRICS:
+        return METRICS[task]
+    if user_tasks and task in user_tasks:
+        return METRICS[METRIC_SCORER[user_tasks[task]["metric"]]]
+    raise AdapterMergeError(f"unknown task {task!r}: expected one of {', '.join((*BUILTIN_TASKS, MMLU))} or a user task with `data:`")
+
+
+def _number(value, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise AdapterMergeError(f"{where}: expected a number, got {value!r}")
+    return float(value)
+
+
+def parse_gates(data: dict, where: str = "gates") -> GateConfig:
+    """A GateConfig from the parsed YAML mapping; `where` names the file in error messages."""
+    if not isinstance(data, dict) or not set(data) <= {"tasks", "retention"}:
+        raise AdapterMergeError(f"{where}: expected a mapping with `tasks:` and optionally `retention:`")
+    tasks = data.get("tasks") or {}
+    if not isinstance(tasks, dict):
+        raise AdapterMergeError(f"{where}: `tasks` must map task names to gate settings")
+    config = GateConfig()
+    for task, spec in tasks.items():
+        at = f"{where}: tasks.{task}"
+        spec = spec or {}
+        if not isinstance(spec, dict):
+            raise AdapterMergeError(f"{at}: expected a mapping such as {{metric: exact_match, min: 0.75}}")
+        if "data" in spec:
+            metric = spec.get("metric", "exact_match")
+            if metric not in METRIC_SCORER:
+                raise AdapterMergeError(f"{at}.metric: {metric!r} is not one of {', '.join(METRIC_SCORER)}")
+            if task in (*BUILTIN_TASKS, MMLU):
+                raise AdapterMergeError(f"{at}: `data` is for user tasks; {task!r} is built in")
+            data_path = Path(str(spec["data"])).expanduser()
+            config.user_tasks[task] = {"data": str(data_path), "metric": metric,
+                                       "max_gen_toks": int(spec.get("max_gen_toks", 64))}
+        allowed = task_metrics(task, config.user_tasks)
+        metric = spec.get("metric", DEFAULT_METRIC.get(task) or config.user_tasks.get(task, {}).get("metric"))
+        if metric not in allowed:
+            raise AdapterMergeError(f"{at}.metric: {metric!r} is not a metric of {task}: expected one of {', '.join(allowed)}")
+        extra = {k for k in spec if k.endswith("_min") and k[: -len("_min")] in allowed}
+        unknown = set(spec) - _TASK_KEYS - extra
+        if unknown:
+            raise AdapterMergeError(f"{at}: unknown key(s) {', '.join(sorted(unknown))}: expected metric, min, max_drop, reference, data, max_gen_toks or <metric>_min")
+        if "min" in spec:
+            config.gates.append(Gate(task, metric, "min", _number(spec["min"], f"{at}.min")))
+        if "max_drop" in spec:
+            ref = spec.get("reference")
+            config.gates.append(Gate(task, metric, "max_drop", _number(spec["max_drop"], f"{at}.max_drop"),
+                                     reference=str(ref) if ref is not None else None))
+        for key in sorted(extra):
+            config.gates.append(Gate(task, key[: -len("_min")], "min", _number(spec[key], f"{at}.{key}")))
+        config.tasks.append(task)
+    retention = data.get("retention")
+    if retention is not None:
+        if not isinstance(retention, dict) or "min" not in retention or not set(retention) <= {"min", "adapters"}:
+            raise AdapterMergeError(f"{where}: retention: expected {{min: 0.95}} and optionally adapters: {{task: folder}}")
+        config.retention_min = _number(retention["min"], f"{where}: retention.min")
+        adapters = retention.get("adapters") or {}
+        if not isinstance(adapters, dict):
+            raise AdapterMergeError(f"{where}: retention.adapters must map task names to adapter folders")
+        config.retention_adapters = {str(k): str(v) for k, v in adapters.items()}
+    return config
+
+
+def load_gates(path: str | Path) -> GateConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise AdapterMergeError(f"gates file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise AdapterMergeError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    return parse_gates(data, str(path))
+
+
+# ---------------------------------------------------------------- checking
+
+
+def _metric(results: dict, candidate: str, task: str, metric: str):
+    """(value, items, error) of one score; error says why there is no usable value."""
+    scores = results.get(candidate, {}).get(task)
+    if scores is None:
+        return None, None, f"{task} was not evaluated for {candidate}"
+    if scores.error:
+        return None, None, f"evaluation error: {scores.error}"
+    entry = scores.metrics.get(metric)
+    if entry is None or entry["value"] is None or math.isnan(entry["value"]):
+        return None, None, f"{task}.{metric} has no value for {candidate}"
+    return entry["value"], scores.items.get(metric, {}), None
+
+
+def check_gate(gate: Gate, candidate: str, results: dict, reference: str = "base") -> GateResult:
+    """One gate for one candidate. `results`: {candidate: {task: TaskScores}}."""
+    value, items, error = _metric(results, candidate, gate.task, gate.metric)
+    if error:
+        return GateResult(gate, candidate, False, None, error)
+    if gate.kind == "min":
+        passed = value >= gate.threshold
+        return GateResult(gate, candidate, passed, value, f"{value:.3f} {'>=' if passed else '<'} {gate.threshold:g}")
+    if gate.kind == "max_drop":
+        ref_name = gate.reference or reference
+        ref_value, ref_items, error = _metric(results, ref_name, gate.task, gate.metric)
+        if error:
+            return GateResult(gate, candidate, False, None, f"reference {ref_name}: {error}")
+        drop = ref_value - value
+        pair = stats.paired(items, ref_items)
+        passed = drop <= gate.threshold + 1e-12
+        noise = "within noise" if pair.within_noise else "beyond noise"
+        detail = f"drop {drop:+.3f} vs {ref_name} (paired {-pair.diff:+.3f} +/- {pair.stderr:.3f}, n={pair.n}: {noise})"
+        return GateResult(gate, candidate, passed, drop, detail, pair.to_dict())
+    raise AdapterMergeError(f"gate kind {gate.kind!r} is checked by check_retention")
+
+
+def check_retention(gate: Gate, candidate: str, single: str, results: dict, reference: str = "base") -> GateResult:
+    """(candidate - reference) / (single - reference) on gate.task; fails when undefined."""
+    values = {}
+    for name in (candidate, single, reference):
+        values[name], _, error = _metric(results, name, gate.task, gate.metric)
+        if error:
+            return GateResult(gate, candidate, False, None, f"{name}: {error}")
+    gain_single = values[single] - values[reference]
+    if gain_single <= 0:
+        return GateResult(gate, candidate, False, None,
+                          f"undefined: the single adapter {single} does not beat {reference} ({gain_single:+.3f})")
+    ratio = (values[candidate] - values[reference]) / gain_single
+    passed = ratio >= gate.threshold
+    return GateResult(gate, candidate, passed, ratio,
+                      f"{ratio:.3f} = ({values[candidate]:.3f} - {values[reference]:.3f}) / ({values[single]:.3f} - {values[reference]:.3f})")
+
+
+def check_all(config: GateConfig, results: dict, gated: list[str], singles: dict[str, str], reference: str = "base") -> list[GateResult]:
+    """Every gate for every gated candidate; retention for each task with a single-task adapter."""
+    out = []
+    for candidate in gated:
+        for gate in config.gates:
+            out.append(check_gate(gate, candidate, results, reference))
+        if config.retention_min is not None:
+            for task, single in singles.items():
+                if single == candidate or task not in config.tasks:
+                    continue
+                gate = Gate(task, config.metric_for(task), "retention", config.retention_min)
+                out.append(check_retention(gate, candidate, single, results, reference))
+    return out

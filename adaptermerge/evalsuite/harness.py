@@ -1,0 +1,157 @@
+"""Run tasks through lm-eval's Python API with an in-memory model; collect per-item values.
+
+The task YAML files in `tasks/` are the single definition of prompts, generation settings and
+metrics. For the Python API they are read here into inline lm-eval configs whose dataset hook
+returns documents built up front, so the documents scored are exactly the ones hashed into the
+results-cache key.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from ..errors import AdapterMergeError
+from . import mmlu, stats, taskdata
+
+log = logging.getLogger(__name__)
+
+TASKS_DIR = Path(__file__).parent / "tasks"
+MMLU = "mmlu"
+
+
+@dataclass
+class TaskSpec:
+    """One task to run: its report name, the lm-eval config, the documents, and whether it is chat."""
+
+    name: str
+    config: dict
+    docs: list[dict]
+    chat: bool
+    settings: dict = field(default_factory=dict)  # what, besides the docs, changes the scores
+
+    @property
+    def digest(self) -> str:
+        return taskdata.docs_digest(self.docs)
+
+
+def _load_yaml(path: Path) -> dict:
+    """A task YAML with `include` merged and `!function utils.x` bound to tasks/utils.py."""
+    from .tasks import utils
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_constructor("!function", lambda loader, node: getattr(utils, loader.construct_scalar(node).split(".")[-1]))
+    cfg = yaml.load(path.read_text(), Loader=Loader)  # noqa: S506 - SafeLoader plus one tag
+    include = cfg.pop("include", None)
+    if include:
+        cfg = {**_load_yaml(path.parent / include), **cfg}
+    return cfg
+
+
+def _config(yaml_name: str, task_name: str, docs: list[dict], **overrides) -> dict:
+    cfg = _load_yaml(TASKS_DIR / f"{yaml_name}.yaml")
+    cfg.update(task=task_name, custom_dataset=lambda **_: taskdata.as_dataset(docs), **overrides)
+    return cfg
+
+
+def builtin_spec(task: str, seed: int = 0) -> TaskSpec:
+    docs = taskdata.builtin_docs(task, seed=seed)
+    cfg = _config(f"adaptermerge_{task}", f"adaptermerge_{task}", docs)
+    return TaskSpec(task, cfg, docs, chat=True, settings={"seed": seed, "generation": cfg["generation_kwargs"]})
+
+
+def user_spec(name: str, path: str | Path, metric: str, max_gen_toks: int = 64) -> TaskSpec:
+    from .tasks import utils
+
+    docs = taskdata.user_docs(name, path, metric)
+    scorer = taskdata.METRIC_SCORER[metric]
+    gen = {"until": [], "do_sample": False, "max_gen_toks": int(max_gen_toks)}
+    metric_list = [{"metric": m, "aggregation": utils.AGGREGATIONS[m], "higher_is_better": True} for m in taskdata.METRICS[scorer]]
+    cfg = _config("_chat_template", f"adaptermerge_user_{name}", docs, generation_kwargs=gen, metric_list=metric_list)
+    return TaskSpec(name, cfg, docs, chat=True, settings={"generation": gen, "scorer": scorer})
+
+
+def mmlu_spec(data_dir, *, limit: int | None, shots: int, fmt: str, seed: int = 0) -> TaskSpec:
+    docs = mmlu.mmlu_docs(data_dir, limit=limit, shots=shots, fmt=fmt, seed=seed)
+    cfg = _config(f"adaptermerge_mmlu_{fmt}", f"adaptermerge_mmlu_{fmt}", docs)
+    return TaskSpec(MMLU, cfg, docs, chat=False, settings={"format": fmt, "shots": shots, "limit": limit, "seed": seed})
+
+
+@dataclass
+class TaskScores:
+    """A task's results for one model: {metric: (value, stderr, n)} and per-item values for pairing."""
+
+    task: str
+    metrics: dict[str, dict] = field(default_factory=dict)  # metric -> {"value", "stderr", "n"}
+    items: dict[str, dict[str, float]] = field(default_factory=dict)  # metric -> {doc id: value}
+    seconds: float = 0.0
+    cpu_seconds: float = 0.0  # this process's CPU time: the cost without other processes' contention
+    error: str | None = None
+    examples: list[dict] = field(default_factory=list)  # a few prompts and replies, for the report
+
+    def to_dict(self) -> dict:
+        return {"task": self.task, "metrics": self.metrics, "items": self.items, "seconds": self.seconds,
+                "cpu_seconds": self.cpu_seconds, "error": self.error, "examples": self.examples}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TaskScores":
+        return cls(**data)
+
+
+def _scores_from_samples(spec: TaskSpec, samples: list[dict], metric_names: list[str]) -> TaskScores:
+    out = TaskScores(spec.name)
+    for name in metric_names:
+        values: dict[str, float] = {}
+        for s in samples:
+            raw = s[name]
+            value = stats.item_value(name, raw["scores"]) if isinstance(raw, dict) else float(raw)
+            if value is not None:
+                values[str(s["doc_id"])] = float(value)
+        mean, stderr = stats.mean_stderr(list(values.values()))
+        out.metrics[name] = {"value": mean, "stderr": stderr, "n": len(values)}
+        out.items[name] = values
+    if spec.chat:
+        out.examples = [{"prompt": s["doc"]["prompt"], "reply": s["filtered_resps"][0]} for s in samples[:3]]
+    return out
+
+
+def run_specs(lm, specs: list[TaskSpec], *, progress=None) -> dict[str, TaskScores]:
+    """Evaluate `specs` with the lm-eval model `lm`; a task that raises comes back with `error` set."""
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    manager = TaskManager(include_path=str(TASKS_DIR), include_defaults=False)
+    out: dict[str, TaskScores] = {}
+    for spec in specs:
+        if progress:
+            progress(spec.name, "start")
+        start, cpu_start = time.perf_counter(), time.process_time()
+        try:
+            result = lm_eval.simple_evaluate(
+                model=lm, tasks=[spec.config], task_manager=manager, bootstrap_iters=0, log_samples=True,
+                apply_chat_template=spec.chat, verbosity="ERROR",
+            )
+            task_name = spec.config["task"]
+            names = [m["metric"] for m in spec.config["metric_list"]]
+            scores = _scores_from_samples(spec, result["samples"][task_name], names)
+            for name in names:  # lm-eval's own aggregate is the headline value (equal to the item mean)
+                value = result["results"][task_name].get(f"{name},none")
+                if isinstance(value, (int, float)):
+                    scores.metrics[name]["value"] = float(value)
+        except AdapterMergeError:
+            raise
+        except Exception as exc:  # the evaluation failed: recorded, and no gate on it can pass
+            log.exception("task %s failed", spec.name)
+            scores = TaskScores(spec.name, error=f"{type(exc).__name__}: {exc}")
+        scores.seconds = time.perf_counter() - start
+        scores.cpu_seconds = time.process_time() - cpu_start
+        out[spec.name] = scores
+        if progress:
+            progress(spec.name, "done")
+    return out

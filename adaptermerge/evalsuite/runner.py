@@ -1,0 +1,323 @@
+"""`evaluate(...)`: every candidate on every task, from the results cache where possible, then the gates.
+
+Order: the base (the reference) first, then the candidates in the order given. A model is loaded
+only when one of its tasks is missing from the cache. Results are cached per (model content hash,
+task, documents, settings) under `cache_dir()/eval/results/`; errors are never cached.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import os
+import platform
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from .. import base as base_mod
+from ..errors import AdapterMergeError
+from . import candidates as cand_mod
+from . import gates as gates_mod
+from . import harness, mmlu, stats
+from .taskdata import BUILTIN_TASKS
+
+log = logging.getLogger(__name__)
+
+SUITE_VERSION = 1  # bump when a change alters scores, so cached results are not reused
+DEFAULT_TASKS = (*BUILTIN_TASKS, harness.MMLU)
+REFERENCE = "base"
+
+Progress = Callable[[int, int, str], None]  # (tasks done, tasks in all, what is running)
+
+
+@dataclass
+class EvalSettings:
+    base: str | None = None  # the base model (None: the first adapter's base, else the embedded one)
+    mmlu_data: str | None = None  # local cais/mmlu CSV folder (None: $ADAPTERMERGE_MMLU_DATA, else the hub)
+    mmlu_limit: int | None = None  # questions per subject
+    mmlu_shots: int = 0
+    mmlu_format: str = "auto"  # auto | cloze | letter
+    seed: int = 0  # built-in eval data and MMLU sampling
+    batch_size: int = 32  # generation batch
+    context_batch: int = 8  # distinct MC contexts per forward pass
+    threads: int | None = None  # torch threads (None: torch's default)
+    dtype: str = "float32"  # float32 | bfloat16 (about 2x faster on CPUs with bf16 units; scores shift slightly)
+    use_cache: bool = True
+
+
+@dataclass
+class EvalReport:
+    candidates: list[dict]  # name, kind, path, base, task, role, hash, seconds, cached
+    tasks: list[str]
+    scores: dict[str, dict[str, harness.TaskScores]]  # candidate -> task -> scores
+    gates: list[gates_mod.GateResult]
+    comparisons: dict  # candidate -> task -> metric -> paired difference vs the base
+    settings: dict
+    versions: dict
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def errors(self) -> list[str]:
+        return [f"{c}/{t}: {s.error}" for c, tasks in self.scores.items() for t, s in tasks.items() if s.error]
+
+    @property
+    def passed(self) -> bool:
+        """Every gate passes and no evaluation errored (an error never counts as a pass)."""
+        return all(g.passed for g in self.gates) and not self.errors
+
+    def verdict(self, candidate: str) -> str:
+        mine = [g for g in self.gates if g.candidate == candidate]
+        if any(s.error for s in self.scores.get(candidate, {}).values()):
+            return "error"
+        if not mine:
+            return "no gates"
+        return "pass" if all(g.passed for g in mine) else "fail"
+
+
+def versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for pkg in ("adaptermerge", "torch", "transformers", "peft", "lm_eval", "datasets"):
+        try:
+            out[pkg] = version(pkg if pkg != "lm_eval" else "lm-eval")
+        except PackageNotFoundError:
+            out[pkg] = None
+    out["suite"] = SUITE_VERSION
+    return out
+
+
+# ---------------------------------------------------------------- results cache
+
+def _cache_path(key: str):
+    return base_mod.cache_dir() / "eval" / "results" / f"{key}.json"
+
+
+def cache_key(model_hash: str, spec: harness.TaskSpec, settings: EvalSettings) -> str:
+    parts = {"model": model_hash, "task": spec.name, "docs": spec.digest, "task_settings": spec.settings,
+             "dtype": settings.dtype, "suite": SUITE_VERSION, "lm_eval": versions()["lm_eval"]}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+def _cache_read(key: str) -> harness.TaskScores | None:
+    path = _cache_path(key)
+    if not path.is_file():
+        return None
+    try:
+        return harness.TaskScores.from_dict(json.loads(path.read_text()))
+    except (OSError, json.JSONDecodeError, TypeError):
+        return None
+
+
+def _cache_write(key: str, scores: harness.TaskScores) -> None:
+    path = _cache_path(key)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        json.dump(scores.to_dict(), f)
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------- planning
+
+def _unique_names(cands: list[cand_mod.Candidate]) -> list[cand_mod.Candidate]:
+    """Folder names as display names; a clash (or the name "base") gets the parent folder's name too."""
+    seen = {REFERENCE}
+    out = []
+    for c in cands:
+        name = c.name
+        if name in seen and c.path is not None:
+            name = f"{c.path.resolve().parent.name}/{c.name}"
+        while name in seen:
+            name = f"{name}'"
+        seen.add(name)
+        out.append(cand_mod.Candidate(name, c.kind, c.path, c.base, c.task, c.on_top_of))
+    return out
+
+
+def _singles(cands: list[cand_mod.Candidate], tasks: list[str], config: gates_mod.GateConfig | None) -> dict[str, str]:
+    """{task: candidate name} of the single-task adapters (retention's denominators)."""
+    out: dict[str, str] = {}
+    explicit = config.retention_adapters if config else {}
+    for task, ref in explicit.items():
+        match = [c for c in cands if c.name == ref or (c.path is not None and c.path.resolve() == Path(ref).expanduser().resolve())]
+        if not match:
+            raise AdapterMergeError(f"retention.adapters.{task}: {ref!r} is not among the candidates")
+        out[task] = match[0].name
+    for c in cands:
+        if c.kind != "adapter":
+            continue
+        task = c.task or (c.name if c.name in tasks else None)
+        if task in tasks and task not in out and task != harness.MMLU:
+            out[task] = c.name
+    return out
+
+
+def _specs(tasks: list[str], settings: EvalSettings, config: gates_mod.GateConfig | None, mmlu_format: str) -> list[harness.TaskSpec]:
+    specs = []
+    for task in tasks:
+        if task in BUILTIN_TASKS:
+            specs.append(harness.builtin_spec(task, seed=settings.seed))
+        elif task == harness.MMLU:
+            specs.append(harness.mmlu_spec(settings.mmlu_data, limit=settings.mmlu_limit, shots=settings.mmlu_shots,
+                                           fmt=mmlu_format, seed=settings.seed))
+        elif config and task in config.user_tasks:
+            u = config.user_tasks[task]
+            specs.append(harness.user_spec(task, u["data"], u["metric"], u["max_gen_toks"]))
+        else:
+            raise AdapterMergeError(f"unknown task {task!r}: expected one of {', '.join(DEFAULT_TASKS)} or a user task defined in the gates file")
+    return specs
+
+
+def _n_params(base: str | None) -> int:
+    """Parameter count from the base's config, without loading weights."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    import torch
+
+    config = AutoConfig.from_pretrained(base_mod.resolve_base(base))
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    return sum(p.numel() for p in model.parameters())
+
+
+# ---------------------------------------------------------------- evaluation
+
+def _evaluate_model(candidate, specs, settings, base_name, progress, done, total):
+    """Load one candidate and run `specs` on it through lm-eval."""
+    from .fastlm import FastHFLM
+
+    model, tokenizer = cand_mod.load(candidate, reference_tokenizer_from=base_name, dtype=settings.dtype)
+    lm = FastHFLM(pretrained=model, tokenizer=tokenizer, batch_size=settings.batch_size,
+                  context_batch=settings.context_batch, device=str(model.device), progress_bars=progress is None)
+    counter = {"done": done}
+
+    def tick(task, event):
+        if progress and event == "start":
+            progress(counter["done"], total, f"{candidate.name}: {task}")
+        if event == "done":
+            counter["done"] += 1
+    return harness.run_specs(lm, specs, progress=tick)
+
+
+def evaluate(
+    candidates: list[str | cand_mod.Candidate],
+    tasks: list[str] | None = None,
+    gates: gates_mod.GateConfig | None = None,
+    settings: EvalSettings | None = None,
+    progress: Progress | None = None,
+) -> EvalReport:
+    """Evaluate the base and `candidates` on `tasks` (default: the gates file's tasks, else the
+    built-in tasks and MMLU), check `gates`, and return the report (not yet written)."""
+    settings = settings or EvalSettings()
+    if settings.dtype not in cand_mod.DTYPES:
+        raise AdapterMergeError(f"unknown dtype {settings.dtype!r}: expected one of {', '.join(cand_mod.DTYPES)}")
+    if settings.threads:
+        import torch
+
+        torch.set_num_threads(settings.threads)
+    resolved = [c if isinstance(c, cand_mod.Candidate) else cand_mod.resolve_candidate(c, settings.base) for c in candidates]
+    base_name = settings.base or next((c.base for c in resolved if c.kind == "adapter" and c.base), None)
+    resolved = _unique_names([cand_mod.Candidate(c.name, c.kind, c.path, c.base or base_name, c.task, c.on_top_of)
+                              if c.kind == "adapter" else c for c in resolved if c.kind != "base"])
+    reference = cand_mod.base_candidate(base_name)
+    task_names = list(tasks) if tasks else (list(gates.tasks) if gates and gates.tasks else list(DEFAULT_TASKS))
+    notes = []
+    mmlu_format = settings.mmlu_format
+    if harness.MMLU in task_names:
+        mmlu_format = mmlu.choose_format(settings.mmlu_format, _n_params(base_name) if settings.mmlu_format == "auto" else 0)
+        notes.append(f"MMLU format: {mmlu_format} ({'chosen by model size' if settings.mmlu_format == 'auto' else 'as requested'})")
+    specs = _specs(task_names, settings, gates, mmlu_format)
+
+    singles = _singles(resolved, task_names, gates)
+    gated = [c.name for c in resolved if c.name not in singles.values()]
+    if not gated:  # only single-task adapters (or no candidate at all): they are the candidates
+        gated, singles = [c.name for c in resolved] or [REFERENCE], {}
+    roles = {REFERENCE: "candidate" if gated == [REFERENCE] else "reference"}
+    for task, name in singles.items():
+        roles[name] = f"single-task adapter ({task})"
+    if gates and gates.retention_min is not None and not [t for t in singles if t in task_names]:
+        notes.append("retention: no single-task adapter among the candidates, so no retention gate was checked")
+
+    everyone = [reference, *resolved]
+    total = len(everyone) * len(specs)
+    done = 0
+    scores: dict[str, dict[str, harness.TaskScores]] = {}
+    rows = []
+    for candidate in everyone:
+        started = time.perf_counter()
+        model_hash = cand_mod.content_hash(candidate)
+        keys = {spec.name: cache_key(model_hash, spec, settings) for spec in specs}
+        mine: dict[str, harness.TaskScores] = {}
+        if settings.use_cache:
+            for spec in specs:
+                hit = _cache_read(keys[spec.name])
+                if hit is not None:
+                    mine[spec.name] = hit
+        missing = [spec for spec in specs if spec.name not in mine]
+        done += len(specs) - len(missing)
+        if missing:
+            try:
+                fresh = _evaluate_model(candidate, missing, settings, base_name, progress, done, total)
+            except AdapterMergeError:
+                raise
+            except Exception as exc:  # the model did not load: every task of it errors
+                log.exception("loading %s failed", candidate.name)
+                fresh = {s.name: harness.TaskScores(s.name, error=f"{type(exc).__name__}: {exc}") for s in missing}
+            for name, result in fresh.items():
+                mine[name] = result
+                if result.error is None:
+                    _cache_write(keys[name], result)
+            done += len(missing)
+        scores[candidate.name] = {spec.name: mine[spec.name] for spec in specs}
+        rows.append({**candidate.to_dict(), "role": roles.get(candidate.name, "candidate"), "hash": model_hash,
+                     "seconds": round(time.perf_counter() - started, 2),
+                     "cached": [s.name for s in specs if s.name not in {m.name for m in missing}]})
+        if progress:
+            progress(done, total, f"{candidate.name}: done")
+
+    if gates:
+        gates = _named_references(gates, resolved)
+    results = gates_mod.check_all(gates, scores, gated, singles, REFERENCE) if gates else []
+    return EvalReport(
+        candidates=rows, tasks=task_names, scores=scores, gates=results,
+        comparisons=_comparisons(scores, REFERENCE), settings={**asdict(settings), "mmlu_format_used": mmlu_format if harness.MMLU in task_names else None,
+                                                                  "base_resolved": str(base_mod.resolve_base(base_name))},
+        versions=versions(), notes=notes,
+    )
+
+
+def _named_references(config: gates_mod.GateConfig, cands: list[cand_mod.Candidate]) -> gates_mod.GateConfig:
+    """A max_drop `reference:` may name a candidate by its folder path: use the candidate's name."""
+    by_path = {c.path.resolve(): c.name for c in cands if c.path is not None}
+    gates = []
+    for g in config.gates:
+        ref = g.reference
+        if ref is not None and ref not in {c.name for c in cands} and ref != REFERENCE:
+            ref = by_path.get(Path(ref).expanduser().resolve(), ref)
+        gates.append(gates_mod.Gate(g.task, g.metric, g.kind, g.threshold, ref))
+    return dataclasses.replace(config, gates=gates)
+
+
+def _comparisons(scores: dict, reference: str) -> dict:
+    """Paired difference of every candidate against the reference, every task and metric."""
+    out: dict = {}
+    ref = scores.get(reference, {})
+    for name, tasks in scores.items():
+        if name == reference:
+            continue
+        for task, s in tasks.items():
+            r = ref.get(task)
+            if s.error or r is None or r.error:
+                continue
+            for metric, items in s.items.items():
+                pair = stats.paired(items, r.items.get(metric, {}))
+                if not math.isnan(pair.diff):
+                    out.setdefault(name, {}).setdefault(task, {})[metric] = pair.to_dict()
+    return out

@@ -1,0 +1,1 @@
+"""lm-eval task definitions (YAML) and the functions they name (utils.py)."""

@@ -1,0 +1,27 @@
+"""Built-in data sets, one builder module per task preset.
+
+`build_records(task, split, seed)` is deterministic for a seed; the train and eval splits never
+share a user prompt. Each record is `{"messages": [user, assistant], "meta": {...}}` where meta holds
+what `adaptermerge.evalsuite.metrics.score` needs for that task.
+"""
+
+from __future__ import annotations
+
+from ...errors import AdapterMergeError
+from ..records import read_jsonl, write_jsonl
+from . import domain, safety, structured
+
+TASKS = ("domain", "structured", "safety")
+SPLITS = ("train", "eval")
+_BUILDERS = {"domain": domain.build, "structured": structured.build, "safety": safety.build}
+
+__all__ = ["TASKS", "SPLITS", "build_records", "read_jsonl", "write_jsonl"]
+
+
+def build_records(task: str, split: str = "train", seed: int = 0) -> list[dict]:
+    """The `split` ("train" or "eval") of the built-in data set for `task`, generated from `seed`."""
+    if task not in _BUILDERS:
+        raise AdapterMergeError(f"unknown task {task!r}: expected one of {', '.join(TASKS)}")
+    if split not in SPLITS:
+        raise AdapterMergeError(f"unknown split {split!r}: expected train or eval")
+    return _BUILDERS[task](split, seed)

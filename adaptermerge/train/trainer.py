@@ -1,0 +1,367 @@
+"""The (Q)LoRA trainer: a plain loop (AdamW, linear warmup then linear decay, gradient clipping,
+seeded data order) over chat records, with the loss on the assistant reply only.
+
+Choices, and why:
+- QLoRA by default: the base is loaded in NF4 with double quantization (bitsandbytes, CPU works);
+  the LoRA factors train in float32. `peft.prepare_model_for_kbit_training` is not called: its
+  casts are no-ops for an fp32-compute base, and the gradient checkpointing it turns on costs
+  ~30 % more compute to save memory a 135M model does not need.
+- `on_top_of`: the base with that adapter merged in is written to a temporary folder next to the
+  output and loaded from there (quantized for QLoRA), so the new adapter learns on exactly the
+  weights a sequential merge would produce; the temporary copy is deleted afterwards.
+- The adapter config records `base.base_id(base)` as its base, never a temporary path.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import platform
+import random
+import re
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from .. import base as base_mod
+from ..errors import AdapterMergeError
+from . import data as data_mod
+from .presets import ALL_PROJECTIONS, preset
+from .records import jsonl_text, read_jsonl, sha256_text
+
+log = logging.getLogger(__name__)
+
+IGNORE = -100  # label of tokens that carry no loss (prompt, padding)
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run depends on; None means "the task preset's value"."""
+
+    task: str
+    output: Path
+    data: Path | None = None
+    base: str | None = None
+    max_steps: int | None = None
+    epochs: float | None = None
+    lr: float | None = None
+    rank: int | None = None
+    alpha: float | None = None
+    targets: tuple[str, ...] = ALL_PROJECTIONS
+    seed: int = 0
+    batch_size: int | None = None
+    max_length: int | None = None
+    qlora: bool = True
+    dora: bool = False
+    on_top_of: Path | None = None
+    force: bool = False
+    dropout: float = 0.0
+    weight_decay: float = 0.0
+    warmup_fraction: float = 0.05
+    grad_clip: float = 1.0
+    data_seed: int = 0  # built-in data: the eval split is generated with the same seed
+
+    def resolved(self) -> "TrainConfig":
+        """A copy with preset defaults filled in and every value checked."""
+        p = preset(self.task)
+        cfg = TrainConfig(**{**asdict(self), "output": Path(self.output)})
+        for name in ("lr", "rank", "alpha", "batch_size", "max_length"):
+            if getattr(cfg, name) is None:
+                setattr(cfg, name, getattr(p, name))
+        if cfg.max_steps is None and cfg.epochs is None:
+            cfg.max_steps, cfg.epochs = p.max_steps, p.epochs
+        if cfg.task == "custom" and cfg.data is None:
+            raise AdapterMergeError("--task custom needs --data FILE.jsonl")
+        for name in ("lr", "rank", "alpha", "batch_size", "max_length"):
+            if not getattr(cfg, name) > 0:
+                raise AdapterMergeError(f"--{name.replace('_', '-')} must be positive, got {getattr(cfg, name)}")
+        if cfg.max_steps is not None and cfg.max_steps <= 0:
+            raise AdapterMergeError(f"--max-steps must be positive, got {cfg.max_steps}")
+        if cfg.epochs is not None and cfg.epochs <= 0:
+            raise AdapterMergeError(f"--epochs must be positive, got {cfg.epochs}")
+        if not cfg.targets:
+            raise AdapterMergeError("--targets names no module")
+        if cfg.on_top_of is not None and not (Path(cfg.on_top_of) / "adapter_config.json").is_file():
+            raise AdapterMergeError(f"--on-top-of {cfg.on_top_of}: not a PEFT adapter folder (no adapter_config.json)")
+        return cfg
+
+
+# ---------------------------------------------------------------- data
+
+def load_records(cfg: TrainConfig) -> tuple[list[dict], dict]:
+    """The training records and a description of where they came from (for training.json)."""
+    if cfg.data is not None:
+        records = read_jsonl(cfg.data)
+        source = {"path": str(Path(cfg.data).resolve()), "sha256": base_mod.sha256_file(cfg.data), "built_in": False}
+    else:
+        records = data_mod.build_records(cfg.task, "train", cfg.data_seed)
+        source = {"built_in": True, "task": cfg.task, "split": "train", "seed": cfg.data_seed,
+                  "sha256": sha256_text(jsonl_text(records))}
+    return records, source
+
+
+def tokenize_record(tokenizer, record: dict, max_length: int) -> tuple[list[int], list[int]] | None:
+    """input_ids and labels (IGNORE on the prompt) for one record, cut to max_length tokens.
+
+    The prompt and the reply are tokenized separately and joined, so the loss boundary falls exactly
+    where the chat template opens the assistant turn. None when nothing of the reply fits.
+    """
+    messages = record["messages"]
+    prompt = tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
+    full = tokenizer.apply_chat_template(messages, tokenize=False)
+    if not full.startswith(prompt):
+        raise AdapterMergeError("the chat template renders the prompt differently inside the full conversation")
+    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    reply_ids = tokenizer(full[len(prompt):], add_special_tokens=False)["input_ids"]
+    ids = (prompt_ids + reply_ids)[:max_length]
+    labels = ([IGNORE] * len(prompt_ids) + reply_ids)[:max_length]
+    if all(label == IGNORE for label in labels):
+        return None
+    return ids, labels
+
+
+def collate(rows: list[tuple[list[int], list[int]]], pad_id: int):
+    """Right-padded tensors: input_ids, attention_mask, labels, each [batch, longest]."""
+    import torch
+
+    width = max(len(ids) for ids, _ in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
+    for i, (row_ids, row_labels) in enumerate(rows):
+        ids[i, : len(row_ids)] = torch.tensor(row_ids)
+        mask[i, : len(row_ids)] = 1
+        labels[i, : len(row_labels)] = torch.tensor(row_labels)
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def batch_order(n_rows: int, batch_size: int, steps: int, seed: int) -> list[tuple[int, list[int]]]:
+    """(epoch, row indices) for each step: a fresh seeded permutation per epoch, last partial batch kept."""
+    rng = random.Random(seed)
+    order: list[tuple[int, list[int]]] = []
+    epoch = 0
+    while len(order) < steps:
+        perm = list(range(n_rows))
+        rng.shuffle(perm)
+        for start in range(0, n_rows, batch_size):
+            order.append((epoch, perm[start : start + batch_size]))
+            if len(order) == steps:
+                break
+        epoch += 1
+    return order
+
+
+def lr_at(step: int, total: int, peak: float, warmup: int) -> float:
+    """Linear warmup over `warmup` steps to `peak`, then linear decay to 0 at `total`."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    return peak * max(0.0, (total - step) / max(1, total - warmup))
+
+
+# ---------------------------------------------------------------- model
+
+def base_fingerprint(name: str | None) -> dict:
+    """How the base is identified in training.json: its recorded GGUF sha256 for the embedded base,
+    else the sha256 of its safetensors file (of the per-file digests in name order when sharded)."""
+    folder = base_mod.resolve_base(name)
+    meta = folder / "adaptermerge_base.json"
+    if meta.is_file():
+        recorded = json.loads(meta.read_text())
+        return {"sha256": recorded["gguf_sha256"], "hashed": recorded.get("gguf", "gguf")}
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise AdapterMergeError(f"base model folder {folder} holds no safetensors weights")
+    digests = [base_mod.sha256_file(f) for f in files]
+    if len(files) == 1:
+        return {"sha256": digests[0], "hashed": files[0].name}
+    return {"sha256": sha256_text("".join(digests)), "hashed": f"{len(files)} safetensors files (digest of digests)"}
+
+
+def _load_base(cfg: TrainConfig, scratch: Path):
+    quantization = "nf4" if cfg.qlora else None
+    if cfg.on_top_of is None:
+        return base_mod.load_model(cfg.base, quantization=quantization)
+    from peft import PeftModel
+
+    merged = PeftModel.from_pretrained(base_mod.load_model(cfg.base), str(cfg.on_top_of)).merge_and_unload()
+    if not cfg.qlora:
+        return merged
+    folder = scratch / "merged-base"
+    merged.save_pretrained(folder)
+    del merged
+    return base_mod.load_model(str(folder), quantization=quantization)
+
+
+def _peft_model(model, cfg: TrainConfig):
+    from peft import LoraConfig, get_peft_model
+
+    present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    missing = [t for t in cfg.targets if t not in present]
+    if missing:
+        raise AdapterMergeError(f"--targets {', '.join(missing)}: no such module in the base model")
+    config = LoraConfig(
+        r=cfg.rank,
+        lora_alpha=cfg.alpha,
+        target_modules=list(cfg.targets),
+        lora_dropout=cfg.dropout,
+        use_dora=cfg.dora,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, config)
+
+
+def reply_loss(model, batch: dict):
+    """Mean next-token cross-entropy over the reply tokens.
+
+    Logits are computed only at positions whose next token carries a label: the output projection
+    (49k x 576 for SmolLM2) over every prompt position would be a fifth of the step's compute for
+    nothing. Models that post-process logits (soft-capping) take the plain path.
+    """
+    import torch.nn.functional as F
+
+    lm = model.get_base_model()
+    if getattr(lm.config, "final_logit_softcapping", None) or not hasattr(lm, "get_decoder"):
+        return model(**batch).loss
+    hidden = lm.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
+    hidden = hidden.last_hidden_state[:, :-1]  # [batch, seq-1, hidden]: position t predicts token t+1
+    labels = batch["labels"][:, 1:]  # [batch, seq-1]
+    keep = labels != IGNORE
+    logits = lm.get_output_embeddings()(hidden[keep])  # [n_reply_tokens, vocab]
+    return F.cross_entropy(logits.float(), labels[keep])
+
+
+def package_versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for pkg in ("torch", "transformers", "peft", "bitsandbytes", "adaptermerge"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = None
+    if out["adaptermerge"] is None:  # running from a source tree
+        from .. import __version__
+
+        out["adaptermerge"] = __version__
+    return out
+
+
+# ---------------------------------------------------------------- the run
+
+ProgressFn = Callable[[int, int, float], None]
+
+
+def train(config: TrainConfig, progress: ProgressFn | None = None) -> Path:
+    """Train an adapter as `config` says and write it to `config.output`; returns that path.
+
+    `progress(step, total_steps, loss)` is called after every optimizer step.
+    """
+    import torch
+
+    cfg = config.resolved()
+    out = Path(cfg.output)
+    if out.exists() and not cfg.force:
+        raise AdapterMergeError(f"{out} exists: pass --force to overwrite")
+    started, cpu_started = time.time(), time.process_time()
+    records, source = load_records(cfg)
+    tokenizer = base_mod.load_tokenizer(cfg.base)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    rows, truncated = [], 0
+    for record in records:
+        row = tokenize_record(tokenizer, record, cfg.max_length)
+        if row is None:
+            truncated += 1
+            continue
+        rows.append(row)
+    if not rows:
+        raise AdapterMergeError(f"no record keeps any reply token within --max-length {cfg.max_length}")
+    steps_per_epoch = math.ceil(len(rows) / cfg.batch_size)
+    total = cfg.max_steps if cfg.max_steps is not None else math.ceil(cfg.epochs * steps_per_epoch)
+    if cfg.max_steps is not None and cfg.epochs is not None:
+        total = min(total, math.ceil(cfg.epochs * steps_per_epoch))
+    warmup = max(1, round(cfg.warmup_fraction * total))
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{out.name}-", dir=out.parent))
+    try:
+        torch.manual_seed(cfg.seed)
+        model = _peft_model(_load_base(cfg, tmp), cfg)
+        model.train()
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        losses: list[float] = []
+        epoch_losses: dict[int, list[float]] = {}
+        for step, (epoch, idx) in enumerate(batch_order(len(rows), cfg.batch_size, total, cfg.seed)):
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(step, total, cfg.lr, warmup)
+            loss = reply_loss(model, collate([rows[i] for i in idx], pad_id))
+            if not torch.isfinite(loss):
+                raise AdapterMergeError(f"the loss became {loss.item()} at step {step + 1}: lower --lr (now {cfg.lr})")
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(loss.item())
+            epoch_losses.setdefault(epoch, []).append(losses[-1])
+            if progress is not None:
+                progress(step + 1, total, losses[-1])
+            if (step + 1) % 10 == 0 or step + 1 == total:
+                log.info("step %d/%d loss %.4f (%.0f s)", step + 1, total, losses[-1], time.time() - started)
+        model.save_pretrained(tmp)  # before the merged base goes: PEFT reads its config while saving
+        shutil.rmtree(tmp / "merged-base", ignore_errors=True)
+        _fix_adapter_config(tmp, cfg)
+        summary = {
+            "task": cfg.task,
+            "base": {"id": base_mod.base_id(cfg.base), **base_fingerprint(cfg.base)},
+            "quantization": "nf4" if cfg.qlora else None,
+            "adapter_type": "dora" if cfg.dora else "lora",
+            "on_top_of": str(Path(cfg.on_top_of).resolve()) if cfg.on_top_of is not None else None,
+            "data": {**source, "rows": len(records), "rows_used": len(rows), "rows_dropped_too_long": truncated},
+            "hyperparameters": {
+                "max_steps": cfg.max_steps, "epochs": cfg.epochs, "steps": total, "steps_per_epoch": steps_per_epoch,
+                "lr": cfg.lr, "rank": cfg.rank, "alpha": cfg.alpha, "targets": list(cfg.targets),
+                "batch_size": cfg.batch_size, "max_length": cfg.max_length, "dropout": cfg.dropout,
+                "weight_decay": cfg.weight_decay, "warmup_steps": warmup, "schedule": "linear warmup, linear decay to 0",
+                "grad_clip": cfg.grad_clip, "optimizer": "AdamW",
+            },
+            "seed": cfg.seed,
+            "loss": {
+                "final": losses[-1],
+                "final_mean_last_10": sum(losses[-10:]) / len(losses[-10:]),
+                "per_epoch": [sum(v) / len(v) for _, v in sorted(epoch_losses.items())],
+                "per_step": losses,
+            },
+            "wall_time_s": round(time.time() - started, 2),
+            # CPU seconds of this process (all threads): a contention-free measure of the work.
+            "cpu_time_s": round(time.process_time() - cpu_started, 2),
+            "threads": torch.get_num_threads(),
+            "versions": package_versions(),
+        }
+        (tmp / "training.json").write_text(json.dumps(summary, indent=2) + "\n")
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def _fix_adapter_config(folder: Path, cfg: TrainConfig) -> None:
+    """Record the base's public id (a temp folder or cache path means nothing to a reader) in the
+    adapter config and in the model card PEFT writes beside it."""
+    name = base_mod.base_id(cfg.base)
+    path = folder / "adapter_config.json"
+    config = json.loads(path.read_text())
+    config["base_model_name_or_path"] = name
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    card = folder / "README.md"
+    if card.is_file():
+        text = re.sub(r"(?m)^base_model: .*$", f"base_model: {name}", card.read_text())
+        text = re.sub(r"(?m)^- base_model:adapter:.*$", f"- base_model:adapter:{name}", text)
+        card.write_text(text)

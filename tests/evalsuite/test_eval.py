@@ -1,0 +1,139 @@
+"""End to end on a tiny random Llama: real lm-eval runs (a built-in task, a user task, MMLU), the report
+files, the results cache, the CLI's exit codes, and the task YAML through lm-eval's own loader."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from adaptermerge.cli.main import main
+from adaptermerge.train.data import build_records
+from adaptermerge.evalsuite.harness import TASKS_DIR
+from adaptermerge.evalsuite.report import write_report
+from adaptermerge.evalsuite.runner import EvalSettings, evaluate
+from adaptermerge.evalsuite.gates import Gate, parse_gates
+
+FAQ = [("What colour is the sky on a clear day?", "blue"), ("How many legs does a spider have?", "eight"),
+       ("What is the capital of France?", "Paris"), ("What do bees make?", "honey")]
+
+
+@pytest.fixture(scope="module")
+def faq_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("faq") / "faq.jsonl"
+    rows = [{"messages": [{"role": "system", "content": "Answer in one word."}, {"role": "user", "content": q},
+                          {"role": "assistant", "content": a}], "meta": {"answer": a}} for q, a in FAQ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture(scope="module")
+def merged_dir(tiny_model_dir, tiny_adapter_dir, tmp_path_factory):
+    """The adapter folded into the base with PEFT, saved as a plain model folder."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = tmp_path_factory.mktemp("merged") / "merged"
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), tiny_adapter_dir).merge_and_unload()
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """A results cache shared by this module's tests (the CLI test then reuses what the first test evaluated)."""
+    path = tmp_path_factory.mktemp("eval_cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ADAPTERMERGE_CACHE", str(path))
+        yield path
+
+
+def gates_yaml(faq_file, domain_min=0.0) -> str:
+    return (f"tasks:\n  faq: {{data: {faq_file}, metric: exact_match, min: 0.0, max_gen_toks: 8}}\n"
+            f"  domain: {{min: {domain_min}}}\n  mmlu: {{metric: acc, max_drop: 1.0}}\n")
+
+
+def test_evaluate_report_and_cache(tiny_model_dir, tiny_adapter_dir, merged_dir, faq_file, mmlu_dir, cache, tmp_path):
+    import yaml
+
+    config = parse_gates(yaml.safe_load(gates_yaml(faq_file)))
+    config.gates.append(Gate("mmlu", "acc", "max_drop", 1.0, reference=str(tiny_adapter_dir)))  # a folder as reference
+    settings = EvalSettings(base=str(tiny_model_dir), mmlu_data=str(mmlu_dir), mmlu_limit=1, batch_size=64)
+    calls = []
+    report = evaluate([str(tiny_adapter_dir), str(merged_dir)], None, config, settings, progress=lambda *a: calls.append(a))
+    assert report.tasks == ["faq", "domain", "mmlu"] and not report.errors
+    roles = {c["name"]: c["role"] for c in report.candidates}
+    assert roles == {"base": "reference", "domain": "single-task adapter (domain)", "merged": "candidate"}
+    assert report.settings["mmlu_format_used"] == "cloze" and calls[-1][0] == calls[-1][1] == 9
+    n_domain = len(build_records("domain", "eval"))
+    for name in roles:
+        assert report.scores[name]["mmlu"].metrics["acc"]["n"] == 57
+        assert report.scores[name]["domain"].metrics["exact_match"]["n"] == n_domain
+        assert report.scores[name]["faq"].metrics["exact_match"]["n"] == 4
+    # The adapter on its base and the same adapter folded into a model folder are the same function.
+    adapter, merged = report.scores["domain"], report.scores["merged"]
+    assert adapter["mmlu"].items["acc"] == merged["mmlu"].items["acc"]
+    pair = report.comparisons["merged"]["mmlu"]["acc"]
+    assert pair["n"] == 57 and pair["stderr"] >= 0
+    assert sorted((g.candidate, g.gate.task, g.gate.reference or "") for g in report.gates) == [
+        ("merged", "domain", ""), ("merged", "faq", ""), ("merged", "mmlu", ""), ("merged", "mmlu", "domain")]
+    by_adapter = next(g for g in report.gates if g.gate.reference == "domain")
+    assert by_adapter.value == pytest.approx(0.0) and by_adapter.paired["n"] == 57  # the same function
+    assert report.passed
+
+    out = write_report(report, tmp_path / "report")
+    data = json.loads((out / "report.json").read_text())
+    assert data["passed"] is True and data["settings"]["mmlu_limit"] == 1 and data["versions"]["lm_eval"]
+    assert data["scores"]["merged"]["mmlu"]["metrics"]["acc"]["n"] == 57
+    assert all({"value", "threshold", "passed", "detail"} <= set(g) for g in data["gates"])
+    assert (out / "chart.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    md = (out / "report.md").read_text()
+    assert "| merged |" in md and "![scores](chart.png)" in md
+
+    again = evaluate([str(tiny_adapter_dir), str(merged_dir)], None, config, settings)
+    assert all(set(c["cached"]) == {"faq", "domain", "mmlu"} for c in again.candidates)
+    assert again.scores["merged"]["mmlu"].items == report.scores["merged"]["mmlu"].items
+
+
+def run_cli(argv) -> int:
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    return exit_info.value.code
+
+
+def test_cli_exit_codes(tiny_model_dir, merged_dir, faq_file, mmlu_dir, cache, tmp_path, capsys):
+    ok, failing = tmp_path / "ok.yaml", tmp_path / "fail.yaml"
+    ok.write_text(gates_yaml(faq_file))
+    failing.write_text(gates_yaml(faq_file, domain_min=0.99))  # a random model answers nothing right
+    common = [str(merged_dir), "--base", str(tiny_model_dir), "--mmlu-data", str(mmlu_dir), "--mmlu-limit", "1"]
+    assert run_cli(["eval", *common, "--gates", str(ok), "-o", str(tmp_path / "r1")]) == 0
+    assert (tmp_path / "r1" / "report.md").is_file()
+    assert run_cli(["eval", *common, "--gates", str(failing), "-o", str(tmp_path / "r2")]) == 1
+    assert json.loads((tmp_path / "r2" / "report.json").read_text())["passed"] is False
+    assert run_cli(["eval", *common, "--gates", str(ok), "-o", str(tmp_path / "r1")]) == 2  # exists, no --force
+    assert "--force" in capsys.readouterr().err
+    (tmp_path / "bad.yaml").write_text("tasks: {domain: {metric: bleu}}\n")
+    assert run_cli(["eval", *common, "--gates", str(tmp_path / "bad.yaml")]) == 2
+    assert run_cli(["eval", str(tmp_path / "no-such-folder"), "--base", str(tiny_model_dir)]) == 2
+    assert run_cli(["eval", "--print-include-path"]) == 0
+    assert capsys.readouterr().out.strip() == str(TASKS_DIR)
+
+
+def test_task_yaml_through_lm_eval_loader(tiny_model_dir, tiny_adapter_dir, mmlu_dir, cache):
+    """What `lm-eval run --model hf --model_args pretrained=...,peft=... --include_path ...` does."""
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    manager = TaskManager(include_path=str(TASKS_DIR), include_defaults=False,
+                          metadata={"mmlu_data": str(mmlu_dir), "mmlu_limit": 1})
+    assert {"adaptermerge_domain", "adaptermerge_structured", "adaptermerge_safety", "adaptermerge_mmlu_cloze"} <= set(manager.all_tasks)
+    out = lm_eval.simple_evaluate(
+        model="hf", model_args={"pretrained": str(tiny_model_dir), "peft": str(tiny_adapter_dir), "device": "cpu"},
+        tasks=["adaptermerge_structured", "adaptermerge_mmlu_cloze"], task_manager=manager, limit=3,
+        apply_chat_template=True, bootstrap_iters=0,
+    )
+    assert set(out["results"]["adaptermerge_structured"]) >= {"parse_rate,none", "schema_valid,none", "field_accuracy,none"}
+    assert 0.0 <= out["results"]["adaptermerge_mmlu_cloze"]["acc,none"] <= 1.0
+    assert out["results"]["adaptermerge_mmlu_cloze"]["sample_len"] == 3

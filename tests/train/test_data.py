@@ -1,0 +1,78 @@
+import pytest
+
+from adaptermerge.errors import AdapterMergeError
+from adaptermerge.evalsuite.metrics import META_KEYS
+from adaptermerge.train.data import TASKS, build_records
+from adaptermerge.train.records import check_record
+
+
+def _prompts(records):
+    return [r["messages"][0]["content"] for r in records]
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_builders_are_deterministic_and_seeded(task):
+    assert build_records(task, "train", 0) == build_records(task, "train", 0)
+    assert build_records(task, "eval", 0) == build_records(task, "eval", 0)
+    assert build_records(task, "train", 0) != build_records(task, "train", 1)
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_splits_are_disjoint(task):
+    train, eval_ = set(_prompts(build_records(task, "train"))), _prompts(build_records(task, "eval"))
+    assert eval_, "empty eval split"
+    assert not train & set(eval_), "an eval prompt also appears in train"
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_records_are_valid_and_carry_scoring_meta(task):
+    for split in ("train", "eval"):
+        records = build_records(task, split)
+        assert 50 <= len(records) <= 5000
+        for i, r in enumerate(records):
+            check_record(r, f"{task} {split} {i}")
+            assert all(k in r["meta"] for k in META_KEYS[task])
+
+
+def test_domain_eval_asks_known_facts_with_unseen_phrasings():
+    from adaptermerge.train.data import domain
+
+    train, eval_ = build_records("domain", "train"), build_records("domain", "eval")
+    train_facts = {(r["meta"]["title"], r["meta"]["field"], r["meta"]["answer"]) for r in train}
+    assert {(r["meta"]["title"], r["meta"]["field"], r["meta"]["answer"]) for r in eval_} <= train_facts
+    # No eval phrasing is a train phrasing once the title is taken out.
+    train_templates = {r["messages"][0]["content"].replace(r["meta"]["title"], "{t}") for r in train}
+    for r in eval_:
+        assert r["messages"][0]["content"].replace(r["meta"]["title"], "{t}") not in train_templates
+    assert set(domain.FIELDS) == {r["meta"]["field"] for r in eval_}
+
+
+def test_safety_eval_items_never_seen_and_both_kinds_present():
+    from adaptermerge.train.data import safety
+
+    train_items, _ = safety._items(0)
+    eval_ = build_records("safety", "eval")
+    for r in eval_:
+        # No training question, in any phrasing (first letter's case aside), is inside an eval prompt.
+        assert not any(item["question"][1:] in r["messages"][0]["content"] for item in train_items)
+    harmful = {r["meta"]["category"] for r in eval_ if r["meta"]["harmful"]}
+    assert len(harmful) == len(safety.HARMFUL)
+    assert {"benign", "benign_alarming"} <= {r["meta"]["category"] for r in eval_}
+
+
+def test_structured_gold_matches_reply_and_schema():
+    import json
+
+    from adaptermerge.evalsuite.metrics import validate_schema
+
+    for r in build_records("structured", "eval"):
+        reply = json.loads(r["messages"][-1]["content"])
+        assert reply == r["meta"]["answer"]
+        assert validate_schema(reply, r["meta"]["schema"])
+
+
+def test_unknown_task_and_split():
+    with pytest.raises(AdapterMergeError, match="unknown task"):
+        build_records("poetry")
+    with pytest.raises(AdapterMergeError, match="unknown split"):
+        build_records("domain", "test")

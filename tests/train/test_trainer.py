@@ -1,0 +1,115 @@
+"""Two-step training runs on a tiny random Llama (hidden 32, 2 layers) with the real tokenizer."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from adaptermerge.errors import AdapterMergeError
+from adaptermerge.train.data import build_records, write_jsonl
+from adaptermerge.train.records import jsonl_text, sha256_text
+from adaptermerge.train.trainer import IGNORE, TrainConfig, batch_order, lr_at, tokenize_record, train
+
+TRAINING_KEYS = {"task", "base", "quantization", "adapter_type", "on_top_of", "data", "hyperparameters", "seed", "loss",
+                 "wall_time_s", "cpu_time_s", "versions"}
+HYPER_KEYS = {"max_steps", "epochs", "steps", "lr", "rank", "alpha", "targets", "batch_size", "max_length", "warmup_steps"}
+
+
+@pytest.fixture(scope="module")
+def data_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "custom.jsonl"
+    return write_jsonl(build_records("safety", "train")[:12], path)
+
+
+def _config(base, data, out, **kw):
+    return TrainConfig(task="custom", data=data, base=str(base), output=out, max_steps=2, batch_size=2, max_length=64,
+                       rank=4, alpha=8, lr=1e-2, **kw)
+
+
+def _load(base, adapter):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    return PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), adapter)
+
+
+@pytest.mark.parametrize("qlora", [True, False], ids=["qlora", "lora"])
+def test_two_steps_write_a_loadable_adapter(tiny_chat_base, data_file, tmp_path, qlora):
+    out = train(_config(tiny_chat_base, data_file, tmp_path / "ad", qlora=qlora))
+    summary = json.loads((out / "training.json").read_text())
+    assert TRAINING_KEYS <= set(summary) and HYPER_KEYS <= set(summary["hyperparameters"])
+    assert summary["quantization"] == ("nf4" if qlora else None)
+    assert summary["base"]["id"] == str(tiny_chat_base) and len(summary["base"]["sha256"]) == 64
+    assert summary["data"]["rows"] == 12 and summary["data"]["sha256"] == __import__("hashlib").sha256(data_file.read_bytes()).hexdigest()
+    assert len(summary["loss"]["per_step"]) == 2 and summary["loss"]["per_epoch"]
+    assert all(summary["versions"][k] for k in ("torch", "transformers", "peft", "bitsandbytes", "adaptermerge"))
+    config = json.loads((out / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == str(tiny_chat_base)
+    assert ".tmp-" not in (out / "README.md").read_text()
+    assert sorted(config["target_modules"]) == sorted(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    weights = load_file(out / "adapter_model.safetensors")
+    assert any("lora_B" in k and v.abs().sum() > 0 for k, v in weights.items()), "B never moved from zero"
+    model = _load(tiny_chat_base, out)
+    ids = torch.tensor([[1, 2, 3]])
+    assert torch.isfinite(model(input_ids=ids).logits).all()
+    assert not list(tmp_path.glob(".tmp-*")), "temporary folder left behind"
+
+
+def test_dora_writes_magnitudes_and_refuses_overwrite(tiny_chat_base, data_file, tmp_path):
+    out = train(_config(tiny_chat_base, data_file, tmp_path / "dora", dora=True, qlora=False, targets=("q_proj", "v_proj")))
+    keys = load_file(out / "adapter_model.safetensors").keys()
+    assert any("lora_magnitude_vector" in k for k in keys)
+    assert json.loads((out / "training.json").read_text())["adapter_type"] == "dora"
+    _load(tiny_chat_base, out)
+    with pytest.raises(AdapterMergeError, match="exists"):
+        train(_config(tiny_chat_base, data_file, out))
+    train(_config(tiny_chat_base, data_file, out, force=True, targets=("q_proj",)))
+    assert json.loads((out / "adapter_config.json").read_text())["target_modules"] == ["q_proj"]
+
+
+def test_on_top_of_and_builtin_data(tiny_chat_base, data_file, tmp_path):
+    first = train(_config(tiny_chat_base, data_file, tmp_path / "first", qlora=False))
+    cfg = TrainConfig(task="domain", base=str(tiny_chat_base), output=tmp_path / "second", max_steps=1, batch_size=2,
+                      rank=4, alpha=8, on_top_of=first)
+    second = train(cfg)
+    summary = json.loads((second / "training.json").read_text())
+    assert summary["on_top_of"] == str(first.resolve()) and summary["quantization"] == "nf4"
+    assert summary["data"]["built_in"] and summary["data"]["sha256"] == sha256_text(jsonl_text(build_records("domain")))
+    assert json.loads((second / "adapter_config.json").read_text())["base_model_name_or_path"] == str(tiny_chat_base)
+    assert not (second / "merged-base").exists()
+    assert "merged-base" not in (second / "README.md").read_text()
+    _load(tiny_chat_base, second)
+
+
+def test_bad_config(tiny_chat_base, data_file, tmp_path):
+    with pytest.raises(AdapterMergeError, match="needs --data"):
+        train(TrainConfig(task="custom", output=tmp_path / "x"))
+    with pytest.raises(AdapterMergeError, match="unknown task"):
+        train(TrainConfig(task="poetry", output=tmp_path / "x"))
+    with pytest.raises(AdapterMergeError, match="no such module"):
+        train(_config(tiny_chat_base, data_file, tmp_path / "x", targets=("qkv",)))
+    with pytest.raises(AdapterMergeError, match="--lr must be positive"):
+        train(_config(tiny_chat_base, data_file, tmp_path / "x").__class__(**{**_config(tiny_chat_base, data_file, tmp_path / "x").__dict__, "lr": -1}))
+    assert not (tmp_path / "x").exists()
+
+
+def test_tokenize_record_masks_the_prompt():
+    from adaptermerge import base
+
+    tokenizer = base.load_tokenizer()
+    record = build_records("domain", "train")[0]
+    ids, labels = tokenize_record(tokenizer, record, 512)
+    reply = [t for t, l in zip(ids, labels) if l != IGNORE]
+    assert labels[: len(ids) - len(reply)] == [IGNORE] * (len(ids) - len(reply))
+    assert tokenizer.decode(reply) == record["messages"][-1]["content"] + "<|im_end|>\n"
+    assert tokenize_record(tokenizer, record, len(ids) - len(reply)) is None  # no reply token fits
+
+
+def test_batch_order_and_schedule():
+    order = batch_order(10, 4, 6, seed=3)
+    assert order == batch_order(10, 4, 6, seed=3) and order != batch_order(10, 4, 6, seed=4)
+    first_epoch = [i for epoch, idx in order if epoch == 0 for i in idx]
+    assert sorted(first_epoch) == list(range(10)) and [e for e, _ in order] == [0, 0, 0, 1, 1, 1]
+    lrs = [lr_at(s, 10, 1.0, 2) for s in range(10)]
+    assert lrs[0] == 0.5 and lrs[1] == 1.0 and lrs[-1] == pytest.approx(0.125) and lrs == sorted(lrs[:2]) + sorted(lrs[2:], reverse=True)
