@@ -257,7 +257,7 @@ def merge_to_model(
 
     The merged update is exact here (no low-rank truncation): W0 + delta, or the DoRA weight.
     merge_onto: "original" (W0), "dequantized" (dequant(NF4(W0)), what a QLoRA adapter was trained
-    against) or None to choose from the adapters' training.json (see adaptermerge.qlora).
+    against) or None to choose from the adapters' training.json and requantize (see adaptermerge.qlora).
     requantize: "nf4" or "int8" writes the merged model quantized with bitsandbytes, with the
     quantization report in adaptermerge.json; compute_dtype is its matmul dtype.
     """
@@ -274,7 +274,7 @@ def merge_to_model(
         check_compute_dtype(compute_dtype)
         require_bitsandbytes()
     plan = MergePlan(adapters, method, weights, base=base, need_base=True, seed=seed, device=device, check_base=check_base, **params)
-    choice = apply_merge_onto(plan, merge_onto)
+    choice = apply_merge_onto(plan, merge_onto, requantize)
     write_full_model(
         plan, out, shard_size=shard_size, force=force, progress=progress, extra_meta={"merge_onto": choice},
         requantize=requantize, compute_dtype=compute_dtype,

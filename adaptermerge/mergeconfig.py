@@ -113,7 +113,7 @@ def run_job(job: MergeJob, progress: Progress | None = None, quantize_progress=N
         from .model_output import write_full_model
         from .qlora import apply_merge_onto
 
-        choice = apply_merge_onto(plan, job.merge_onto)
+        choice = apply_merge_onto(plan, job.merge_onto, job.requantize)
         return write_full_model(
             plan, job.out, shard_size=job.shard_size, force=job.force, progress=progress, extra_meta={"merge_onto": choice},
             requantize=job.requantize, compute_dtype=job.compute_dtype, quantize_progress=quantize_progress,

@@ -55,3 +55,22 @@ def peft_deltas(base_dir: Path, adapter_dir: Path) -> dict[str, torch.Tensor]:
         if n.endswith(".weight") and not torch.equal(p, ref[n]):
             out[n[: -len(".weight")]] = p - ref[n]
     return out
+
+
+def save_tiny_chat_model(path: Path, *, hidden: int = 32, intermediate: int = 64, max_positions: int = 1024) -> Path:
+    """A tiny random Llama (2 layers) saved with the embedded base's tokenizer, so chat templates,
+    training and lm-eval's tokenization run for real in seconds."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from adaptermerge import base
+
+    tokenizer = base.load_tokenizer()
+    config = LlamaConfig(
+        hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        vocab_size=len(tokenizer), max_position_embeddings=max_positions, tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+    )
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path

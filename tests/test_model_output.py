@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from support import peft_deltas
 
 from adaptermerge import AdapterMergeError, load_adapter, merge, merge_to_model
-from adaptermerge.qlora import QLORA_DEFAULT, choose_merge_onto, quantizable_modules
+from adaptermerge.qlora import choose_merge_onto, quantizable_modules
 from adaptermerge.quantize import quantized_modules, roundtrip
 
 
@@ -101,7 +101,8 @@ def test_default_merge_onto_follows_training_json(quant_adapters, tmp_path):
     shutil.copytree(quant_adapters["qv"], qlora_dir)
     (qlora_dir / "training.json").write_text(json.dumps({"task": "x", "quantization": "nf4"}))
     plain, qlora = load_adapter(quant_adapters["qv"]), load_adapter(qlora_dir)
-    assert choose_merge_onto([qlora], None)["merge_onto"] == QLORA_DEFAULT
+    assert choose_merge_onto([qlora], None)["merge_onto"] == "dequantized"  # measured best in full precision
+    assert choose_merge_onto([qlora], None, requantize="nf4")["merge_onto"] == "original"  # and re-quantized
     assert choose_merge_onto([plain], None)["merge_onto"] == "original"
     assert choose_merge_onto([qlora, plain], None)["merge_onto"] == "original"  # not every adapter saw NF4
     asked = choose_merge_onto([plain], "dequantized")

@@ -73,9 +73,10 @@ def train_config(task: str, *, base: str | None, seed: int, quick: bool, steps: 
     return trainer.TrainConfig(task=task, output=Path("unused"), base=base, seed=seed, max_steps=steps, on_top_of=on_top_of)
 
 
-def choose_config(task: str, *, base: str | None, seed: int, quick: bool, steps: int | None = None) -> trainer.TrainConfig:
+def choose_config(task: str, *, base: str | None, seed: int, quick: bool, steps: int | None = None,
+                  on_top_of: Path | None = None) -> trainer.TrainConfig:
     """--quick reuses the full preset's adapter when one is cached, and trains a short one otherwise."""
-    full = train_config(task, base=base, seed=seed, quick=False, steps=steps)
+    full = train_config(task, base=base, seed=seed, quick=False, steps=steps, on_top_of=on_top_of)
     if steps is None and quick and not is_trained(cache_path(full)):
-        return train_config(task, base=base, seed=seed, quick=True)
+        return train_config(task, base=base, seed=seed, quick=True, on_top_of=on_top_of)
     return full

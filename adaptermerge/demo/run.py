@@ -13,7 +13,7 @@ import platform
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
@@ -34,8 +34,9 @@ Progress = Callable[[str, int, int, str], None]  # (stage, done, total, label)
 class DemoResult:
     output: Path
     rows: list[dict]
-    winner: str | None
+    winner: str | None  # the best merge, written to output/winner (None when writing it failed)
     report: dict
+    best: str | None = None  # the best merge by the gates, whether or not writing it worked
 
 
 def _noop(stage: str, done: int, total: int, label: str = "") -> None:
@@ -65,9 +66,8 @@ def _sequential_training(singles: dict[str, dict], config: DemoConfig, out: Path
     chain = singles[TASKS[0]]["path"]
     for task in TASKS[1:]:
         cfg = adapters_mod.choose_config(task, base=config.base, seed=config.seed, quick=config.quick,
-                                         steps=(config.train_steps or {}).get(task))
-        cfg = replace(cfg, on_top_of=chain)
-        trained, _ = adapters_mod.ensure_adapter(cfg, lambda s, n, loss, t=task: progress("merge", 0, 0, f"sequential_training: {t} step {s}/{n}"))
+                                         steps=(config.train_steps or {}).get(task), on_top_of=chain)
+        trained, _ = adapters_mod.ensure_adapter(cfg, lambda s, n, loss, t=task: progress("train", len(TASKS), len(TASKS), f"{t} on top of the chain: step {s}/{n}"))
         folded = merge([load_adapter(chain), load_adapter(trained)], "sequential", [1.0, 1.0], base=config.base, seed=config.seed)
         chain = folded.save(work / f"chain-{task}", force=True)
     shutil.copytree(chain, out)
@@ -104,7 +104,7 @@ def run_approach(approach: Approach, singles: dict[str, dict], config: DemoConfi
     except baselines.Skipped as exc:
         entry.update(error=f"skipped: {exc}", skipped=True)
     except Exception as exc:  # noqa: BLE001 - one approach failing must not stop the comparison
-        log.exception("approach %s failed", approach.name)
+        log.warning("approach %s failed: %s", approach.name, exc, exc_info=log.isEnabledFor(logging.DEBUG))
         entry["error"] = f"{type(exc).__name__}: {exc}"
         shutil.rmtree(out, ignore_errors=True)
     entry["seconds"] = round(time.perf_counter() - started, 2)
@@ -221,7 +221,7 @@ def run_demo(config: DemoConfig, progress: Progress | None = None) -> DemoResult
             try:
                 winner = write_winner(best, config, tmp / "winner", progress)
             except Exception as exc:  # noqa: BLE001 - the table is still worth writing
-                log.exception("writing the winner failed")
+                log.warning("writing the winner failed: %s", exc, exc_info=log.isEnabledFor(logging.DEBUG))
                 notes.append(f"writing the winner {best['name']} failed: {type(exc).__name__}: {exc}")
             timings["winner"] = round(time.perf_counter() - t, 2)
         else:
@@ -239,7 +239,7 @@ def run_demo(config: DemoConfig, progress: Progress | None = None) -> DemoResult
         os.replace(tmp, output)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return DemoResult(output, data["candidates"], winner["name"] if winner else None, data)
+    return DemoResult(output, data["candidates"], winner["name"] if winner else None, data, best["name"] if best else None)
 
 
 def _eval_notes(notes: list[str]) -> list[str]:

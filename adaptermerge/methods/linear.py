@@ -53,16 +53,14 @@ class TaskArithmetic(_NoBase):
         return ModuleResult(terms=_terms(inputs, [params.lambda_ * w for w in weights]))
 
 
-class Cat(_NoBase):
+class Cat(Linear):
     """Exact concatenation: `B = [c_1 s_1 B_1 | ... ]`, `A = [A_1; ...]`, rank = sum of ranks.
     Same weights as linear (normalized unless normalize=false); no SVD, the factors are kept."""
 
     name = "cat"
     summary = "concatenate the factors (exact, rank = sum of ranks)"
 
-    @dataclass(frozen=True)
-    class Params:
-        normalize: bool = param(True, "divide the weights by their sum")
-
     def merge_module(self, inputs, weights, base_weight, params, ctx) -> ModuleResult:
-        return ModuleResult(terms=_terms(inputs, normalized(weights, params.normalize)), concat=True)
+        result = super().merge_module(inputs, weights, base_weight, params, ctx)
+        result.concat = True
+        return result

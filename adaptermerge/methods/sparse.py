@@ -54,6 +54,25 @@ class _Sparse:
         return ModuleResult(dense=merged, sketch=torch.cat(As, 0))
 
 
+@dataclass(frozen=True)
+class TrimParams:
+    density: float = param(0.2, "fraction of each delta's entries kept, by magnitude, in (0, 1]")
+    lambda_: float = param(1.0, "scaling of the merged delta")
+
+    def __post_init__(self):
+        check_density(self.density)
+
+
+@dataclass(frozen=True)
+class DropParams(TrimParams):
+    density: float = param(0.5, "probability of keeping each entry, in (0, 1]")
+
+
+@dataclass(frozen=True)
+class DropSumParams(DropParams):
+    normalize: bool = param(True, "divide the weights by their sum")
+
+
 class Ties(_Sparse):
     """TIES-merging (Yadav et al. 2023): trim each delta to its top-`density` entries by magnitude,
     elect the sign per entry, average the agreeing entries weighted by the adapters' weights
@@ -61,14 +80,7 @@ class Ties(_Sparse):
 
     name = "ties"
     summary = "trim, elect sign, disjoint weighted mean"
-
-    @dataclass(frozen=True)
-    class Params:
-        density: float = param(0.2, "fraction of each delta's entries kept, by magnitude, in (0, 1]")
-        lambda_: float = param(1.0, "scaling of the merged delta")
-
-        def __post_init__(self):
-            check_density(self.density)
+    Params = TrimParams
 
 
 class DareLinear(_Sparse):
@@ -78,15 +90,7 @@ class DareLinear(_Sparse):
     name = "dare_linear"
     summary = "random drop + rescale, then weighted sum"
     sparsify, combine = "dare", "sum"
-
-    @dataclass(frozen=True)
-    class Params:
-        density: float = param(0.5, "probability of keeping each entry, in (0, 1]")
-        lambda_: float = param(1.0, "scaling of the merged delta")
-        normalize: bool = param(True, "divide the weights by their sum")
-
-        def __post_init__(self):
-            check_density(self.density)
+    Params = DropSumParams
 
 
 class DareTies(_Sparse):
@@ -95,11 +99,4 @@ class DareTies(_Sparse):
     name = "dare_ties"
     summary = "random drop + rescale, elect sign, disjoint weighted mean"
     sparsify = "dare"
-
-    @dataclass(frozen=True)
-    class Params:
-        density: float = param(0.5, "probability of keeping each entry, in (0, 1]")
-        lambda_: float = param(1.0, "scaling of the merged delta")
-
-        def __post_init__(self):
-            check_density(self.density)
+    Params = DropParams

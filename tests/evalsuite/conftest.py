@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from support import SHARED_MMLU, make_adapter
+from support import SHARED_MMLU, make_adapter, save_tiny_chat_model
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -22,21 +22,7 @@ def _one_thread():
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from adaptermerge import base
-
-    tokenizer = base.load_tokenizer()
-    config = LlamaConfig(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-        vocab_size=len(tokenizer), max_position_embeddings=1024, tie_word_embeddings=True,
-        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-    )
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("tiny_eval_base")
-    LlamaForCausalLM(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+    return save_tiny_chat_model(tmp_path_factory.mktemp("tiny_eval_base"))
 
 
 @pytest.fixture(scope="session")
