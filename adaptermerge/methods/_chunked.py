@@ -19,6 +19,7 @@ from . import _kernels, _ops
 
 BLOCK_ENTRIES = 1 << 20
 _SAMPLE = 1_000_000
+_EXACT_MAX = 200_000  # below this a full kthvalue is as cheap as the bracket
 
 
 def row_blocks(out: int, inp: int) -> list[slice]:
@@ -30,18 +31,25 @@ def thresholds(Bs: list[torch.Tensor], As: list[torch.Tensor], k: int) -> list[t
     """For each adapter, the k-th largest |entry| of `Bs[i] @ As[i]`, exactly (scale folded into B)."""
     out, inp = Bs[0].shape[0], As[0].shape[1]
     n = out * inp
-    if n <= _ops._EXACT_SELECT_MAX or k >= n:
+    if n <= _EXACT_MAX or k >= n:
         return [_exact(B, A, k) for B, A in zip(Bs, As)]
     device = Bs[0].device
+    size = min(_SAMPLE, max(20_000, n // 16))  # the band to select in shrinks with sqrt(size)
     gen = torch.Generator(device=device).manual_seed(n * 31 + k)
-    rows = torch.randint(out, (_SAMPLE,), generator=gen, device=device)
-    cols = torch.randint(inp, (_SAMPLE,), generator=gen, device=device)
+    rows = torch.randint(out, (size,), generator=gen, device=device)
+    cols = torch.randint(inp, (size,), generator=gen, device=device)
     q = 1.0 - k / n
-    spread = 6.0 * (q * (1 - q) / _SAMPLE) ** 0.5 + 1.0 / _SAMPLE
-    levels = torch.tensor([max(0.0, q - spread), min(1.0, q + spread)], device=device)
-    brackets = [torch.quantile((B[rows] * A[:, cols].T).sum(1).abs(), levels) for B, A in zip(Bs, As)]
-    lo = torch.stack([b[0] for b in brackets]).view(-1, 1, 1)
-    hi = torch.stack([b[1] for b in brackets]).view(-1, 1, 1)
+    spread = 6.0 * (q * (1 - q) / size) ** 0.5 + 1.0 / size
+    # bracket = the sample's order statistics at q -+ spread (kthvalue: quantile sorts the sample)
+    lo_k = max(1, min(size, int((q - spread) * size)))
+    hi_k = max(1, min(size, int((q + spread) * size) + 1))
+    lows, highs = [], []
+    for B, A in zip(Bs, As):
+        sample = (B[rows] * A.T[cols]).sum(1).abs_()
+        lows.append(sample.kthvalue(lo_k).values)
+        highs.append(sample.kthvalue(hi_k).values)
+    lo = torch.stack(lows).view(-1, 1, 1)
+    hi = torch.stack(highs).view(-1, 1, 1)
     B_stack, A_stack = _stack(Bs, As)
     search = _kernels.kernel(_kernels.band_block, n)
     above = torch.zeros(len(Bs), dtype=torch.long, device=device)

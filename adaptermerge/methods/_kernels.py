@@ -26,8 +26,7 @@ def ties_block(values: torch.Tensor, thresholds: torch.Tensor, weights: torch.Te
     keep entries with `|w_i d_i| >= |w_i| t_i`, elect the sign of their sum, weighted mean of the
     agreeing ones (divisor: sum of agreeing |w_i|). thresholds, weights: [k, 1, 1]."""
     v = values * (values.abs() >= thresholds * weights.abs())
-    total = v.sum(0)
-    agree = (v * total.sign()) > 0
+    agree = (v * v.sum(0).sign()) > 0
     num = (v * agree).sum(0)
     den = (agree * weights.abs()).sum(0)
     return num / den.clamp_min(1e-30)  # where nothing agrees num is 0
