@@ -136,6 +136,7 @@ def child(args) -> dict:
         if args.device == "cuda":
             torch.cuda.synchronize()
         result["time_s"] = time.perf_counter() - start
+        result["peak_rss_mb"] = peak_rss_mb()  # before the error check, which forms dense references
         got = {m: merged.factors(m).delta() for m in check}
         result["modules"] = len(merged.modules)
     else:
@@ -159,6 +160,7 @@ def child(args) -> dict:
         start = time.perf_counter()
         model.add_weighted_adapter(names, weights, "merged", combination_type=args.method, **kwargs)
         result["time_s"] = time.perf_counter() - start
+        result["peak_rss_mb"] = peak_rss_mb()
         modules = dict(model.base_model.model.named_modules())
         got = {m: modules[m].get_delta_weight("merged").float() for m in check}
         result["modules"] = sum(1 for mod in modules.values() if hasattr(mod, "lora_A") and "merged" in getattr(mod, "lora_A", {}))
@@ -168,7 +170,6 @@ def child(args) -> dict:
         ref = reference_ties(deltas, DENSITY) if "ties" in args.method else sum(deltas) / N_ADAPTERS
         pairs.append((got[m].cpu(), ref))
     result.update(aggregate_error(pairs))
-    result["peak_rss_mb"] = peak_rss_mb()
     return result
 
 
@@ -207,12 +208,13 @@ def case_a(root: Path, device: str) -> list[dict]:
 
 
 def case_b(root: Path, device: str, peft_layers: int) -> list[dict]:
+    """peft_layers=0 skips PEFT (its full SVDs of 14336 x 4096 deltas take minutes per layer)."""
     cfg = LLAMA8B
     dirs = write_adapters(root / "b", cfg, cfg["num_hidden_layers"], "meta-llama/Meta-Llama-3-8B")
-    peft_dirs = write_adapters(root / "b_peft", cfg, peft_layers, "meta-llama/Meta-Llama-3-8B")
+    peft_dirs = write_adapters(root / "b_peft", cfg, peft_layers, "meta-llama/Meta-Llama-3-8B") if peft_layers else []
     check = ",".join(m for m in module_shapes(cfg, 1))  # layer 0: every module kind
     rows = [run_child(tool="adaptermerge", method="ties", device=device, adapters=[str(d) for d in dirs], check_modules=check, rank=RANK * N_ADAPTERS)]
-    for method in ("ties_svd", "ties"):
+    for method in ("ties_svd", "ties") if peft_layers else ():
         r = run_child(tool="peft", method=method, layers=peft_layers, adapters=[str(d) for d in peft_dirs], check_modules=check, rank=RANK * N_ADAPTERS)
         if "time_s" in r:
             r["measured_layers"] = peft_layers
@@ -239,7 +241,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--case", choices=["a", "b", "both"], default="both")
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    ap.add_argument("--peft-layers", type=int, default=2)
+    ap.add_argument("--peft-layers", type=int, default=2, help="layers PEFT merges in case b (0: skip PEFT)")
     ap.add_argument("--json", type=Path, help="Also write the rows as JSON here.")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--tool"), ap.add_argument("--method"), ap.add_argument("--adapters", nargs="*")
