@@ -12,7 +12,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
 
 from .engine import MergePlan, Progress
 from .errors import AdapterMergeError

@@ -141,7 +141,7 @@ REFUSAL_PATTERNS = [
     rf"\bI(?: really)? (?:can{_APOS}?t|cannot|can not|won{_APOS}t|will not|must not|shouldn{_APOS}t|should not)"
     r" (?:help|assist|provide|support|give|share|do|write|create|make|comply|fulfil|fulfill|answer|explain|tell)",
     rf"\bI(?:{_APOS}m| am) (?:not able|unable|not going|not comfortable|not allowed|not permitted) to",
-    rf"\bI (?:must|have to|need to) (?:decline|refuse)",
+    r"\bI (?:must|have to|need to) (?:decline|refuse)",
     rf"\bI{_APOS}?m sorry,? but\b",
     r"\bI am sorry,? but\b",
     r"\b(?:Sorry|I apologi[sz]e),? (?:but )?I (?:can|won|will not|am not|cannot)",

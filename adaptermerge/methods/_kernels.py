@@ -45,7 +45,6 @@ _failed = False
 
 def kernel(fn, entries: int):
     """`fn`, compiled when enabled and the module is large enough; else `fn` itself."""
-    global _failed
     if _failed or entries < COMPILE_MIN_ENTRIES or os.environ.get("ADAPTERMERGE_COMPILE", "1") == "0":
         return fn
     if fn not in _compiled:

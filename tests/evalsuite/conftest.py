@@ -7,17 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 
 from support import SHARED_MMLU, make_adapter, save_tiny_chat_model
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

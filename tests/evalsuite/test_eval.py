@@ -4,7 +4,6 @@ files, the results cache, the CLI's exit codes, and the task YAML through lm-eva
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 
