@@ -15,6 +15,10 @@ def package_versions(names=("adaptermerge", "torch", "safetensors", "transformer
             out[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
             out[name] = None
+    if out.get("adaptermerge", 0) is None:  # running from a source tree
+        from . import __version__
+
+        out["adaptermerge"] = __version__
     return out
 
 

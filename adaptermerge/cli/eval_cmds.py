@@ -78,7 +78,8 @@ def eval_cmd(candidates, gates_path, tasks, base, mmlu_data, mmlu_limit, mmlu_sh
     """
     from ..evalsuite import gates as gates_mod
     from ..evalsuite.harness import TASKS_DIR
-    from ..evalsuite.report import check_output, write_report
+    from ..evalsuite.report import write_report
+    from ..fileio import check_output
     from ..evalsuite.runner import EvalSettings, evaluate
     from .progress import console, progress_bar
 

@@ -8,12 +8,9 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
-from ..errors import AdapterMergeError
+from ..fileio import atomic_dir
 from .runner import REFERENCE, EvalReport
 
 MMLU = "mmlu"
@@ -163,30 +160,10 @@ def write_chart(report: EvalReport, path: Path) -> None:
     plt.close(fig)
 
 
-def check_output(out: str | Path, force: bool) -> Path:
-    """Fail before any work when `out` exists and --force was not given."""
-    out = Path(out)
-    if out.exists() and not force:
-        raise AdapterMergeError(f"output folder {out} exists: pass --force to overwrite")
-    return out
-
-
 def write_report(report: EvalReport, out: str | Path, *, force: bool = False) -> Path:
     """Write report.json, report.md and chart.png into `out`, atomically (temp folder, then os.replace)."""
-    out = check_output(out, force)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-report-", dir=out.parent))
-    old = None
-    try:
+    with atomic_dir(out, force=force) as tmp:
         (tmp / "report.json").write_text(json.dumps(to_json(report), indent=2, default=str) + "\n")
         write_chart(report, tmp / "chart.png")
         (tmp / "report.md").write_text(to_markdown(report))
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=".old-report-", dir=out.parent))
-            os.replace(out, old / "old")
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    return out
+    return Path(out)

@@ -18,7 +18,6 @@ import json
 import logging
 import math
 import os
-import platform
 import random
 import re
 import shutil
@@ -29,6 +28,7 @@ from pathlib import Path
 from typing import Callable
 
 from .. import base as base_mod
+from .. import provenance
 from ..errors import AdapterMergeError
 from . import data as data_mod
 from .presets import ALL_PROJECTIONS, preset
@@ -236,22 +236,6 @@ def reply_loss(model, batch: dict):
     return F.cross_entropy(logits.float(), labels[keep])
 
 
-def package_versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"python": platform.python_version()}
-    for pkg in ("torch", "transformers", "peft", "bitsandbytes", "adaptermerge"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            out[pkg] = None
-    if out["adaptermerge"] is None:  # running from a source tree
-        from .. import __version__
-
-        out["adaptermerge"] = __version__
-    return out
-
-
 # ---------------------------------------------------------------- the run
 
 ProgressFn = Callable[[int, int, float], None]
@@ -341,7 +325,7 @@ def train(config: TrainConfig, progress: ProgressFn | None = None) -> Path:
             # CPU seconds of this process (all threads): a contention-free measure of the work.
             "cpu_time_s": round(time.process_time() - cpu_started, 2),
             "threads": torch.get_num_threads(),
-            "versions": package_versions(),
+            "versions": provenance.package_versions(),
         }
         (tmp / "training.json").write_text(json.dumps(summary, indent=2) + "\n")
         if out.exists():
