@@ -24,8 +24,6 @@ import json
 import logging
 import math
 import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable, Mapping
@@ -33,6 +31,7 @@ from typing import Callable, Mapping
 import torch
 
 from .errors import AdapterMergeError
+from .fileio import atomic_dir, check_output
 
 log = logging.getLogger(__name__)
 
@@ -338,8 +337,7 @@ def quantize_model(
     check_full_precision(model_dir)
     if out_dir.resolve() == model_dir.resolve():
         raise AdapterMergeError(f"output {out_dir} is the input folder: choose another output")
-    if out_dir.exists() and not force:
-        raise AdapterMergeError(f"output {out_dir} already exists: pass --force to replace it")
+    check_output(out_dir, force)  # before the slow load
 
     from transformers import AutoModelForCausalLM
 
@@ -355,9 +353,7 @@ def quantize_model(
     if progress:
         progress("load", 1, 1)
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
+    with atomic_dir(out_dir, force=force) as tmp:
         # Save first: the save is what the user asked for; measuring comes after and is timed apart.
         if progress:
             progress("save", 0, 1)
@@ -385,27 +381,7 @@ def quantize_model(
             **report,
         }
         write_report(tmp, entry, previous=model_dir / REPORT_NAME)
-        replace_folder(tmp, out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return entry
-
-
-def replace_folder(src: Path, dst: Path) -> None:
-    """Move src to dst; an existing dst (the caller checked --force) is set aside first and removed after."""
-    old = None
-    if dst.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.old-", dir=dst.parent))
-        os.replace(dst, old / dst.name)
-    try:
-        os.replace(src, dst)
-    except OSError:
-        if old is not None:  # put the previous output back rather than leave none
-            os.replace(old / dst.name, dst)
-            shutil.rmtree(old, ignore_errors=True)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def worst_layers(errors: Mapping[str, float], n: int = 5) -> list[tuple[str, float]]:

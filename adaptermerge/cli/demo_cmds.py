@@ -65,8 +65,8 @@ def _parse_steps(text: str | None) -> dict[str, int] | None:
 @click.option("--mergekit", default=None, help="mergekit-yaml executable (default: $ADAPTERMERGE_MERGEKIT, else on PATH; else that row is skipped).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--threads", type=int, default=None, help="torch CPU threads for evaluation.")
-@click.option("--dtype", type=click.Choice(["float32", "bfloat16"]), default="float32", show_default=True,
-              help="Evaluation compute dtype; bfloat16 is about 2x faster on CPUs with bf16 units, scores shift slightly.")
+@click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16"]), default="auto", show_default=True,
+              help="Evaluation compute dtype. auto: bfloat16 where the hardware has native bf16 (about 2x faster on such CPUs; scores shift slightly), else float32.")
 @click.option("--force", is_flag=True, help="Replace an existing demo folder.")
 def demo_cmd(output, quick, base, mmlu_data, mmlu_limit, train_steps, methods, no_baselines, no_sweep, mergekit, seed, threads, dtype,
              force) -> int:

@@ -57,8 +57,8 @@ def _table(report):
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the built-in eval data and the MMLU sample.")
 @click.option("--batch-size", type=int, default=32, show_default=True, help="Generation batch size.")
 @click.option("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice).")
-@click.option("--dtype", type=click.Choice(["float32", "bfloat16"]), default="float32", show_default=True,
-              help="Compute dtype; bfloat16 is about 2x faster on CPUs with bf16 units, scores shift slightly.")
+@click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16"]), default="auto", show_default=True,
+              help="Compute dtype. auto: bfloat16 where the hardware has native bf16 (about 2x faster on such CPUs; scores shift slightly), else float32.")
 @click.option("--no-cache", is_flag=True, help="Evaluate again even when cached results exist.")
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=None, help="Report folder (report.json, report.md, chart.png).")
 @click.option("--force", is_flag=True, help="Overwrite an existing report folder.")

@@ -13,12 +13,12 @@ import json
 import os
 import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 
 import yaml
 
 from .. import base as base_mod
+from ..fileio import atomic_dir
 
 MERGEKIT_ENV = "ADAPTERMERGE_MERGEKIT"  # path of a mergekit-yaml executable
 
@@ -39,16 +39,15 @@ def peft_merge(adapters: dict[str, Path], out: Path, combination_type: str, *, b
     for name in names[1:]:
         model.load_adapter(str(adapters[name]), adapter_name=name)
     model.add_weighted_adapter(names, list(weights), "merged", combination_type=combination_type, density=density)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{out.name}-", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         model.save_pretrained(tmp, selected_adapters=["merged"])  # a non-default name goes to tmp/merged/
-        config_path = tmp / "merged" / "adapter_config.json"
+        for item in (tmp / "merged").iterdir():
+            os.replace(item, tmp / item.name)
+        (tmp / "merged").rmdir()
+        config_path = tmp / "adapter_config.json"
         config = json.loads(config_path.read_text())
         config["base_model_name_or_path"] = base_mod.base_id(base)
         config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-        os.replace(tmp / "merged", out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
@@ -81,15 +80,11 @@ def mergekit_merge(adapters: dict[str, Path], out: Path, *, base: str | None, we
     work.mkdir(parents=True, exist_ok=True)
     config_path = work / "mergekit_ties.yaml"
     config_path.write_text(yaml.safe_dump(mergekit_config(adapters, base_dir, weights=weights, density=density), sort_keys=False))
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{out.name}-", dir=out.parent))
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    try:
+    with atomic_dir(out) as tmp:
         done = subprocess.run([exe, str(config_path), str(tmp), "--lora-merge-cache", str(work / "lora-merge-cache"),
                                "--copy-tokenizer"], capture_output=True, text=True, timeout=timeout, env=env)
         if done.returncode != 0:
             lines = [line for line in (done.stderr or done.stdout).strip().splitlines() if line.strip()]
             raise RuntimeError(f"mergekit-yaml exited with {done.returncode}: {lines[-1] if lines else 'no output'}")
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out

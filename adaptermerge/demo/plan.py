@@ -39,7 +39,7 @@ METHOD_PARAMS: dict[str, dict] = {}
 QUICK_STEP_FRACTION = 1 / 6
 QUICK_DOCS = {"domain": 12, "structured": 8, "safety": 12}
 QUICK_MMLU_LIMIT = 1
-FULL_MMLU_LIMIT = 5
+FULL_MMLU_LIMIT = 4
 
 
 @dataclass
@@ -59,7 +59,7 @@ class DemoConfig:
     methods: list[str] | None = None  # registered methods to run (None: all)
     baselines: bool = True  # PEFT, mergekit and sequential training rows
     eval_batch_size: int = 32
-    eval_dtype: str = "float32"  # bfloat16: about 2x faster on CPUs with bf16 units, scores shift slightly
+    eval_dtype: str = "auto"  # bfloat16 on hardware with native bf16 (about 2x faster), else float32
 
     def checked(self) -> "DemoConfig":
         self.output = Path(self.output)

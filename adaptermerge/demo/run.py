@@ -11,7 +11,6 @@ import logging
 import os
 import platform
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -157,7 +156,7 @@ def write_winner(row: dict, config: DemoConfig, out: Path, progress: Progress) -
 
 def run_demo(config: DemoConfig, progress: Progress | None = None) -> DemoResult:
     """Run the whole demo into config.output (see the module docstring)."""
-    from ..fileio import check_output
+    from ..fileio import atomic_dir, check_output
 
     config = config.checked()
     progress = progress or _noop
@@ -168,9 +167,7 @@ def run_demo(config: DemoConfig, progress: Progress | None = None) -> DemoResult
     started, timings, notes = time.perf_counter(), {}, []
     if not has_mmlu:
         notes.append("MMLU skipped: no data (pass --mmlu-data or set ADAPTERMERGE_MMLU_DATA)")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{output.name}-", dir=output.parent))
-    try:
+    with atomic_dir(output, force=config.force) as tmp:
         t = time.perf_counter()
         progress("base", 0, 1, "resolving")
         base_dir = base_mod.resolve_base(config.base)
@@ -232,13 +229,6 @@ def run_demo(config: DemoConfig, progress: Progress | None = None) -> DemoResult
         data = report.to_json(rows, winner, config=config, timings=timings, notes=notes + _eval_notes(evaluated.notes),
                               eval_names=eval_names, output=output, tmp=tmp, machine=machine())
         report.write(data, tmp)
-        if output.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".old-{output.name}-", dir=output.parent))
-            os.replace(output, old / "old")
-            shutil.rmtree(old, ignore_errors=True)
-        os.replace(tmp, output)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return DemoResult(output, data["candidates"], winner["name"] if winner else None, data, best["name"] if best else None)
 
 

@@ -47,7 +47,9 @@ class EvalSettings:
     batch_size: int = 32  # generation batch
     context_batch: int = 8  # distinct MC contexts per forward pass
     threads: int | None = None  # torch threads (None: torch's default)
-    dtype: str = "float32"  # float32 | bfloat16 (about 2x faster on CPUs with bf16 units; scores shift slightly)
+    # auto | float32 | bfloat16. auto: bfloat16 on hardware with native bf16 (about 2x faster on the
+    # CPU; scores shift slightly), else float32. The report and cache key hold the resolved dtype.
+    dtype: str = "auto"
     use_cache: bool = True
 
 
@@ -216,8 +218,7 @@ def evaluate(
     """Evaluate the base and `candidates` on `tasks` (default: the gates file's tasks, else the
     built-in tasks and MMLU), check `gates`, and return the report (not yet written)."""
     settings = settings or EvalSettings()
-    if settings.dtype not in cand_mod.DTYPES:
-        raise AdapterMergeError(f"unknown dtype {settings.dtype!r}: expected one of {', '.join(cand_mod.DTYPES)}")
+    settings = dataclasses.replace(settings, dtype=cand_mod.resolve_dtype(settings.dtype))
     if settings.threads:
         import torch
 

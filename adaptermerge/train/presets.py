@@ -32,9 +32,9 @@ class Preset:
 
 
 PRESETS = {
-    "domain": Preset(max_steps=90, epochs=None, lr=3e-3, rank=16, alpha=32, batch_size=8, max_length=64, max_new_tokens=16),
+    "domain": Preset(max_steps=150, epochs=None, lr=3e-3, rank=16, alpha=32, batch_size=8, max_length=64, max_new_tokens=16),
     "structured": Preset(max_steps=40, epochs=None, lr=2e-3, rank=8, alpha=16, batch_size=4, max_length=192, max_new_tokens=72),
-    "safety": Preset(max_steps=60, epochs=None, lr=2e-3, rank=8, alpha=16, batch_size=8, max_length=96, max_new_tokens=40),
+    "safety": Preset(max_steps=100, epochs=None, lr=2e-3, rank=8, alpha=16, batch_size=8, max_length=96, max_new_tokens=40),
     # User data: one pass over it by default.
     "custom": Preset(max_steps=None, epochs=1.0, lr=1e-3, rank=16, alpha=32, batch_size=4, max_length=512, max_new_tokens=128),
 }

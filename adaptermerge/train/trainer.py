@@ -17,11 +17,9 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import random
 import re
 import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,6 +28,7 @@ from typing import Callable
 from .. import base as base_mod
 from .. import provenance
 from ..errors import AdapterMergeError
+from ..fileio import atomic_dir, check_output
 from . import data as data_mod
 from .presets import ALL_PROJECTIONS, preset
 from .records import jsonl_text, read_jsonl, sha256_text
@@ -250,8 +249,7 @@ def train(config: TrainConfig, progress: ProgressFn | None = None) -> Path:
 
     cfg = config.resolved()
     out = Path(cfg.output)
-    if out.exists() and not cfg.force:
-        raise AdapterMergeError(f"{out} exists: pass --force to overwrite")
+    check_output(out, cfg.force)  # before the data and the base are loaded
     started, cpu_started = time.time(), time.process_time()
     records, source = load_records(cfg)
     tokenizer = base_mod.load_tokenizer(cfg.base)
@@ -271,9 +269,7 @@ def train(config: TrainConfig, progress: ProgressFn | None = None) -> Path:
         total = min(total, math.ceil(cfg.epochs * steps_per_epoch))
     warmup = max(1, round(cfg.warmup_fraction * total))
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{out.name}-", dir=out.parent))
-    try:
+    with atomic_dir(out, force=cfg.force) as tmp:
         torch.manual_seed(cfg.seed)
         model = _peft_model(_load_base(cfg, tmp), cfg)
         model.train()
@@ -328,11 +324,6 @@ def train(config: TrainConfig, progress: ProgressFn | None = None) -> Path:
             "versions": provenance.package_versions(),
         }
         (tmp / "training.json").write_text(json.dumps(summary, indent=2) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
