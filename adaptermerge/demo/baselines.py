@@ -1,7 +1,9 @@
 """The comparison rows that do not use adaptermerge's merge engine, run on the same adapters:
 
-- PEFT's `add_weighted_adapter`: `ties` works on the factors A and B separately (it needs equal
-  ranks), `ties_svd` on the dense deltas followed by a truncated SVD;
+- PEFT's `add_weighted_adapter`: `ties` works on the factors A and B separately, `ties_svd` on
+  the dense deltas followed by a truncated SVD. PEFT's factor methods refuse adapters of different
+  ranks, so lower-rank adapters are first zero-padded to the highest rank (`pad_to_rank`: the
+  same delta, PEFT's own rank/alpha patterns keep each scale), which gives PEFT its best chance;
 - mergekit's `ties` on `base+lora` models: each adapter is folded into a dense copy of the base
   (`--lora-merge-cache`), the dense models are merged, and the output is a full model. mergekit is
   not a dependency: the row is skipped when no `mergekit-yaml` executable is found.
@@ -27,13 +29,45 @@ class Skipped(Exception):
     """The approach cannot run here (a missing optional tool); the row says why."""
 
 
+def pad_to_rank(folder: Path, rank: int, out: Path) -> Path:
+    """A copy of the adapter in `folder` with every module zero-padded to `rank`: the extra rows of
+    A and columns of B are zero, so each delta, scale * B @ A, is unchanged."""
+    import torch
+
+    from ..adapter import LoraFactors, load_adapter
+
+    adapter = load_adapter(folder)
+    padded = {}
+    for module in adapter.modules:
+        f = adapter.factors(module)
+        extra = rank - f.rank
+        A = torch.cat([f.A, f.A.new_zeros(extra, f.A.shape[1])]) if extra > 0 else f.A
+        B = torch.cat([f.B, f.B.new_zeros(f.B.shape[0], extra)], 1) if extra > 0 else f.B
+        padded[module] = LoraFactors(A, B, alpha=f.scale * A.shape[0], scale=f.scale, magnitude=f.magnitude)
+    type(adapter).from_factors(adapter.name, padded, base_model=adapter.base_model, config=adapter.config).save(out)
+    return out
+
+
+def equal_ranks(adapters: dict[str, Path], work: Path) -> dict[str, Path]:
+    """`adapters`, with those of lower rank zero-padded (in `work`) to the highest rank of any module."""
+    from ..adapter import load_adapter
+
+    ranks = {name: {s.rank for s in load_adapter(folder).specs.values()} for name, folder in adapters.items()}
+    top = max(max(r) for r in ranks.values())
+    return {name: folder if ranks[name] == {top} else pad_to_rank(folder, top, work / f"{name}-r{top}")
+            for name, folder in adapters.items()}
+
+
 def peft_merge(adapters: dict[str, Path], out: Path, combination_type: str, *, base: str | None,
-               weights: list[float], density: float, seed: int = 0) -> Path:
-    """Merge `adapters` ({name: folder}) with PEFT's add_weighted_adapter into the PEFT folder `out`."""
+               weights: list[float], density: float, seed: int = 0, work: Path | None = None) -> Path:
+    """Merge `adapters` ({name: folder}) with PEFT's add_weighted_adapter into the PEFT folder `out`.
+    PEFT's factor methods need equal ranks: with `work`, lower-rank adapters are zero-padded there."""
     import torch
     from peft import PeftModel
 
     torch.manual_seed(seed)
+    if work is not None and not combination_type.endswith("svd"):
+        adapters = equal_ranks(adapters, work)
     names = list(adapters)
     model = PeftModel.from_pretrained(base_mod.load_model(base), str(adapters[names[0]]), adapter_name=names[0])
     for name in names[1:]:

@@ -90,7 +90,7 @@ def run_approach(approach: Approach, singles: dict[str, dict], config: DemoConfi
             merged.save(out)
         elif approach.kind == "peft":
             baselines.peft_merge(paths, out, approach.method, base=config.base, weights=list(approach.weights),
-                                 density=approach.params["density"], seed=config.seed)
+                                 density=approach.params["density"], seed=config.seed, work=work / "peft")
         elif approach.kind == "mergekit":
             baselines.mergekit_merge(paths, out, base=config.base, weights=list(approach.weights),
                                      density=approach.params["density"], work=work / "mergekit", executable=config.mergekit)
@@ -201,7 +201,9 @@ def run_demo(config: DemoConfig, progress: Progress | None = None) -> DemoResult
         best = results.best_merge(rows)
         if config.sweep and not (best and best["passed"]):
             t = time.perf_counter()
-            points = sweep.sweep_points(best, config.quick)
+            # Up-weighting starts from the best merge the tool itself can re-run with new weights.
+            best_method = results.best_merge([r for r in rows if (r.get("approach") or {}).get("kind") == "method"])
+            points = sweep.sweep_points(best_method, config.quick)
             for i, approach in enumerate(points):
                 progress("sweep", i, len(points), approach.name)
                 entry = run_approach(approach, singles, config, tmp / "merges", work, progress)

@@ -45,7 +45,7 @@ def test_every_approach_has_a_row_with_finite_scores(demo_run):
     for name in expected:
         row = rows[name]
         if row.get("error"):  # allowed only where a real limitation says so, never silently
-            assert name in ("peft_ties", "mergekit_ties"), (name, row["error"])
+            assert name == "mergekit_ties" and row["skipped"], (name, row["error"])
             continue
         assert not row["errors"], (name, row["errors"])
         tasks = TASKS + (("mmlu",) if has_mmlu else ())
@@ -54,11 +54,12 @@ def test_every_approach_has_a_row_with_finite_scores(demo_run):
         assert row["gates_total"] > 0
 
 
-def test_peft_ties_on_factors_reports_the_rank_mismatch(demo_run):
-    # The presets train domain at rank 16, the others at rank 8: PEFT's factor-wise ties refuses that.
+def test_peft_factor_ties_runs_on_the_presets_mixed_ranks(demo_run):
+    # The presets train domain at rank 16, the others at rank 8: PEFT's factor-wise ties refuses
+    # that, so the demo zero-pads the rank-8 adapters first; both PEFT rows must produce scores.
     rows = {r["name"]: r for r in demo_run[0].rows}
-    assert "same r" in rows["peft_ties"]["error"]
-    assert rows["peft_ties_svd"]["error"] is None
+    for name in ("peft_ties", "peft_ties_svd"):
+        assert rows[name]["error"] is None and rows[name]["scores"], (name, rows[name]["error"])
 
 
 def test_mergekit_row_runs_or_says_why(demo_run):
