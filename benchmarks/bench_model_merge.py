@@ -31,7 +31,7 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_merge import N_ADAPTERS, module_shapes, write_adapters  # noqa: E402
+from bench_merge import write_adapters  # noqa: E402
 
 GNU_TIME = "/usr/bin/time"
 MERGEKIT = os.environ.get("MERGEKIT_YAML", "/tmp/mkvenv/bin/mergekit-yaml")
