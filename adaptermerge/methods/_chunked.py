@@ -6,7 +6,8 @@ a dozen such temporaries and is memory-bound. Here each adapter's delta is forme
 merged result is stored. Blocks are fixed by the shape, so results are deterministic.
 
 The top-density threshold of each delta is found exactly without a sort of the whole delta: a
-sample of 1M entries (each a dot product `B[i] . A[:, j]`, no dense delta needed) brackets it,
+sample of up to 1M entries (each a dot product `B[i] . A[:, j]`, or read from the deltas when a
+module is small enough to form them at once) brackets it,
 one pass counts the entries above the bracket and keeps the few inside it, and the k-th largest
 is selected among those. A missed bracket falls back to the full selection.
 """
@@ -20,6 +21,7 @@ from . import _kernels, _ops
 BLOCK_ENTRIES = 1 << 20
 _SAMPLE = 1_000_000
 _EXACT_MAX = 200_000  # below this a full kthvalue is as cheap as the bracket
+_DENSE_MAX = 1 << 24  # entries of all stacked deltas (64 MB) up to which they are formed at once
 
 
 def row_blocks(out: int, inp: int) -> list[slice]:
@@ -43,19 +45,23 @@ def thresholds(Bs: list[torch.Tensor], As: list[torch.Tensor], k: int) -> list[t
     # bracket = the sample's order statistics at q -+ spread (kthvalue: quantile sorts the sample)
     lo_k = max(1, min(size, int((q - spread) * size)))
     hi_k = max(1, min(size, int((q + spread) * size) + 1))
-    lows, highs = [], []
-    for B, A in zip(Bs, As):
-        sample = (B[rows] * A.T[cols]).sum(1).abs_()
-        lows.append(sample.kthvalue(lo_k).values)
-        highs.append(sample.kthvalue(hi_k).values)
-    lo = torch.stack(lows).view(-1, 1, 1)
-    hi = torch.stack(highs).view(-1, 1, 1)
     B_stack, A_stack = _stack(Bs, As)
+    blocks = row_blocks(out, inp)
+    full = None
+    if len(Bs) * n <= _DENSE_MAX:
+        # Small modules: forming every delta costs less than gathering the sample's dot products
+        # (one bmm of a few MB), and the sample then comes from the very values compared below.
+        full = torch.cat([torch.bmm(B_stack[:, rs], A_stack) for rs in blocks], dim=1)
+        samples = full.view(len(Bs), -1)[:, rows * inp + cols].abs()
+    else:
+        samples = torch.stack([(B[rows] * A.T[cols]).sum(1).abs_() for B, A in zip(Bs, As)])
+    lo = samples.kthvalue(lo_k, dim=1).values.view(-1, 1, 1)
+    hi = samples.kthvalue(hi_k, dim=1).values.view(-1, 1, 1)
     search = _kernels.kernel(_kernels.band_block, n)
     above = torch.zeros(len(Bs), dtype=torch.long, device=device)
     bands: list[list[torch.Tensor]] = [[] for _ in Bs]
-    for rs in row_blocks(out, inp):
-        values = torch.bmm(B_stack[:, rs], A_stack)
+    for rs in blocks:
+        values = full[:, rs] if full is not None else torch.bmm(B_stack[:, rs], A_stack)
         count, inside = search(values, lo, hi)
         above += count
         for i in range(len(Bs)):
