@@ -34,7 +34,8 @@ def atomic_dir(path: str | Path, *, force: bool = False) -> Iterator[Path]:
     """Yield a temp folder beside `path`; on success it replaces `path` in one rename.
 
     On any error the temp folder is removed and `path` is untouched. With force, an existing
-    `path` is moved aside first and deleted only after the new folder is in place.
+    `path` is moved aside first and deleted only after the new folder is in place; if that final
+    rename fails, the previous output is put back rather than leaving none.
     """
     path = check_output(path, force)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -45,8 +46,14 @@ def atomic_dir(path: str | Path, *, force: bool = False) -> Iterator[Path]:
         if path.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
             os.replace(path, old / "x")
-        os.replace(tmp, path)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        try:
+            os.replace(tmp, path)
+        except OSError:
+            if old is not None:
+                os.replace(old / "x", path)
+            raise
+        finally:
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

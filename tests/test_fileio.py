@@ -1,0 +1,54 @@
+import os
+
+import pytest
+
+from adaptermerge import fileio
+from adaptermerge.errors import AdapterMergeError
+
+
+def _make(path, text):
+    path.mkdir()
+    (path / "f.txt").write_text(text)
+
+
+def test_atomic_dir_refuses_an_existing_output_without_force(tmp_path):
+    _make(tmp_path / "out", "old")
+    with pytest.raises(AdapterMergeError, match="already exists: pass --force"):
+        with fileio.atomic_dir(tmp_path / "out"):
+            pass
+    assert (tmp_path / "out" / "f.txt").read_text() == "old"
+
+
+def test_atomic_dir_replaces_with_force_and_leaves_no_temp_folders(tmp_path):
+    _make(tmp_path / "out", "old")
+    with fileio.atomic_dir(tmp_path / "out", force=True) as tmp:
+        (tmp / "f.txt").write_text("new")
+    assert (tmp_path / "out" / "f.txt").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_an_error_in_the_body_leaves_the_previous_output(tmp_path):
+    _make(tmp_path / "out", "old")
+    with pytest.raises(RuntimeError):
+        with fileio.atomic_dir(tmp_path / "out", force=True) as tmp:
+            (tmp / "f.txt").write_text("half")
+            raise RuntimeError("boom")
+    assert (tmp_path / "out" / "f.txt").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_a_failed_final_rename_puts_the_previous_output_back(tmp_path, monkeypatch):
+    _make(tmp_path / "out", "old")
+    real = os.replace
+
+    def failing(src, dst):
+        if ".tmp-" in str(src):  # the new folder moving into place
+            raise OSError("disk full")
+        return real(src, dst)
+
+    monkeypatch.setattr(fileio.os, "replace", failing)
+    with pytest.raises(OSError, match="disk full"):
+        with fileio.atomic_dir(tmp_path / "out", force=True) as tmp:
+            (tmp / "f.txt").write_text("new")
+    assert (tmp_path / "out" / "f.txt").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
