@@ -36,14 +36,18 @@ def _one_thread():
     torch.set_num_threads(before)
 
 
-@pytest.fixture(scope="session")
-def tiny_base(tmp_path_factory) -> Path:
+def _save_tiny_llama(path: Path, **overrides) -> Path:
+    """A random tiny Llama (seed 0) saved as safetensors at `path`."""
     from transformers import LlamaForCausalLM
 
     torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("tiny_base")
-    LlamaForCausalLM(tiny_config()).save_pretrained(path)
+    LlamaForCausalLM(tiny_config(**overrides)).save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory) -> Path:
+    return _save_tiny_llama(tmp_path_factory.mktemp("tiny_base"))
 
 
 @pytest.fixture(scope="session")
@@ -59,17 +63,11 @@ def adapters(tiny_base, tmp_path_factory) -> dict[str, Path]:
     }
 
 
-
-
 @pytest.fixture(scope="session")
 def quant_base(tmp_path_factory) -> Path:
     """A tiny Llama with rows a multiple of bitsandbytes' NF4 block (64), tied embeddings like SmolLM2."""
-    from transformers import LlamaForCausalLM
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("quant_base")
-    LlamaForCausalLM(tiny_config(hidden_size=64, intermediate_size=128, tie_word_embeddings=True)).save_pretrained(path)
-    return path
+    return _save_tiny_llama(tmp_path_factory.mktemp("quant_base"), hidden_size=64, intermediate_size=128,
+                            tie_word_embeddings=True)
 
 
 @pytest.fixture(scope="session")

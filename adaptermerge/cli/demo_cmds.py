@@ -10,6 +10,8 @@ from pathlib import Path
 
 import click
 
+from .eval_cmds import dtype_option
+
 STAGES = ("base", "train", "merge", "eval", "sweep", "winner")
 
 
@@ -65,8 +67,7 @@ def _parse_steps(text: str | None) -> dict[str, int] | None:
 @click.option("--mergekit", default=None, help="mergekit-yaml executable (default: $ADAPTERMERGE_MERGEKIT, else on PATH; else that row is skipped).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--threads", type=int, default=None, help="torch CPU threads for evaluation.")
-@click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16"]), default="auto", show_default=True,
-              help="Evaluation compute dtype. auto: bfloat16 where the hardware has native bf16 (about 2x faster on such CPUs; scores shift slightly), else float32.")
+@dtype_option
 @click.option("--force", is_flag=True, help="Replace an existing demo folder.")
 def demo_cmd(output, quick, base, mmlu_data, mmlu_limit, train_steps, methods, no_baselines, no_sweep, mergekit, seed, threads, dtype,
              force) -> int:

@@ -10,6 +10,12 @@ from pathlib import Path
 
 import click
 
+# Shared with `adaptermerge demo`, which evaluates the same way.
+dtype_option = click.option(
+    "--dtype", type=click.Choice(["auto", "float32", "bfloat16"]), default="auto", show_default=True,
+    help="Evaluation compute dtype. auto: bfloat16 where the hardware has native bf16 (about 2x faster on such CPUs; "
+         "scores shift slightly), else float32.")
+
 STYLE = {"pass": "green", "fail": "bold red", "error": "bold yellow", None: ""}
 
 
@@ -57,8 +63,7 @@ def _table(report):
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the built-in eval data and the MMLU sample.")
 @click.option("--batch-size", type=int, default=32, show_default=True, help="Generation batch size.")
 @click.option("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice).")
-@click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16"]), default="auto", show_default=True,
-              help="Compute dtype. auto: bfloat16 where the hardware has native bf16 (about 2x faster on such CPUs; scores shift slightly), else float32.")
+@dtype_option
 @click.option("--no-cache", is_flag=True, help="Evaluate again even when cached results exist.")
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=None, help="Report folder (report.json, report.md, chart.png).")
 @click.option("--force", is_flag=True, help="Overwrite an existing report folder.")

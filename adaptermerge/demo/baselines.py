@@ -34,7 +34,7 @@ def pad_to_rank(folder: Path, rank: int, out: Path) -> Path:
     A and columns of B are zero, so each delta, scale * B @ A, is unchanged."""
     import torch
 
-    from ..adapter import LoraFactors, load_adapter
+    from ..adapter import Adapter, LoraFactors, load_adapter
 
     adapter = load_adapter(folder)
     padded = {}
@@ -44,7 +44,7 @@ def pad_to_rank(folder: Path, rank: int, out: Path) -> Path:
         A = torch.cat([f.A, f.A.new_zeros(extra, f.A.shape[1])]) if extra > 0 else f.A
         B = torch.cat([f.B, f.B.new_zeros(f.B.shape[0], extra)], 1) if extra > 0 else f.B
         padded[module] = LoraFactors(A, B, alpha=f.scale * A.shape[0], scale=f.scale, magnitude=f.magnitude)
-    type(adapter).from_factors(adapter.name, padded, base_model=adapter.base_model, config=adapter.config).save(out)
+    Adapter.from_factors(adapter.name, padded, base_model=adapter.base_model, config=adapter.config).save(out)
     return out
 
 

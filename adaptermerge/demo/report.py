@@ -104,26 +104,13 @@ def to_markdown(data: dict) -> str:
 
 def write_chart(data: dict, path: Path) -> None:
     """Grouped bars: one group per task (and MMLU), one bar per candidate that has scores."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from ..charts import grouped_bars
 
     cands = [c for c in data["candidates"] if c.get("scores")]
     tasks = [t for t in (*TASKS, MMLU) if any(c["scores"].get(t) is not None for c in cands)]
-    width = 0.8 / max(len(cands), 1)
-    fig, ax = plt.subplots(figsize=(max(8, 0.45 * len(cands) * len(tasks)), 4.5))
-    for i, c in enumerate(cands):
-        xs = [k + (i - (len(cands) - 1) / 2) * width for k in range(len(tasks))]
-        ax.bar(xs, [c["scores"].get(t) or 0 for t in tasks], width, label=c["name"])
-    ax.set_xticks(range(len(tasks)), [f"{t}\n{data['metrics'][t]}" for t in tasks])
-    ax.set_ylim(0, 1.05)
-    ax.set_ylabel("score")
-    ax.set_title("adaptermerge demo")
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    grouped_bars(path, [f"{t}\n{data['metrics'][t]}" for t in tasks],
+                 {c["name"]: [c["scores"].get(t) or 0 for t in tasks] for c in cands},
+                 title="adaptermerge demo", figsize=(max(8, 0.45 * len(cands) * len(tasks)), 4.5), legend_size=7, dpi=100)
 
 
 def write(data: dict, folder: Path) -> None:

@@ -120,27 +120,21 @@ def to_markdown(report: EvalReport, chart: str | None = "chart.png") -> str:
 
 def write_chart(report: EvalReport, path: Path) -> None:
     """Grouped bars (tasks x candidates, headline metric, stderr whiskers); gate thresholds as lines."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from ..charts import grouped_bars
 
     names = [c["name"] for c in report.candidates]
-    width = 0.8 / max(len(names), 1)
-    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(report.tasks) * max(1, len(names) / 3)), 4))
-    for i, name in enumerate(names):
-        values, errs = [], []
+    values, errors = {}, {}
+    for name in names:
+        values[name], errors[name] = [], []
         for task in report.tasks:
             m = report.scores[name][task].metrics.get(headline(report, task), {})
             v, e = m.get("value"), m.get("stderr")
-            values.append(0 if v is None or math.isnan(v) else v)
-            errs.append(0 if e is None or math.isnan(e) else e)
-        xs = [t + (i - (len(names) - 1) / 2) * width for t in range(len(report.tasks))]
-        ax.bar(xs, values, width, yerr=errs, capsize=2, label=name)
+            values[name].append(0 if v is None or math.isnan(v) else v)
+            errors[name].append(0 if e is None or math.isnan(e) else e)
+    levels = []
     for g in report.gates:
         if g.gate.task not in report.tasks or g.gate.metric != headline(report, g.gate.task):
             continue
-        t = report.tasks.index(g.gate.task)
         level = None
         if g.gate.kind == "min":
             level = g.gate.threshold
@@ -149,15 +143,10 @@ def write_chart(report: EvalReport, path: Path) -> None:
             if ref and not ref.error and g.gate.metric in ref.metrics:
                 level = ref.metrics[g.gate.metric]["value"] - g.gate.threshold
         if level is not None and not math.isnan(level):
-            ax.hlines(level, t - 0.45, t + 0.45, colors="black", linestyles="dashed", linewidth=1)
-    ax.set_xticks(range(len(report.tasks)), [f"{t}\n{headline(report, t)}" for t in report.tasks])
-    ax.set_ylim(0, 1.05)
-    ax.set_ylabel("score")
-    ax.set_title("adaptermerge eval (dashed: gate thresholds)")
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+            levels.append((report.tasks.index(g.gate.task), level))
+    grouped_bars(path, [f"{t}\n{headline(report, t)}" for t in report.tasks], values, errors=errors, levels=levels,
+                 title="adaptermerge eval (dashed: gate thresholds)",
+                 figsize=(max(6, 1.6 * len(report.tasks) * max(1, len(names) / 3)), 4))
 
 
 def write_report(report: EvalReport, out: str | Path, *, force: bool = False) -> Path:
