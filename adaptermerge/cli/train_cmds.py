@@ -55,9 +55,15 @@ def data_build(task: str, split: str, seed: int, output: Path | None, force: boo
 @click.option("--no-qlora", is_flag=True, help="Plain LoRA on the fp32 base instead of an NF4 base.")
 @click.option("--dora", is_flag=True, help="Train a DoRA adapter.")
 @click.option("--on-top-of", type=click.Path(path_type=Path), default=None, help="Adapter merged into the base first (sequential training).")
+@click.option("--anchor-fraction", type=float, default=None,
+              help="Share of rows that are general prompts answered as the base answers them, so the adapter acts only "
+                   "on its task and merges compose (preset default; 0 turns it off).")
+@click.option("--compute-dtype", type=click.Choice(["auto", "float32", "bfloat16"]), default="auto", show_default=True,
+              help="The frozen base's compute dtype (LoRA factors train in float32). auto: bfloat16 where the "
+                   "hardware has it natively, else float32.")
 @click.option("--force", is_flag=True, help="Overwrite an existing output folder.")
 def train_cmd(task, data, base, output, max_steps, epochs, lr, rank, alpha, targets, seed, batch_size, max_length,
-              no_qlora, dora, on_top_of, force) -> None:
+              no_qlora, dora, on_top_of, anchor_fraction, compute_dtype, force) -> None:
     """Train a (Q)LoRA or DoRA adapter for a task preset or your own data."""
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -76,7 +82,8 @@ def train_cmd(task, data, base, output, max_steps, epochs, lr, rank, alpha, targ
     config = TrainConfig(
         task=task, output=output, data=data, base=base, max_steps=max_steps, epochs=epochs, lr=lr, rank=rank,
         alpha=alpha, targets=names, seed=seed, batch_size=batch_size, max_length=max_length, qlora=not no_qlora,
-        dora=dora, on_top_of=on_top_of, force=force,
+        dora=dora, on_top_of=on_top_of, anchor_fraction=anchor_fraction,
+        compute_dtype=compute_dtype, force=force,
     ).resolved()
     if output.exists() and not force:
         raise AdapterMergeError(f"{output} exists: pass --force to overwrite")

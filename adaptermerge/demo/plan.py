@@ -39,7 +39,7 @@ METHOD_PARAMS: dict[str, dict] = {}
 QUICK_STEP_FRACTION = 1 / 6
 QUICK_DOCS = {"domain": 12, "structured": 8, "safety": 12}
 QUICK_MMLU_LIMIT = 1
-FULL_MMLU_LIMIT = 4
+FULL_MMLU_LIMIT = 3
 
 
 @dataclass

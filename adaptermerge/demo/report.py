@@ -65,7 +65,8 @@ def table_rows(data: dict) -> list[list[str]]:
         gates = f"{c['gates_passed']}/{c['gates_total']}" + (" pass" if c["passed"] else "")
         if c.get("errors"):
             gates = "error: " + "; ".join(c["errors"])[:120]
-        out.append([c["name"], *[_fmt(scores.get(t)) for t in TASKS], _fmt(scores.get(MMLU)), ret_text,
+        name = c["name"] + (f" (= {c['same_as']})" if c.get("same_as") else "")
+        out.append([name, *[_fmt(scores.get(t)) for t in TASKS], _fmt(scores.get(MMLU)), ret_text,
                     "-" if delta is None else f"{delta:+.3f}", gates])
     return out
 
@@ -91,6 +92,9 @@ def to_markdown(data: dict) -> str:
         a = c.get("approach")
         if a:
             what = a["describe"] + (f" ({c['seconds']} s)" if "seconds" in c else "")
+            if c.get("same_as"):
+                what += (f"; the same weights as {c['same_as']} (probe difference {c['probe_difference']:.0e}), "
+                         "so its scores are that row's, not a second evaluation")
         elif c["kind"] == "adapter":
             what = f"single-task adapter, {c['steps']} steps, {'reused from the cache' if c['reused'] else 'trained'}: {c['path']}"
         else:

@@ -21,7 +21,7 @@ from .. import base as base_mod
 from ..errors import AdapterMergeError
 from ..train.data import TASKS
 from . import adapters as adapters_mod
-from . import baselines, plan, report, results, sweep
+from . import baselines, identical, plan, report, results, sweep
 from .plan import Approach, DemoConfig
 
 log = logging.getLogger(__name__)
@@ -119,15 +119,29 @@ def _candidate(entry: dict, base: str | None):
 
 
 def evaluate_entries(entries: list[dict], config: DemoConfig, gate_config, has_mmlu: bool, progress: Progress):
-    """Evaluate the base and every entry that produced an output (one call: cached results are reused)."""
+    """Evaluate the base and every entry that produced an output (one call: cached results are reused).
+
+    A merge with the same weights as an earlier one (identical.py) is not evaluated again: it gets
+    that one's scores and `same_as`/`probe_difference` in its entry."""
     from ..evalsuite.runner import EvalSettings, evaluate
+
+    adapters = [(e["name"], Path(e["path"])) for e in entries
+                if e["kind"] == "merge" and e.get("error") is None and e.get("model") == "adapter"]
+    for name, (other, diff) in identical.find_copies(adapters).items():
+        entry = next(e for e in entries if e["name"] == name)
+        entry.update(same_as=other, probe_difference=diff)
 
     settings = EvalSettings(base=config.base, mmlu_data=config.mmlu_data, mmlu_limit=config.mmlu_limit, seed=config.seed,
                             threads=config.threads, batch_size=config.eval_batch_size, dtype=config.eval_dtype)
     tasks = [t for t in gate_config.tasks if has_mmlu or t != plan.MMLU]
-    cands = [_candidate(e, config.base) for e in entries if e["kind"] != "base" and e.get("error") is None]
-    return evaluate(cands, tasks=tasks, gates=gate_config, settings=settings,
-                    progress=lambda d, n, label: progress("eval", d, n, label))
+    cands = [_candidate(e, config.base) for e in entries
+             if e["kind"] != "base" and e.get("error") is None and not e.get("same_as")]
+    evaluated = evaluate(cands, tasks=tasks, gates=gate_config, settings=settings,
+                         progress=lambda d, n, label: progress("eval", d, n, label))
+    for e in entries:
+        if e.get("same_as") in evaluated.scores:
+            evaluated.scores[e["name"]] = evaluated.scores[e["same_as"]]
+    return evaluated
 
 
 def write_winner(row: dict, config: DemoConfig, out: Path, progress: Progress) -> dict:

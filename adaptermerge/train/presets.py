@@ -27,15 +27,18 @@ class Preset:
     max_length: int
     # Replies needed to score the task: generation stops here.
     max_new_tokens: int = 64
+    # Share of training rows that are anchor prompts answered as the base answers them
+    # (train/data/anchor.py): it keeps the adapter from acting outside its task, so merges compose.
+    anchor_fraction: float = 0.0
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
 PRESETS = {
-    "domain": Preset(max_steps=150, epochs=None, lr=3e-3, rank=16, alpha=32, batch_size=8, max_length=64, max_new_tokens=16),
-    "structured": Preset(max_steps=40, epochs=None, lr=2e-3, rank=8, alpha=16, batch_size=4, max_length=192, max_new_tokens=72),
-    "safety": Preset(max_steps=100, epochs=None, lr=2e-3, rank=8, alpha=16, batch_size=8, max_length=96, max_new_tokens=40),
+    "domain": Preset(max_steps=150, epochs=None, lr=3e-3, rank=16, alpha=32, batch_size=8, max_length=64, max_new_tokens=16, anchor_fraction=0.25),
+    "structured": Preset(max_steps=40, epochs=None, lr=2e-3, rank=8, alpha=16, batch_size=4, max_length=192, max_new_tokens=72, anchor_fraction=0.25),
+    "safety": Preset(max_steps=100, epochs=None, lr=2e-3, rank=8, alpha=16, batch_size=8, max_length=96, max_new_tokens=40, anchor_fraction=0.25),
     # User data: one pass over it by default.
     "custom": Preset(max_steps=None, epochs=1.0, lr=1e-3, rank=16, alpha=32, batch_size=4, max_length=512, max_new_tokens=128),
 }

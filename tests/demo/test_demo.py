@@ -136,3 +136,14 @@ def test_cli_rejects_bad_train_steps(tmp_path, capsys):
         main(["demo", "--quick", "-o", str(tmp_path / "d"), "--train-steps", "domain=many"])
     assert exc.value.code == 2
     assert "--train-steps" in capsys.readouterr().err
+
+
+def test_merges_with_the_same_weights_are_evaluated_once(demo_run):
+    result = demo_run[0]
+    rows = {r["name"]: r for r in result.rows}
+    # For plain LoRA adapters sequential is the plain sum, the same weights as task arithmetic.
+    assert rows["sequential"].get("same_as") == "task_arithmetic"
+    for row in rows.values():
+        if row.get("same_as"):
+            assert row["scores"] == rows[row["same_as"]]["scores"] and row["probe_difference"] < 1e-4
+    assert "sequential (= task_arithmetic)" in (result.output / "report.md").read_text()

@@ -76,3 +76,15 @@ def test_unknown_task_and_split():
         build_records("poetry")
     with pytest.raises(AdapterMergeError, match="unknown split"):
         build_records("domain", "test")
+
+
+def test_anchor_prompts_are_distinct_seeded_and_off_every_task():
+    from adaptermerge.train.data import anchor
+
+    pool = anchor.prompts(0)
+    assert len(pool) == len(set(pool)) >= 64
+    assert pool == anchor.prompts(0) and pool != anchor.prompts(1) and sorted(pool) == sorted(anchor.prompts(1))
+    task_text = " ".join(p.lower() for t in TASKS for s in ("train", "eval") for p in _prompts(build_records(t, s)))
+    assert not [p for p in pool if p.lower() in task_text], "an anchor prompt is a task prompt"
+    records = anchor.records(5, 0)
+    assert [r["messages"][0]["content"] for r in records] == pool[:5] and all(r["meta"]["task"] == "anchor" for r in records)

@@ -113,3 +113,36 @@ def test_batch_order_and_schedule():
     assert sorted(first_epoch) == list(range(10)) and [e for e, _ in order] == [0, 0, 0, 1, 1, 1]
     lrs = [lr_at(s, 10, 1.0, 2) for s in range(10)]
     assert lrs[0] == 0.5 and lrs[1] == 1.0 and lrs[-1] == pytest.approx(0.125) and lrs == sorted(lrs[:2]) + sorted(lrs[2:], reverse=True)
+
+
+def test_anchor_rows_hold_the_base_replies(tiny_chat_base, data_file, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from adaptermerge import base
+    from adaptermerge.evalsuite.generate import generate_responses
+    from adaptermerge.train.data import anchor
+    from adaptermerge.train.trainer import ANCHOR_REPLY_TOKENS, anchor_count
+
+    assert anchor_count(240, 0.25) == 80 and anchor_count(12, 0.5) == 12 and anchor_count(12, 0.0) == 0
+    # A random model's greedy reply is special or blank tokens, which decode to "": zeroing their
+    # (tied) embeddings makes it babble visible tokens, so there are replies to record.
+    tokenizer = base.load_tokenizer(str(tiny_chat_base))
+    blank = [i for i in range(len(tokenizer)) if not tokenizer.decode([i]).strip()]
+    babbler = AutoModelForCausalLM.from_pretrained(tiny_chat_base)
+    with torch.no_grad():
+        babbler.get_input_embeddings().weight[blank] = 0
+    babbler.save_pretrained(tmp_path / "babbler")
+    tokenizer.save_pretrained(tmp_path / "babbler")
+    tiny_chat_base = tmp_path / "babbler"
+    out = train(_config(tiny_chat_base, data_file, tmp_path / "anchored", qlora=True, anchor_fraction=0.5))
+    info = json.loads((out / "training.json").read_text())["data"]["anchors"]
+    assert info["rows"] == 12 and info["unique_prompts"] == 12
+    # The recorded anchors are exactly the float32 base's greedy replies to the first 12 prompts.
+    records = anchor.records(12, 0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_chat_base)
+    replies = generate_responses(model, tokenizer, records, max_new_tokens=ANCHOR_REPLY_TOKENS)
+    answered = [{**r, "messages": [*r["messages"], {"role": "assistant", "content": a}]} for r, a in zip(records, replies) if a]
+    assert info["sha256"] == sha256_text(jsonl_text(answered)) and len(answered) == 12
+    assert json.loads((out / "training.json").read_text())["hyperparameters"]["anchor_fraction"] == 0.5
+    with pytest.raises(AdapterMergeError, match="--anchor-fraction must be in"):
+        train(_config(tiny_chat_base, data_file, tmp_path / "bad", anchor_fraction=1.0))
