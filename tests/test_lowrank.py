@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from adaptermerge.lowrank import factor_sum, truncate
@@ -46,3 +47,17 @@ def test_truncate_reports_measured_error():
     low = torch.randn(300, 5) @ torch.randn(5, 200)
     _, _, stats = truncate(low, 5)
     assert stats.rel_error < 1e-4
+
+
+@pytest.mark.parametrize("shape", [(40, 120), (120, 40)], ids=["wide", "tall"])
+def test_truncate_thin_matrices_is_optimal_and_survives_rank_deficiency(shape):
+    torch.manual_seed(3)
+    d = torch.randn(shape)  # short side 40 <= 4 * (10 + 8): the Gram eigendecomposition path
+    B, A, stats = truncate(d, 10)
+    S = torch.linalg.svdvals(d.double())
+    optimal = ((S[10:] ** 2).sum() / (S**2).sum()).sqrt().item()
+    assert B.shape == (shape[0], 10) and A.shape == (10, shape[1])
+    assert stats.rel_error == pytest.approx(optimal, rel=1e-5)
+    low = torch.randn(shape[0], 3) @ torch.randn(3, shape[1])  # rank 3, asked for 10
+    B, A, stats = truncate(low, 10)
+    assert torch.isfinite(B).all() and torch.isfinite(A).all() and stats.rel_error < 1e-5

@@ -5,11 +5,11 @@ a dozen such temporaries and is memory-bound. Here each adapter's delta is forme
 (`B[rows] @ A`, a ~4 MB block that stays in cache), sparsified and combined at once, and only the
 merged result is stored. Blocks are fixed by the shape, so results are deterministic.
 
-The top-density threshold of each delta is found exactly without a sort of the whole delta: a
-sample of up to 1M entries (each a dot product `B[i] . A[:, j]`, or read from the deltas when a
-module is small enough to form them at once) brackets it,
-one pass counts the entries above the bracket and keeps the few inside it, and the k-th largest
-is selected among those. A missed bracket falls back to the full selection.
+The top-density threshold of each delta is found exactly. A module small enough to form all its
+deltas at once (up to 16M stacked entries) gets one kthvalue over them. A larger one is never
+sorted whole: a sample of up to 1M entries (each a dot product `B[i] . A[:, j]`) brackets the
+threshold, one pass counts the entries above the bracket and keeps the few inside it, and the
+k-th largest is selected among those. A missed bracket falls back to the full selection.
 """
 
 from __future__ import annotations
@@ -36,6 +36,14 @@ def thresholds(Bs: list[torch.Tensor], As: list[torch.Tensor], k: int) -> list[t
     if n <= _EXACT_MAX or k >= n:
         return [_exact(B, A, k) for B, A in zip(Bs, As)]
     device = Bs[0].device
+    B_stack, A_stack = _stack(Bs, As)
+    blocks = row_blocks(out, inp)
+    if len(Bs) * n <= _DENSE_MAX:
+        # Small modules: form every delta from the same row blocks as sparse_merge (so the values
+        # compared there are bit-identical) and select exactly. One kthvalue over the formed deltas
+        # is about twice as fast here as the bracket's sample, counting and band passes.
+        full = torch.cat([torch.bmm(B_stack[:, rs], A_stack) for rs in blocks], dim=1).view(len(Bs), -1).abs_()
+        return list(full.kthvalue(n - k + 1, dim=1).values)
     size = min(_SAMPLE, max(20_000, n // 16))  # the band to select in shrinks with sqrt(size)
     gen = torch.Generator(device=device).manual_seed(n * 31 + k)
     rows = torch.randint(out, (size,), generator=gen, device=device)
@@ -45,23 +53,14 @@ def thresholds(Bs: list[torch.Tensor], As: list[torch.Tensor], k: int) -> list[t
     # bracket = the sample's order statistics at q -+ spread (kthvalue: quantile sorts the sample)
     lo_k = max(1, min(size, int((q - spread) * size)))
     hi_k = max(1, min(size, int((q + spread) * size) + 1))
-    B_stack, A_stack = _stack(Bs, As)
-    blocks = row_blocks(out, inp)
-    full = None
-    if len(Bs) * n <= _DENSE_MAX:
-        # Small modules: forming every delta costs less than gathering the sample's dot products
-        # (one bmm of a few MB), and the sample then comes from the very values compared below.
-        full = torch.cat([torch.bmm(B_stack[:, rs], A_stack) for rs in blocks], dim=1)
-        samples = full.view(len(Bs), -1)[:, rows * inp + cols].abs()
-    else:
-        samples = torch.stack([(B[rows] * A.T[cols]).sum(1).abs_() for B, A in zip(Bs, As)])
+    samples = torch.stack([(B[rows] * A.T[cols]).sum(1).abs_() for B, A in zip(Bs, As)])
     lo = samples.kthvalue(lo_k, dim=1).values.view(-1, 1, 1)
     hi = samples.kthvalue(hi_k, dim=1).values.view(-1, 1, 1)
     search = _kernels.kernel(_kernels.band_block, n)
     above = torch.zeros(len(Bs), dtype=torch.long, device=device)
     bands: list[list[torch.Tensor]] = [[] for _ in Bs]
     for rs in blocks:
-        values = full[:, rs] if full is not None else torch.bmm(B_stack[:, rs], A_stack)
+        values = torch.bmm(B_stack[:, rs], A_stack)
         count, inside = search(values, lo, hi)
         above += count
         for i in range(len(Bs)):

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import random
 import re
 import shutil
@@ -140,7 +141,7 @@ def anchor_count(task_rows: int, fraction: float) -> int:
     return round(task_rows * fraction / (1.0 - fraction)) if fraction > 0 else 0
 
 
-def anchor_rows(cfg: TrainConfig, tokenizer, count: int) -> tuple[list, dict]:
+def anchor_rows(cfg: TrainConfig, tokenizer, count: int, base_sha256: str) -> tuple[list, dict]:
     """`count` tokenized anchor rows whose replies are the full-precision base's own greedy replies
     (with `on_top_of` merged in: the weights the new adapter is added to), and their description
     for training.json.
@@ -155,10 +156,19 @@ def anchor_rows(cfg: TrainConfig, tokenizer, count: int) -> tuple[list, dict]:
 
     started = time.time()
     records = anchor.records(min(count, ANCHOR_UNIQUE), cfg.data_seed)
-    # float32 on every machine, so the anchors (and the adapter) do not depend on the hardware.
-    model = _full_precision_base(cfg)
-    replies = generate_responses(model, tokenizer, records, max_new_tokens=ANCHOR_REPLY_TOKENS, batch_size=32)
-    del model
+    cache = _anchor_cache_path(cfg, records, base_sha256)
+    cached = cache.is_file()
+    if cached:
+        replies = json.loads(cache.read_text())["replies"]
+    else:
+        # float32 on every machine, so the anchors (and the adapter) do not depend on the hardware.
+        model = _full_precision_base(cfg)
+        replies = generate_responses(model, tokenizer, records, max_new_tokens=ANCHOR_REPLY_TOKENS, batch_size=32)
+        del model
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(f".tmp-{os.getpid()}")
+        tmp.write_text(json.dumps({"replies": replies}) + "\n")
+        os.replace(tmp, cache)  # atomic: a concurrent run reads a whole file or none
     answered = [
         {**r, "messages": [*r["messages"], {"role": "assistant", "content": reply}]}
         for r, reply in zip(records, replies)
@@ -168,8 +178,19 @@ def anchor_rows(cfg: TrainConfig, tokenizer, count: int) -> tuple[list, dict]:
     rows = [unique[i % len(unique)] for i in range(count)] if unique else []
     info = {"rows": len(rows), "unique_prompts": len(unique), "reply_tokens_max": ANCHOR_REPLY_TOKENS,
             "sha256": sha256_text(jsonl_text(answered)), "replies_from": "the full-precision base, greedy",
-            "seconds": round(time.time() - started, 1)}
+            "seconds": round(time.time() - started, 1), "reused_from_cache": cached}
     return rows, info
+
+
+def _anchor_cache_path(cfg: TrainConfig, records: list[dict], base_sha256: str) -> Path:
+    """Where the replies to these prompts on this base (and on_top_of adapter) are cached: the three
+    presets ask the same prompts of the same base, so the replies are generated once, not thrice."""
+    on_top = None
+    if cfg.on_top_of is not None:
+        on_top = [base_mod.sha256_file(f) for f in sorted(Path(cfg.on_top_of).glob("*.safetensors"))]
+    key = {"base": base_sha256, "on_top_of": on_top, "tokens": ANCHOR_REPLY_TOKENS,
+           "dtype": "float32", "prompts": [r["messages"][0]["content"] for r in records]}
+    return base_mod.cache_dir() / "anchors" / f"{sha256_text(json.dumps(key, sort_keys=True))[:24]}.json"
 
 
 def collate(rows: list[tuple[list[int], list[int]]], pad_id: int):
@@ -332,8 +353,9 @@ def train(config: TrainConfig, progress: ProgressFn | None = None) -> Path:
 
     with atomic_dir(out, force=cfg.force) as tmp:
         anchors = None
+        fingerprint = base_fingerprint(cfg.base)  # hashes the weights of a non-embedded base: once
         if n_anchor:
-            anchor_list, anchors = anchor_rows(cfg, tokenizer, n_anchor)
+            anchor_list, anchors = anchor_rows(cfg, tokenizer, n_anchor, fingerprint["sha256"])
             rows = rows + anchor_list
             log.info("%d anchor rows (%d distinct prompts) in %.0f s", len(anchor_list), anchors["unique_prompts"],
                      time.time() - started)
@@ -365,7 +387,7 @@ def train(config: TrainConfig, progress: ProgressFn | None = None) -> Path:
         _fix_adapter_config(tmp, cfg)
         summary = {
             "task": cfg.task,
-            "base": {"id": base_mod.base_id(cfg.base), **base_fingerprint(cfg.base)},
+            "base": {"id": base_mod.base_id(cfg.base), **fingerprint},
             "quantization": "nf4" if cfg.qlora else None,
             "compute_dtype": cfg.compute_dtype,
             "adapter_type": "dora" if cfg.dora else "lora",

@@ -103,3 +103,17 @@ def test_compiled_kernels_equal_eager(monkeypatch):
     fused = _chunked.sparse_merge(Bs, As, [1.0, 2.0, 0.5], density=0.3, sparsify="trim", combine="ties")
     assert not _kernels._failed, "torch.compile failed here; the eager fallback ran instead"
     torch.testing.assert_close(fused, eager, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dense_max", [1 << 24, 0], ids=["formed-kthvalue", "sampled-bracket"])
+def test_factor_thresholds_are_exact_on_both_paths(monkeypatch, dense_max):
+    from adaptermerge.methods import _chunked
+
+    monkeypatch.setattr(_chunked, "_DENSE_MAX", dense_max)
+    torch.manual_seed(5)
+    Bs = [torch.randn(1200, r) for r in (4, 8, 2)]  # mixed ranks: the stack zero-pads them
+    As = [torch.randn(r, 500) for r in (4, 8, 2)]
+    k = _ops.keep_count(1200 * 500, 0.2)
+    for B, A, t in zip(Bs, As, _chunked.thresholds(Bs, As, k)):
+        d = (B @ A).abs().flatten()
+        assert t == d.topk(k).values.min()

@@ -146,3 +146,12 @@ def test_anchor_rows_hold_the_base_replies(tiny_chat_base, data_file, tmp_path):
     assert json.loads((out / "training.json").read_text())["hyperparameters"]["anchor_fraction"] == 0.5
     with pytest.raises(AdapterMergeError, match="--anchor-fraction must be in"):
         train(_config(tiny_chat_base, data_file, tmp_path / "bad", anchor_fraction=1.0))
+
+
+def test_anchor_replies_are_generated_once_per_base(tiny_chat_base, data_file, tmp_path, monkeypatch):
+    monkeypatch.setenv("ADAPTERMERGE_CACHE", str(tmp_path / "cache"))
+    first = train(_config(tiny_chat_base, data_file, tmp_path / "one", qlora=False, anchor_fraction=0.25))
+    second = train(_config(tiny_chat_base, data_file, tmp_path / "two", qlora=False, anchor_fraction=0.25))
+    a, b = (json.loads((p / "training.json").read_text())["data"]["anchors"] for p in (first, second))
+    assert not a["reused_from_cache"] and b["reused_from_cache"] and a["sha256"] == b["sha256"]
+    assert len(list((tmp_path / "cache" / "anchors").glob("*.json"))) == 1
