@@ -59,7 +59,7 @@ def _parse_steps(text: str | None) -> dict[str, int] | None:
 @click.option("--quick", is_flag=True, help="A short version: fewer training steps (or cached full adapters), eval subsets, 1 MMLU question per subject.")
 @click.option("--base", default=None, help="Base model: HF id or folder (default: the embedded SmolLM2-135M-Instruct).")
 @click.option("--mmlu-data", default=None, help="Local cais/mmlu CSV folder (default: $ADAPTERMERGE_MMLU_DATA, else ../shared/data/mmlu).")
-@click.option("--mmlu-limit", type=int, default=None, help="MMLU questions per subject (default 5; --quick 1).")
+@click.option("--mmlu-limit", type=int, default=None, help="MMLU questions per subject (default 3; --quick 1).")
 @click.option("--train-steps", default=None, help="Override training steps per task, e.g. domain=30,structured=12.")
 @click.option("--methods", default=None, help="Comma-separated registered methods to run (default: all).")
 @click.option("--no-baselines", is_flag=True, help="Skip the PEFT, mergekit and sequential-training rows.")
