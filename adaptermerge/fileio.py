@@ -21,6 +21,22 @@ def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write `text` to `path` through a temp file in the same folder and one rename, so a reader
+    (another process sharing a cache) sees the whole old file or the whole new one, never a part."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
 def check_output(path: str | Path, force: bool) -> Path:
     """Fail early, before any work, when the output exists and force is off."""
     path = Path(path).expanduser()

@@ -52,3 +52,15 @@ def test_a_failed_final_rename_puts_the_previous_output_back(tmp_path, monkeypat
             (tmp / "f.txt").write_text("new")
     assert (tmp_path / "out" / "f.txt").read_text() == "old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_write_text_atomic_replaces_whole_files_and_cleans_up(tmp_path):
+    from adaptermerge.fileio import write_text_atomic
+
+    target = tmp_path / "sub" / "cache.json"
+    assert write_text_atomic(target, "first") == target and target.read_text() == "first"
+    write_text_atomic(target, "second")
+    assert target.read_text() == "second"
+    with pytest.raises(TypeError):
+        write_text_atomic(target, b"not text")  # fails mid-write
+    assert target.read_text() == "second" and sorted(p.name for p in target.parent.iterdir()) == ["cache.json"]

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from .. import base as base_mod
 from ..errors import AdapterMergeError
+from ..fileio import write_text_atomic
 
 BASE_NAMES = ("base", "embedded")
 # Where the dtype choice lives (training uses it too); re-exported for the evaluation code.
@@ -91,11 +90,7 @@ def file_hash(path: Path) -> str:
         memo = {}
     if key not in memo:
         memo[key] = base_mod.sha256_file(path)
-        memo_path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=memo_path.parent)
-        with os.fdopen(fd, "w") as f:
-            json.dump(memo, f)
-        os.replace(tmp, memo_path)
+        write_text_atomic(memo_path, json.dumps(memo))
     return memo[key]
 
 

@@ -13,9 +13,7 @@ import hashlib
 import json
 import logging
 import math
-import os
 import platform
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,6 +21,7 @@ from typing import Callable
 
 from .. import base as base_mod
 from ..errors import AdapterMergeError
+from ..fileio import write_text_atomic
 from . import candidates as cand_mod
 from . import gates as gates_mod
 from . import harness, mmlu, stats
@@ -119,12 +118,7 @@ def _cache_read(key: str) -> harness.TaskScores | None:
 
 
 def _cache_write(key: str, scores: harness.TaskScores) -> None:
-    path = _cache_path(key)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(scores.to_dict(), f)
-    os.replace(tmp, path)
+    write_text_atomic(_cache_path(key), json.dumps(scores.to_dict()))
 
 
 # ---------------------------------------------------------------- planning

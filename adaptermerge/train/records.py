@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 
 from ..errors import AdapterMergeError
+from ..fileio import write_text_atomic
 
 ROLES = ("system", "user", "assistant")
 
@@ -54,16 +53,7 @@ def write_jsonl(records: list[dict], path: str | Path, *, force: bool = True) ->
         raise AdapterMergeError(f"{path} exists: pass --force to overwrite")
     for i, row in enumerate(records, 1):
         check_record(row, f"record {i}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".jsonl", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(jsonl_text(records))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_text_atomic(path, jsonl_text(records))
 
 
 def read_jsonl(path: str | Path, task: str | None = None) -> list[dict]:

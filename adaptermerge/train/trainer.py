@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import random
 import re
 import shutil
@@ -29,7 +28,7 @@ from typing import Callable
 from .. import base as base_mod
 from .. import provenance
 from ..errors import AdapterMergeError
-from ..fileio import atomic_dir, check_output
+from ..fileio import atomic_dir, check_output, write_text_atomic
 from . import data as data_mod
 from .presets import ALL_PROJECTIONS, preset
 from .records import jsonl_text, read_jsonl, sha256_text
@@ -165,10 +164,7 @@ def anchor_rows(cfg: TrainConfig, tokenizer, count: int, base_sha256: str) -> tu
         model = _full_precision_base(cfg)
         replies = generate_responses(model, tokenizer, records, max_new_tokens=ANCHOR_REPLY_TOKENS, batch_size=32)
         del model
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(f".tmp-{os.getpid()}")
-        tmp.write_text(json.dumps({"replies": replies}) + "\n")
-        os.replace(tmp, cache)  # atomic: a concurrent run reads a whole file or none
+        write_text_atomic(cache, json.dumps({"replies": replies}) + "\n")
     answered = [
         {**r, "messages": [*r["messages"], {"role": "assistant", "content": reply}]}
         for r, reply in zip(records, replies)
