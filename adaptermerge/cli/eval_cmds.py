@@ -10,9 +10,11 @@ from pathlib import Path
 
 import click
 
+from ..base import DTYPE_CHOICES
+
 # Shared with `adaptermerge demo`, which evaluates the same way.
 dtype_option = click.option(
-    "--dtype", type=click.Choice(["auto", "float32", "bfloat16"]), default="auto", show_default=True,
+    "--dtype", type=click.Choice(DTYPE_CHOICES), default="auto", show_default=True,
     help="Evaluation compute dtype. auto: bfloat16 where the hardware has native bf16 (about 2x faster on such CPUs; "
          "scores shift slightly), else float32.")
 

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from ..base import DTYPE_CHOICES
+
 TASK_CHOICES = ("domain", "structured", "safety", "custom")
 
 
@@ -58,7 +60,7 @@ def data_build(task: str, split: str, seed: int, output: Path | None, force: boo
 @click.option("--anchor-fraction", type=float, default=None,
               help="Share of rows that are general prompts answered as the base answers them, so the adapter acts only "
                    "on its task and merges compose (preset default; 0 turns it off).")
-@click.option("--compute-dtype", type=click.Choice(["auto", "float32", "bfloat16"]), default="auto", show_default=True,
+@click.option("--compute-dtype", type=click.Choice(DTYPE_CHOICES), default="auto", show_default=True,
               help="The frozen base's compute dtype (LoRA factors train in float32). auto: bfloat16 where the "
                    "hardware has it natively, else float32.")
 @click.option("--force", is_flag=True, help="Overwrite an existing output folder.")

@@ -25,13 +25,6 @@ TrainProgress = Callable[[int, int, float], None]
 _NOT_KEYED = ("output", "force")  # where the adapter goes does not change it
 
 
-def _weights_hash(folder: Path) -> str:
-    h = hashlib.sha256()
-    for f in sorted(Path(folder).glob("*.safetensors")):
-        h.update(f"{f.name}:{base_mod.sha256_file(f)}\n".encode())
-    return h.hexdigest()
-
-
 def cache_key(config: trainer.TrainConfig) -> str:
     """A hash of what the trained weights depend on (see the module docstring)."""
     cfg = config.resolved()
@@ -40,7 +33,7 @@ def cache_key(config: trainer.TrainConfig) -> str:
     settings["data"] = source["sha256"]
     settings["base"] = trainer.base_fingerprint(cfg.base)["sha256"]
     if cfg.on_top_of is not None:
-        settings["on_top_of"] = _weights_hash(cfg.on_top_of)
+        settings["on_top_of"] = trainer.weights_digest(cfg.on_top_of)
     text = json.dumps(settings, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 

@@ -10,7 +10,6 @@ reached 1.00 at 150 steps and safety 0.98 refusal at 100, but the adapters did n
 steps its refusal rate fell to 0.86, at 0.1 and lr 2e-3 it stayed at 0.88.
 """
 
-
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass

@@ -14,6 +14,7 @@ Choices, and why:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -178,12 +179,18 @@ def anchor_rows(cfg: TrainConfig, tokenizer, count: int, base_sha256: str) -> tu
     return rows, info
 
 
+def weights_digest(folder: Path) -> str:
+    """sha256 over an adapter folder's safetensors files (name and digest of each, in name order)."""
+    h = hashlib.sha256()
+    for f in sorted(Path(folder).glob("*.safetensors")):
+        h.update(f"{f.name}:{base_mod.sha256_file(f)}\n".encode())
+    return h.hexdigest()
+
+
 def _anchor_cache_path(cfg: TrainConfig, records: list[dict], base_sha256: str) -> Path:
     """Where the replies to these prompts on this base (and on_top_of adapter) are cached: the three
     presets ask the same prompts of the same base, so the replies are generated once, not thrice."""
-    on_top = None
-    if cfg.on_top_of is not None:
-        on_top = [base_mod.sha256_file(f) for f in sorted(Path(cfg.on_top_of).glob("*.safetensors"))]
+    on_top = weights_digest(cfg.on_top_of) if cfg.on_top_of is not None else None
     key = {"base": base_sha256, "on_top_of": on_top, "tokens": ANCHOR_REPLY_TOKENS,
            "dtype": "float32", "prompts": [r["messages"][0]["content"] for r in records]}
     return base_mod.cache_dir() / "anchors" / f"{sha256_text(json.dumps(key, sort_keys=True))[:24]}.json"
