@@ -61,3 +61,18 @@ def test_truncate_thin_matrices_is_optimal_and_survives_rank_deficiency(shape):
     low = torch.randn(shape[0], 3) @ torch.randn(3, shape[1])  # rank 3, asked for 10
     B, A, stats = truncate(low, 10)
     assert torch.isfinite(B).all() and torch.isfinite(A).all() and stats.rel_error < 1e-5
+
+
+def test_bf16_range_finder_keeps_the_error_of_float32():
+    torch.manual_seed(4)
+    flat = torch.randn(600, 500)  # a flat spectrum, as a TIES merge has: the error is large
+    _, _, s32 = truncate(flat, 16, range_dtype=torch.float32)
+    _, _, s16 = truncate(flat, 16, range_dtype=torch.bfloat16)
+    assert s16.rel_error <= s32.rel_error * 1.001
+    # near-exact (error under 10 %): the range is found again in float32, so no bf16 loss shows
+    low = torch.randn(600, 8) @ torch.randn(8, 500) + 0.001 * torch.randn(600, 500)
+    B, A, stats = truncate(low, 8, range_dtype=torch.bfloat16)
+    S = torch.linalg.svdvals(low)
+    optimal = ((S[8:] ** 2).sum() / (S**2).sum()).sqrt().item()
+    assert stats.rel_error <= optimal * 1.01
+    assert abs(stats.rel_error - ((low - B @ A).norm() / low.norm()).item()) < 1e-4

@@ -1,27 +1,29 @@
-"""Sparse merges computed from the factors, a block of rows at a time.
+"""Sparse merges computed from the factors.
 
-A dense delta of a 14336 x 4096 weight is 235 MB; TIES on three of them, done tensor-wide, makes
-a dozen such temporaries and is memory-bound. Here each adapter's delta is formed block by block
-(`B[rows] @ A`, a ~4 MB block that stays in cache), sparsified and combined at once, and only the
-merged result is stored. Blocks are fixed by the shape, so results are deterministic.
+A module whose stacked deltas fit in 64 MB (every module of a 1B model, the attention of an 8B
+one) is formed once, cut exactly (radix select, `_select.kth_largest`) and combined in place:
+one formation, a handful of float passes, no bool masks (their eager kernels are 3-5x slower).
 
-The top-density threshold of each delta is found exactly. A module small enough to form all its
-deltas at once (up to 16M stacked entries) gets one kthvalue over them. A larger one is never
-sorted whole: a sample of up to 1M entries (each a dot product `B[i] . A[:, j]`) brackets the
-threshold, one pass counts the entries above the bracket and keeps the few inside it, and the
-k-th largest is selected among those. A missed bracket falls back to the full selection.
+A larger one (a 14336 x 4096 MLP projection: 235 MB per delta) is never held whole: each row
+block (`B[rows] @ A`, ~4 MB per adapter, into one reused buffer) is formed, cut and combined at
+once, and only the merged result is stored. Its cut is found before that pass, one of two ways:
+- "sampled" (the default there): a stratified sample of the products (`_select.sampled_kth`)
+  estimates it without forming anything; the entries actually kept are counted in the merge pass
+  and recorded per module (`density_kept`), so the approximation is reported, never silent.
+- "exact": a sample brackets it, one extra pass counts the entries above the bracket and keeps
+  the few inside, and the k-th largest is selected among those (full selection if it misses).
+Blocks are fixed by the shape, so results are deterministic.
 """
 
 from __future__ import annotations
 
 import torch
 
-from . import _kernels, _ops
+from . import _kernels, _ops, _select
 
 BLOCK_ENTRIES = 1 << 20
-_SAMPLE = 1_000_000
-_EXACT_MAX = 200_000  # below this a full kthvalue is as cheap as the bracket
-_DENSE_MAX = 1 << 24  # entries of all stacked deltas (64 MB) up to which they are formed at once
+DENSE_MAX = 1 << 24  # stacked entries (64 MB) up to which a module's deltas are formed at once
+THRESHOLDS = ("auto", "exact", "sampled")
 
 
 def row_blocks(out: int, inp: int) -> list[slice]:
@@ -29,39 +31,108 @@ def row_blocks(out: int, inp: int) -> list[slice]:
     return [slice(r, min(out, r + rows)) for r in range(0, out, rows)]
 
 
-def thresholds(Bs: list[torch.Tensor], As: list[torch.Tensor], k: int) -> list[torch.Tensor]:
-    """For each adapter, the k-th largest |entry| of `Bs[i] @ As[i]`, exactly (scale folded into B)."""
+def sparse_merge(
+    Bs: list[torch.Tensor],
+    As: list[torch.Tensor],
+    weights: list[float],
+    *,
+    density: float,
+    sparsify: str,
+    combine: str,
+    generators: list[torch.Generator] | None = None,
+    threshold: str = "auto",
+    seed: int = 0,
+) -> tuple[torch.Tensor, dict]:
+    """Merge the deltas `Bs[i] @ As[i]` (scales folded into B) into one dense [out, in] tensor.
+
+    sparsify: "trim" (top-density by magnitude, TIES), "dare" (random drop + 1/density rescale)
+    or "none". combine: "ties" (sign election + disjoint weighted mean) or "sum" (`sum_i w_i t_i`).
+    threshold: how the trim cut is found, "exact", "sampled" or "auto" (exact when the module is
+    formed at once, sampled above). Returns the merged delta and what to record about it.
+    """
     out, inp = Bs[0].shape[0], As[0].shape[1]
     n = out * inp
-    if n <= _EXACT_MAX or k >= n:
-        return [_exact(B, A, k) for B, A in zip(Bs, As)]
-    device = Bs[0].device
-    B_stack, A_stack = _stack(Bs, As)
+    keep = _ops.keep_count(n, density) if sparsify == "trim" and density < 1.0 else None
+    # Weights folded into B: the formed values are w_i * d_i, and the cut scales by |w_i|.
+    B_stack, A_stack = _stack([B * w for B, w in zip(Bs, weights)], As)
+    if len(Bs) * n <= DENSE_MAX and threshold != "sampled":
+        values = torch.bmm(B_stack, A_stack).view(len(Bs), n)
+        if sparsify == "dare":
+            for row, g in zip(values, generators):
+                row.copy_(_ops.dare(row, density, g))
+        if keep is not None:
+            _kernels.trim_(values, _select.kth_largest(values.abs(), keep))
+        merged = _kernels.ties_combine(values, weights) if combine == "ties" else values.sum(0)
+        return merged.view(out, inp), {}
+    info: dict = {}
+    if keep is None:
+        cuts = torch.zeros(len(Bs), device=Bs[0].device)
+    elif threshold == "exact":
+        cuts = torch.stack(exact_cuts(Bs, As, keep, seed)) * _abs(weights, Bs[0].device)
+    else:
+        gen = torch.Generator(device=Bs[0].device).manual_seed(seed)
+        cuts = torch.stack([_select.sampled_kth(B, A, keep, gen) for B, A in zip(Bs, As)]) * _abs(weights, Bs[0].device)
+        info["threshold"] = "sampled"
+    merged, kept = _blocked(B_stack, A_stack, weights, cuts, keep is not None, density, sparsify, combine, generators)
+    if "threshold" in info:
+        info["density_kept"] = [round(int(c) / n, 6) for c in kept]
+    return merged, info
+
+
+def _blocked(B_stack, A_stack, weights, cuts, trim, density, sparsify, combine, generators):
+    """The merge pass over row blocks; returns the merged delta and the entries kept per adapter."""
+    k, out, inp = B_stack.shape[0], B_stack.shape[1], A_stack.shape[2]
+    device = B_stack.device
     blocks = row_blocks(out, inp)
-    if len(Bs) * n <= _DENSE_MAX:
-        # Small modules: form every delta from the same row blocks as sparse_merge (so the values
-        # compared there are bit-identical) and select exactly. One kthvalue over the formed deltas
-        # is about twice as fast here as the bracket's sample, counting and band passes.
-        full = torch.cat([torch.bmm(B_stack[:, rs], A_stack) for rs in blocks], dim=1).view(len(Bs), -1).abs_()
-        return list(full.kthvalue(n - k + 1, dim=1).values)
-    size = min(_SAMPLE, max(20_000, n // 16))  # the band to select in shrinks with sqrt(size)
-    gen = torch.Generator(device=device).manual_seed(n * 31 + k)
-    rows = torch.randint(out, (size,), generator=gen, device=device)
-    cols = torch.randint(inp, (size,), generator=gen, device=device)
+    buffer = torch.empty(k * (blocks[0].stop - blocks[0].start) * inp, device=device)
+    fused = _kernels.kernel(_kernels.ties_block, out * inp) if combine == "ties" and trim else None
+    cuts3, w3 = cuts.view(-1, 1, 1), _abs(weights, device).view(-1, 1, 1)
+    kept = torch.zeros(k, dtype=torch.long, device=device)
+    merged = torch.empty(out, inp, dtype=torch.float32, device=device)
+    for rs in blocks:
+        rows = rs.stop - rs.start
+        values = torch.bmm(B_stack[:, rs], A_stack, out=buffer[: k * rows * inp].view(k, rows, inp))
+        if sparsify == "dare":
+            values = torch.stack([_ops.dare(v, density, g) for v, g in zip(values, generators)])
+        if fused is not None and fused is not _kernels.ties_block:
+            merged[rs], count = fused(values, cuts3, w3)
+            kept += count
+            continue
+        flat = values.view(k, -1)
+        if trim:
+            _kernels.trim_(flat, cuts)
+            kept += torch.count_nonzero(flat, dim=1)
+        merged[rs] = (_kernels.ties_combine(flat, weights) if combine == "ties" else flat.sum(0)).view(rows, inp)
+    return merged, kept
+
+
+def _abs(weights: list[float], device) -> torch.Tensor:
+    return torch.tensor([abs(w) for w in weights], dtype=torch.float32, device=device)
+
+
+def exact_cuts(Bs: list[torch.Tensor], As: list[torch.Tensor], k: int, seed: int = 0) -> list[torch.Tensor]:
+    """For each adapter, the k-th largest |entry| of `Bs[i] @ As[i]`, exactly, without holding
+    the delta: a stratified sample brackets it (+-6 standard errors of the sample quantile), one
+    pass over row blocks counts the entries above the bracket and keeps those inside, and the
+    k-th largest is selected among them. A missed bracket falls back to selecting over all."""
+    out, inp = Bs[0].shape[0], As[0].shape[1]
+    n = out * inp
+    gen = torch.Generator(device=Bs[0].device).manual_seed(seed)
+    samples = [_select.stratified_sample(B, A, gen) for B, A in zip(Bs, As)]
+    size = samples[0].numel()
     q = 1.0 - k / n
     spread = 6.0 * (q * (1 - q) / size) ** 0.5 + 1.0 / size
-    # bracket = the sample's order statistics at q -+ spread (kthvalue: quantile sorts the sample)
     lo_k = max(1, min(size, int((q - spread) * size)))
     hi_k = max(1, min(size, int((q + spread) * size) + 1))
-    samples = torch.stack([(B[rows] * A.T[cols]).sum(1).abs_() for B, A in zip(Bs, As)])
-    lo = samples.kthvalue(lo_k, dim=1).values.view(-1, 1, 1)
-    hi = samples.kthvalue(hi_k, dim=1).values.view(-1, 1, 1)
-    search = _kernels.kernel(_kernels.band_block, n)
-    above = torch.zeros(len(Bs), dtype=torch.long, device=device)
+    stacked = torch.stack(samples)
+    lo = stacked.kthvalue(lo_k, dim=1).values.view(-1, 1, 1)
+    hi = stacked.kthvalue(hi_k, dim=1).values.view(-1, 1, 1)
+    B_stack, A_stack = _stack(Bs, As)
+    above = torch.zeros(len(Bs), dtype=torch.long, device=Bs[0].device)
     bands: list[list[torch.Tensor]] = [[] for _ in Bs]
-    for rs in blocks:
+    for rs in row_blocks(out, inp):
         values = torch.bmm(B_stack[:, rs], A_stack)
-        count, inside = search(values, lo, hi)
+        count, inside = _kernels.band_block(values, lo, hi)
         above += count
         for i in range(len(Bs)):
             bands[i].append(values[i][inside[i]].abs())
@@ -69,8 +140,11 @@ def thresholds(Bs: list[torch.Tensor], As: list[torch.Tensor], k: int) -> list[t
     for i, (B, A) in enumerate(zip(Bs, As)):
         band = torch.cat(bands[i])
         need = k - int(above[i])
-        ok = 0 < need <= band.numel()
-        result.append(band.kthvalue(band.numel() - need + 1).values if ok else _exact(B, A, k))
+        if 0 < need <= band.numel():
+            result.append(band.kthvalue(band.numel() - need + 1).values)
+        else:  # the bracket missed (about 1e-9 odds): select over the whole delta
+            full = torch.cat([(B[rs] @ A).abs_().flatten() for rs in row_blocks(out, inp)])
+            result.append(_select.kth_largest(full.view(1, -1), k)[0])
     return result
 
 
@@ -83,48 +157,3 @@ def _stack(Bs, As) -> tuple[torch.Tensor, torch.Tensor]:
         B_stack[i, :, : B.shape[1]] = B
         A_stack[i, : A.shape[0]] = A
     return B_stack, A_stack
-
-
-def _exact(B: torch.Tensor, A: torch.Tensor, k: int) -> torch.Tensor:
-    # Built from the same row blocks as sparse_merge, so the values compared are bit-identical.
-    full = torch.cat([(B[rs] @ A).abs_().flatten() for rs in row_blocks(B.shape[0], A.shape[1])])
-    return full.kthvalue(full.numel() - k + 1).values if k < full.numel() else full.min()
-
-
-def sparse_merge(
-    Bs: list[torch.Tensor],
-    As: list[torch.Tensor],
-    weights: list[float],
-    *,
-    density: float,
-    sparsify: str,
-    combine: str,
-    generators: list[torch.Generator] | None = None,
-) -> torch.Tensor:
-    """Merge the deltas `Bs[i] @ As[i]` into one dense [out, in] tensor, block by block.
-
-    sparsify: "trim" (top-density by magnitude, TIES), "dare" (random drop + 1/density rescale)
-    or "none". combine: "ties" (sign election + disjoint weighted mean) or "sum"
-    (`sum_i w_i * t_i`). The adapters are stacked so each step is one tensor op over all of them.
-    """
-    out, inp = Bs[0].shape[0], As[0].shape[1]
-    device = Bs[0].device
-    k = len(Bs)
-    w = torch.tensor(weights, dtype=torch.float32, device=device).view(-1, 1, 1)
-    if sparsify == "trim" and density < 1.0:
-        cut = torch.stack(thresholds(Bs, As, _ops.keep_count(out * inp, density))).view(-1, 1, 1)
-    else:
-        cut = torch.zeros(k, 1, 1, device=device)  # keep everything
-    # Weights folded into B: the blocks come out as w_i * d_i (the threshold test scales by |w_i|).
-    B_stack, A_stack = _stack([B * wi for B, wi in zip(Bs, weights)], As)
-    ties = _kernels.kernel(_kernels.ties_block, out * inp)
-    merged = torch.empty(out, inp, dtype=torch.float32, device=device)
-    for rs in row_blocks(out, inp):
-        values = torch.bmm(B_stack[:, rs], A_stack)  # [k, rows, in]
-        if sparsify == "dare":
-            values = torch.stack([_ops.dare(v, density, g) for v, g in zip(values, generators)])
-        if combine == "ties":
-            merged[rs] = ties(values, cut, w)
-        else:
-            merged[rs] = values.sum(0)
-    return merged

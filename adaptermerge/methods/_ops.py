@@ -7,11 +7,6 @@ from __future__ import annotations
 
 import torch
 
-# Below this size the exact k-th value is cheap; above it, a sampled bracket narrows the search.
-_EXACT_SELECT_MAX = 2_000_000
-_SAMPLE = 1_000_000
-
-
 def keep_count(numel: int, density: float) -> int:
     """How many entries a top-`density` trim keeps: round(density * numel), at least 1."""
     return max(1, min(numel, round(density * numel)))
@@ -19,31 +14,11 @@ def keep_count(numel: int, density: float) -> int:
 
 def magnitude_threshold(delta: torch.Tensor, k: int) -> torch.Tensor:
     """The k-th largest |entry| of `delta`, exactly, so that `|delta| >= t` keeps k entries
-    (more only on exact ties).
+    (more only on exact ties). A radix select (`_select.kth_largest`), not a full sort."""
+    from ._select import kth_largest
 
-    A full sort or kthvalue over a 14336 x 4096 delta costs seconds; instead a 1M-entry sample
-    gives a bracket [lo, hi] around the threshold (+-6 sigma of the sample quantile), entries
-    above hi are counted, and the exact k-th value is selected among the few inside the bracket.
-    If the bracket misses (probability ~1e-9), the full kthvalue runs. The result is exact either way.
-    """
-    x = delta.abs().flatten()
-    n = x.numel()
-    if k >= n:
-        return x.min()
-    if n <= _EXACT_SELECT_MAX:
-        return x.kthvalue(n - k + 1).values
-    gen = torch.Generator(device=x.device).manual_seed(n * 31 + k)
-    sample = x[torch.randint(n, (_SAMPLE,), generator=gen, device=x.device)]
-    q = 1.0 - k / n
-    spread = 6.0 * (q * (1 - q) / _SAMPLE) ** 0.5 + 1.0 / _SAMPLE
-    lo_q, hi_q = max(0.0, q - spread), min(1.0, q + spread)
-    lo, hi = torch.quantile(sample, torch.tensor([lo_q, hi_q], device=x.device, dtype=sample.dtype))
-    above = int((x > hi).sum())
-    band = x[(x >= lo) & (x <= hi)]
-    need = k - above  # the threshold is the need-th largest inside the band
-    if 0 < need <= band.numel():
-        return band.kthvalue(band.numel() - need + 1).values
-    return x.kthvalue(n - k + 1).values
+    x = delta.abs().float().reshape(1, -1)
+    return kth_largest(x, min(k, x.shape[1]))[0]
 
 
 def trim(delta: torch.Tensor, density: float) -> torch.Tensor:
@@ -70,11 +45,13 @@ def ties(deltas: list[torch.Tensor], weights: list[float], density: float) -> to
     entries by magnitude, elect the sign of `sum_i w_i t_i` per entry, and take the weighted mean
     of the agreeing entries, divided by the sum of the agreeing |w_i| (mergekit's divisor; PEFT
     divides by their count, which equals this only when all weights are 1)."""
-    from ._kernels import ties_block
+    from ._kernels import ties_combine, trim_
 
-    w = torch.tensor(weights, dtype=torch.float32, device=deltas[0].device).view(-1, 1, 1)
-    cut = torch.stack([magnitude_threshold(d, keep_count(d.numel(), density)) if density < 1 else d.new_zeros(()) for d in deltas])
-    return ties_block(torch.stack(deltas) * w, cut.view(-1, 1, 1), w)
+    values = torch.stack([d.float().flatten() * w for d, w in zip(deltas, weights)])
+    if density < 1.0:
+        k = keep_count(values.shape[1], density)
+        trim_(values, torch.stack([magnitude_threshold(d, k) * abs(w) for d, w in zip(deltas, weights)]))
+    return ties_combine(values, weights).view_as(deltas[0])
 
 
 def row_norm(weight: torch.Tensor) -> torch.Tensor:

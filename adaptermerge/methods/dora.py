@@ -67,5 +67,7 @@ class Dora:
             return ModuleResult(terms=terms, magnitude=magnitude)
         Bs = [f.scaled_B() * (common / n)[:, None] for f, _, n in present]
         As = [f.A.float() for f, _, _ in present]
-        merged = sparse_merge(Bs, As, [w for _, w, _ in present], density=params.density, sparsify="trim", combine="ties")
-        return ModuleResult(dense=merged, magnitude=magnitude, sketch=torch.cat(As, 0))
+        merged, info = sparse_merge(
+            Bs, As, [w for _, w, _ in present], density=params.density, sparsify="trim", combine="ties", seed=ctx.generator(-1).initial_seed()
+        )
+        return ModuleResult(dense=merged, magnitude=magnitude, sketch=torch.cat(As, 0), info=info)

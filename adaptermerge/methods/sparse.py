@@ -3,7 +3,10 @@
 random drop) and how they are combined (weighted sum, or TIES sign election + disjoint mean).
 
 Conventions (pinned by tests):
-- trim keeps round(density * numel) entries of largest |value| per delta (per module, per adapter).
+- trim keeps round(density * numel) entries of largest |value| per delta (per module, per adapter),
+  exactly with threshold=exact (and auto, up to 16M stacked entries per module). With a sampled
+  cut (threshold=sampled, or auto above that size) the share actually kept is counted and recorded
+  per module in adaptermerge.json as `density_kept`.
 - TIES works on the weighted values `v_i = w_i * t_i`: the elected sign is that of `sum_i v_i`,
   an adapter agrees when its v_i has that sign, and the divisor is the sum of |w_i| over the
   agreeing adapters (a weighted mean, as mergekit; PEFT divides by their count, which differs
@@ -21,8 +24,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ._chunked import sparse_merge
-from .base import ModuleResult, check_density, normalized, param
+from ._chunked import THRESHOLDS, sparse_merge
+from .base import ModuleResult, check_choice, check_density, normalized, param
 
 
 class _Sparse:
@@ -40,7 +43,7 @@ class _Sparse:
         picked = [(i, f, w) for i, (f, w) in enumerate(zip(inputs, weights)) if f is not None]
         Bs = [f.scaled_B() for _, f, _ in picked]
         As = [f.A.float() for _, f, _ in picked]
-        merged = sparse_merge(
+        merged, info = sparse_merge(
             Bs,
             As,
             [w for _, _, w in picked],
@@ -48,24 +51,37 @@ class _Sparse:
             sparsify=self.sparsify,
             combine=self.combine,
             generators=[ctx.generator(i) for i, _, _ in picked],
+            threshold=getattr(params, "threshold", "auto"),
+            seed=ctx.generator(-1).initial_seed(),  # the cut's sample: per module, reproducible
         )
         if params.lambda_ != 1.0:
             merged.mul_(params.lambda_)
-        return ModuleResult(dense=merged, sketch=torch.cat(As, 0))
+        return ModuleResult(dense=merged, sketch=torch.cat(As, 0), info=info)
 
 
 @dataclass(frozen=True)
 class TrimParams:
     density: float = param(0.2, "fraction of each delta's entries kept, by magnitude, in (0, 1]")
     lambda_: float = param(1.0, "scaling of the merged delta")
+    threshold: str = param(
+        "auto",
+        "how the magnitude cut is found: exact; sampled (estimated from a stratified sample, the density "
+        "actually kept recorded per module); auto: exact up to 16M stacked entries per module, sampled above",
+        choices=THRESHOLDS,
+    )
 
     def __post_init__(self):
         check_density(self.density)
+        check_choice(self.threshold, THRESHOLDS, "threshold")
 
 
 @dataclass(frozen=True)
-class DropParams(TrimParams):
+class DropParams:
     density: float = param(0.5, "probability of keeping each entry, in (0, 1]")
+    lambda_: float = param(1.0, "scaling of the merged delta")
+
+    def __post_init__(self):
+        check_density(self.density)
 
 
 @dataclass(frozen=True)

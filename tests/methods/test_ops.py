@@ -52,17 +52,39 @@ def test_ties_elects_sign_by_weighted_mass():
     assert _ops.ties([a, b, c], [1, 1, 1], 1.0).item() == pytest.approx(-5.0)
 
 
-def test_chunked_ties_from_factors_matches_dense_ties():
+@pytest.mark.parametrize("path", ["formed-at-once", "blocked-exact"])
+def test_chunked_ties_from_factors_matches_dense_ties(monkeypatch, path):
     from adaptermerge.methods import _chunked
 
+    if path == "blocked-exact":
+        monkeypatch.setattr(_chunked, "DENSE_MAX", 0)
     torch.manual_seed(3)
-    # 2100 x 1000 crosses both the block boundary and the sampled-threshold path
+    # 2100 x 1000 crosses the block boundary on the blocked path
     Bs = [torch.randn(2100, 4) for _ in range(3)]
     As = [torch.randn(4, 1000) for _ in range(3)]
     weights = [1.0, 0.5, 2.0]
-    got = _chunked.sparse_merge(Bs, As, weights, density=0.2, sparsify="trim", combine="ties")
+    got, info = _chunked.sparse_merge(Bs, As, weights, density=0.2, sparsify="trim", combine="ties", threshold="exact")
     ref = dense_ties_reference([B @ A for B, A in zip(Bs, As)], weights, 0.2)
     torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+    assert info == {}  # an exact cut has nothing to report
+
+
+def test_sampled_cut_reports_the_density_it_kept():
+    from adaptermerge.methods import _chunked
+
+    torch.manual_seed(6)
+    Bs = [torch.randn(3000, 8) * torch.rand(3000, 1) for _ in range(2)]  # uneven row scales, as trained B
+    As = [torch.randn(8, 700) for _ in range(2)]
+    got, info = _chunked.sparse_merge(Bs, As, [1.0, 1.0], density=0.2, sparsify="trim", combine="ties", threshold="sampled")
+    deltas = [B @ A for B, A in zip(Bs, As)]
+    for d, kept in zip(deltas, info["density_kept"]):
+        assert abs(kept - 0.2) < 0.002  # a 192k-entry stratified sample: standard error ~0.0009
+    cuts = [_ops.magnitude_threshold(d, _ops.keep_count(d.numel(), kept)) for d, kept in zip(deltas, info["density_kept"])]
+    # The sampled merge is the exact TIES at the density it reports keeping.
+    ref = dense_ties_reference(deltas, [1.0, 1.0], 0.2)
+    differ = (got - ref).abs() > 1e-5
+    assert differ.float().mean() < 0.01  # only entries at the edge of the cut differ
+    assert info["threshold"] == "sampled" and len(cuts) == 2
 
 
 def test_dare_rescales_and_is_seeded():
@@ -92,28 +114,43 @@ def test_dora_split_then_recombine_gives_w_back():
 
 
 def test_compiled_kernels_equal_eager(monkeypatch):
-    """The fused (torch.compile) block kernels give the same TIES as the eager ones."""
+    """The fused (torch.compile) block kernel gives the same TIES as the eager one."""
     from adaptermerge.methods import _chunked, _kernels
 
+    monkeypatch.setattr(_chunked, "DENSE_MAX", 0)  # the blocked path, where the fused kernel runs
     torch.manual_seed(4)
     Bs = [torch.randn(600, 4) for _ in range(3)]
     As = [torch.randn(4, 4000) for _ in range(3)]
-    eager = _chunked.sparse_merge(Bs, As, [1.0, 2.0, 0.5], density=0.3, sparsify="trim", combine="ties")
+    args = dict(density=0.3, sparsify="trim", combine="ties", threshold="sampled")
+    eager, eager_info = _chunked.sparse_merge(Bs, As, [1.0, 2.0, 0.5], **args)
     monkeypatch.setattr(_kernels, "COMPILE_MIN_ENTRIES", 0)
-    fused = _chunked.sparse_merge(Bs, As, [1.0, 2.0, 0.5], density=0.3, sparsify="trim", combine="ties")
+    fused, fused_info = _chunked.sparse_merge(Bs, As, [1.0, 2.0, 0.5], **args)
     assert not _kernels._failed, "torch.compile failed here; the eager fallback ran instead"
     torch.testing.assert_close(fused, eager, atol=1e-6, rtol=1e-5)
+    assert fused_info == eager_info  # the same entries kept
 
 
-@pytest.mark.parametrize("dense_max", [1 << 24, 0], ids=["formed-kthvalue", "sampled-bracket"])
-def test_factor_thresholds_are_exact_on_both_paths(monkeypatch, dense_max):
+def test_exact_cuts_without_forming_the_deltas_are_exact():
     from adaptermerge.methods import _chunked
 
-    monkeypatch.setattr(_chunked, "_DENSE_MAX", dense_max)
     torch.manual_seed(5)
     Bs = [torch.randn(1200, r) for r in (4, 8, 2)]  # mixed ranks: the stack zero-pads them
     As = [torch.randn(r, 500) for r in (4, 8, 2)]
     k = _ops.keep_count(1200 * 500, 0.2)
-    for B, A, t in zip(Bs, As, _chunked.thresholds(Bs, As, k)):
+    for B, A, t in zip(Bs, As, _chunked.exact_cuts(Bs, As, k)):
         d = (B @ A).abs().flatten()
         assert t == d.topk(k).values.min()
+
+
+def test_radix_select_is_exact_with_ties_and_at_the_ends():
+    from adaptermerge.methods._select import kth_largest
+
+    torch.manual_seed(7)
+    x = torch.randn(3, 5000).abs()
+    x[1, :2500] = 0.5  # half the row one value: the k-th falls inside a run of ties
+    x[2] *= 1e-30  # subnormal and tiny values still order by their bits
+    for k in (1, 17, 1000, 2500, 4999, 5000):
+        expected = x.topk(k, dim=1).values[:, -1]
+        assert torch.equal(kth_largest(x, k), expected)
+    with pytest.raises(ValueError, match="k must be"):
+        kth_largest(x, 0)

@@ -1,0 +1,73 @@
+"""The top-density magnitude cut of a delta: its k-th largest |entry|.
+
+Two ways, both pure tensor functions:
+
+- `kth_largest` is exact. A radix select on the float bits: for non-negative float32 values the
+  int32 bit patterns sort in the same order, so one bincount over the top 16 bits (sign,
+  exponent, 7 mantissa bits) finds the bin holding the k-th value, and a kthvalue among the
+  entries of that one bin (a few thousand) finishes it. About 4x faster here than kthvalue over
+  the whole delta, which is a full quickselect per row.
+- `sampled_kth` estimates it from a stratified sample of the factors' products without forming
+  the delta: every row once, each group of rows against its own random columns. Used for very
+  large modules, where an exact cut needs an extra pass over the formed deltas; the realized
+  density is then measured in the merge pass and recorded, so the approximation is reported,
+  never silent.
+"""
+
+from __future__ import annotations
+
+import torch
+
+_BITS = 16  # histogram on the top 16 bits: 1 sign (always 0 here) + 8 exponent + 7 mantissa
+_SHIFT = 31 - _BITS + 1
+SAMPLE_COLUMNS = 128  # sampled columns per group of rows in `stratified_sample`
+_GROUP_ROWS = 8
+
+
+def kth_largest(magnitudes: torch.Tensor, k: int) -> torch.Tensor:
+    """The k-th largest value of each row of `magnitudes` [m, N] (non-negative, finite float32),
+    exactly: `magnitudes[i] >= result[i]` keeps k entries of row i, more only on exact ties. [m]"""
+    a = magnitudes.contiguous()
+    m, n = a.shape
+    if not 1 <= k <= n:
+        raise ValueError(f"k must be in [1, {n}], got {k}")
+    bits = a.view(torch.int32)  # same order as the values; NaN-free input assumed
+    bins = 1 << (_BITS - 1)
+    # Reused per row: fresh 4 MB temporaries cost more in page faults than the ops themselves.
+    top = torch.empty(n, dtype=torch.int32, device=a.device)
+    in_bin = torch.empty(n, dtype=torch.bool, device=a.device)
+    result = []
+    for i in range(m):
+        torch.bitwise_right_shift(bits[i], _SHIFT, out=top)
+        from_top = torch.bincount(top, minlength=bins).flip(0).cumsum(0)  # entries in this bin or above
+        j = int(torch.searchsorted(from_top, k))  # the first bin, from the top, reaching k entries
+        above = int(from_top[j - 1]) if j else 0
+        band = a[i][torch.eq(top, bins - 1 - j, out=in_bin)]
+        result.append(band.kthvalue(band.numel() - (k - above) + 1).values)
+    return torch.stack(result)
+
+
+def stratified_sample(B: torch.Tensor, A: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """|entries| of `B @ A` ([out, r] @ [r, in]) at `~out * SAMPLE_COLUMNS` positions, without
+    forming it: each group of 8 rows times its own 128 random columns. [size]
+
+    Every row is sampled equally (row scales differ a lot in a trained B, and an iid sample would
+    weigh them by chance), and 16 column draws per row average the column effects (column norms
+    of A differ too): on a 14336 x 4096 product the kept density's standard deviation over seeds
+    was 0.00027 at density 0.2, as for an iid sample of the same size (0.00032); groups of 64 rows
+    x 64 columns gave 0.00055.
+    """
+    out, inp = B.shape[0], A.shape[1]
+    groups = -(-out // _GROUP_ROWS)
+    rows = B[torch.arange(groups * _GROUP_ROWS, device=B.device) % out]  # the last group wraps around
+    cols = torch.randint(inp, (groups, SAMPLE_COLUMNS), generator=generator, device=B.device)
+    A_cols = A.T[cols].transpose(1, 2)  # [groups, r, columns]
+    return torch.bmm(rows.view(groups, _GROUP_ROWS, -1), A_cols).abs_().view(-1)
+
+
+def sampled_kth(B: torch.Tensor, A: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
+    """An estimate of the k-th largest |entry| of `B @ A`: the same quantile of `stratified_sample`
+    (1.8M entries for a 14336-row module: at density 0.2 a standard deviation near 0.0003)."""
+    sample = stratified_sample(B, A, generator)
+    n = B.shape[0] * A.shape[1]
+    return kth_largest(sample.view(1, -1), max(1, min(sample.numel(), round(k / n * sample.numel()))))[0]
