@@ -65,13 +65,16 @@ def _table(report):
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the built-in eval data and the MMLU sample.")
 @click.option("--batch-size", type=int, default=32, show_default=True, help="Generation batch size.")
 @click.option("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice).")
+@click.option("--workers", type=click.IntRange(1, 2), default=None,
+              help="Evaluation processes: 2 lets a helper process take every other model (default on a multi-core CPU; "
+                   "needs the results cache), 1 evaluates in this process only.")
 @dtype_option
 @click.option("--no-cache", is_flag=True, help="Evaluate again even when cached results exist.")
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=None, help="Report folder (report.json, report.md, chart.png).")
 @click.option("--force", is_flag=True, help="Overwrite an existing report folder.")
 @click.option("--print-include-path", is_flag=True, help="Print the folder of the lm-eval task YAML files and exit.")
 def eval_cmd(candidates, gates_path, tasks, base, mmlu_data, mmlu_limit, mmlu_shots, mmlu_format, seed, batch_size, threads,
-             dtype, no_cache, output, force, print_include_path) -> int:
+             workers, dtype, no_cache, output, force, print_include_path) -> int:
     """Evaluate CANDIDATES (adapter folders, merged model folders; the base is always the reference)
     on the built-in tasks, user tasks and MMLU, and check the gates.
 
@@ -102,7 +105,7 @@ def eval_cmd(candidates, gates_path, tasks, base, mmlu_data, mmlu_limit, mmlu_sh
     task_list = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else None
     settings = EvalSettings(base=base, mmlu_data=mmlu_data, mmlu_limit=mmlu_limit, mmlu_shots=mmlu_shots, mmlu_format=mmlu_format,
                             seed=seed, batch_size=batch_size, threads=threads, dtype=dtype,
-                            use_cache=not no_cache)
+                            use_cache=not no_cache, workers=workers)
     with progress_bar("evaluating") as update:
         report = evaluate(list(candidates), task_list, config, settings, progress=update)
     console.print(_table(report))

@@ -33,12 +33,14 @@ WEIGHTS = [1.0, 1.0, 1.0]  # domain, structured, safety: every task counts the s
 # task_arithmetic and the TIES family sum). The sweep explores from there.
 METHOD_PARAMS: dict[str, dict] = {}
 
-# --quick: training steps as a fraction of the preset's (a sixth: the three presets cost about 25
-# CPU-minutes in full; --quick reuses the full adapters instead when they are cached), documents per
-# built-in eval task, MMLU questions per subject. A full run evaluates the whole eval splits.
-QUICK_STEP_FRACTION = 1 / 6
-QUICK_DOCS = {"domain": 12, "structured": 8, "safety": 12}
+# --quick (a 10-minute budget): training steps as a fraction of the preset's (a tenth: the three
+# presets cost about 13 CPU-minutes in full; --quick reuses the full adapters instead when they are
+# cached), documents per built-in eval task, MMLU questions per subject and subjects (every third).
+# A quick evaluation costs about 17 s, 14 of them; a full run evaluates the whole eval splits.
+QUICK_STEP_FRACTION = 1 / 10
+QUICK_DOCS = {"domain": 8, "structured": 6, "safety": 12}
 QUICK_MMLU_LIMIT = 1
+QUICK_MMLU_SUBJECTS = 19
 FULL_MMLU_LIMIT = 3
 
 
@@ -50,6 +52,7 @@ class DemoConfig:
     force: bool = False
     mmlu_data: str | None = None  # None: $ADAPTERMERGE_MMLU_DATA, else ../shared/data/mmlu if present
     mmlu_limit: int | None = None  # None: the mode's default
+    mmlu_subjects: int | None = None  # None: all 57 (--quick: QUICK_MMLU_SUBJECTS)
     docs: dict[str, int] | None = None  # documents per eval task (None: the whole split; --quick: QUICK_DOCS)
     train_steps: dict[str, int] | None = None  # per task, overriding the preset (and --quick)
     seed: int = 0
@@ -73,6 +76,8 @@ class DemoConfig:
             self.docs = dict(QUICK_DOCS)
         if self.mmlu_limit is None:
             self.mmlu_limit = QUICK_MMLU_LIMIT if self.quick else FULL_MMLU_LIMIT
+        if self.mmlu_subjects is None and self.quick:
+            self.mmlu_subjects = QUICK_MMLU_SUBJECTS
         return self
 
 

@@ -77,10 +77,11 @@ def user_spec(name: str, path: str | Path, metric: str, max_gen_toks: int = 64) 
     return TaskSpec(name, cfg, docs, chat=True, settings={"generation": gen, "scorer": scorer})
 
 
-def mmlu_spec(data_dir, *, limit: int | None, shots: int, fmt: str, seed: int = 0) -> TaskSpec:
-    docs = mmlu.mmlu_docs(data_dir, limit=limit, shots=shots, fmt=fmt, seed=seed)
+def mmlu_spec(data_dir, *, limit: int | None, shots: int, fmt: str, seed: int = 0, subjects: int | None = None) -> TaskSpec:
+    docs = mmlu.mmlu_docs(data_dir, limit=limit, shots=shots, fmt=fmt, seed=seed, subjects=subjects)
     cfg = _config(f"adaptermerge_mmlu_{fmt}", f"adaptermerge_mmlu_{fmt}", docs)
-    return TaskSpec(MMLU, cfg, docs, chat=False, settings={"format": fmt, "shots": shots, "limit": limit, "seed": seed})
+    return TaskSpec(MMLU, cfg, docs, chat=False, settings={"format": fmt, "shots": shots, "limit": limit, "seed": seed,
+                                                          **({"subjects": subjects} if subjects else {})})
 
 
 @dataclass

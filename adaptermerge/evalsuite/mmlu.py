@@ -97,6 +97,13 @@ def sample(rows: list[dict], limit: int | None, seed: int, subject: str) -> list
     return [rows[i] for i in keep]
 
 
+def pick_subjects(names: list[str], count: int | None) -> list[str]:
+    """`count` of `names`, evenly spaced (every third of 57 for 19), all when count is None or larger."""
+    if count is None or count >= len(names):
+        return names
+    return [names[i * len(names) // count] for i in range(count)]
+
+
 def question_text(row: dict, fmt: str) -> str:
     if fmt == "cloze":
         return f"Question: {row['question'].strip()}\nAnswer:"
@@ -112,8 +119,11 @@ def description(subject: str) -> str:
     return f"The following are questions (with answers) about {subject.replace('_', ' ')}.\n\n"
 
 
-def mmlu_docs(data_dir: str | Path | None, *, limit: int | None = None, shots: int = 0, fmt: str = "cloze", seed: int = 0) -> list[dict]:
+def mmlu_docs(data_dir: str | Path | None, *, limit: int | None = None, shots: int = 0, fmt: str = "cloze", seed: int = 0,
+              subjects: int | None = None) -> list[dict]:
     """One document per question: {id, subject, text, options, answer, prefix}.
+
+    `subjects`: only that many of the 57 subjects, evenly spaced in alphabetical order (all when None).
 
     `prefix` = the subject description + `shots` dev examples (lm-eval's first_n sampler), each
     "question answer\\n\\n" as lm-eval renders few-shot examples.
@@ -127,8 +137,10 @@ def mmlu_docs(data_dir: str | Path | None, *, limit: int | None = None, shots: i
     folder = resolve_data_dir(data_dir)
     test = read_split(folder, "test") if folder else read_hub("test")
     dev = (read_split(folder, "dev") if folder else read_hub("dev")) if shots else {}
+    if subjects is not None and subjects < 1:
+        raise AdapterMergeError(f"MMLU subjects must be at least 1, got {subjects}")
     docs = []
-    for subject in sorted(test):
+    for subject in pick_subjects(sorted(test), subjects):
         examples = dev.get(subject, [])[:shots]
         if len(examples) < shots:
             raise AdapterMergeError(f"MMLU dev split has {len(examples)} rows for {subject}, fewer than --mmlu-shots {shots}")

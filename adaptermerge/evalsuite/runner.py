@@ -24,7 +24,7 @@ from ..errors import AdapterMergeError
 from ..fileio import write_text_atomic
 from . import candidates as cand_mod
 from . import gates as gates_mod
-from . import harness, mmlu, stats
+from . import harness, mmlu, parallel, stats
 from .taskdata import BUILTIN_TASKS
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,7 @@ class EvalSettings:
     base: str | None = None  # the base model (None: the first adapter's base, else the embedded one)
     mmlu_data: str | None = None  # local cais/mmlu CSV folder (None: $ADAPTERMERGE_MMLU_DATA, else the hub)
     mmlu_limit: int | None = None  # questions per subject
+    mmlu_subjects: int | None = None  # that many subjects, evenly spaced (None: all 57)
     mmlu_shots: int = 0
     mmlu_format: str = "auto"  # auto | cloze | letter
     seed: int = 0  # built-in eval data and MMLU sampling
@@ -51,6 +52,9 @@ class EvalSettings:
     # CPU; scores shift slightly), else float32. The report and cache key hold the resolved dtype.
     dtype: str = "auto"
     use_cache: bool = True
+    # Evaluation processes: None = 2 on a multi-core CPU (a helper process takes every other model;
+    # see parallel.py), 1 on CUDA or with use_cache off. Scores do not depend on it.
+    workers: int | None = None
 
 
 @dataclass
@@ -163,7 +167,7 @@ def _specs(tasks: list[str], settings: EvalSettings, config: gates_mod.GateConfi
             specs.append(harness.builtin_spec(task, seed=settings.seed))
         elif task == harness.MMLU:
             specs.append(harness.mmlu_spec(settings.mmlu_data, limit=settings.mmlu_limit, shots=settings.mmlu_shots,
-                                           fmt=mmlu_format, seed=settings.seed))
+                                           fmt=mmlu_format, seed=settings.seed, subjects=settings.mmlu_subjects))
         elif config and task in config.user_tasks:
             u = config.user_tasks[task]
             specs.append(harness.user_spec(task, u["data"], u["metric"], u["max_gen_toks"]))
@@ -243,24 +247,33 @@ def evaluate(
 
     everyone = [reference, *resolved]
     total = len(everyone) * len(specs)
-    done = 0
+    hashes = {c.name: cand_mod.content_hash(c) for c in everyone}
+    keys = {c.name: {spec.name: cache_key(hashes[c.name], spec, settings) for spec in specs} for c in everyone}
+    pending = [c for c in everyone if not settings.use_cache or any(_cache_read(k) is None for k in keys[c.name].values())]
+    helper = None
+    if parallel.wanted(settings, len(pending)):
+        import torch
+
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # the helper takes the other core
+        helper = parallel.Helper(pending[1::2], (task_names, settings, gates, mmlu_format), settings, base_name)
     scores: dict[str, dict[str, harness.TaskScores]] = {}
-    rows = []
-    for candidate in everyone:
+    rows: dict[str, dict] = {}
+    state = {"done": 0}
+
+    def visit(candidate, helper_seconds: float | None = None):
         started = time.perf_counter()
-        model_hash = cand_mod.content_hash(candidate)
-        keys = {spec.name: cache_key(model_hash, spec, settings) for spec in specs}
         mine: dict[str, harness.TaskScores] = {}
         if settings.use_cache:
             for spec in specs:
-                hit = _cache_read(keys[spec.name])
+                hit = _cache_read(keys[candidate.name][spec.name])
                 if hit is not None:
                     mine[spec.name] = hit
         missing = [spec for spec in specs if spec.name not in mine]
-        done += len(specs) - len(missing)
+        state["done"] += len(specs) - len(missing)
         if missing:
             try:
-                fresh = _evaluate_model(candidate, missing, settings, base_name, progress, done, total)
+                fresh = _evaluate_model(candidate, missing, settings, base_name, progress, state["done"], total)
             except AdapterMergeError:
                 raise
             except Exception as exc:  # the model did not load: every task of it errors
@@ -272,14 +285,31 @@ def evaluate(
             for name, result in fresh.items():
                 mine[name] = result
                 if result.error is None:
-                    _cache_write(keys[name], result)
-            done += len(missing)
+                    _cache_write(keys[candidate.name][name], result)
+            state["done"] += len(missing)
         scores[candidate.name] = {spec.name: mine[spec.name] for spec in specs}
-        rows.append({**candidate.to_dict(), "role": roles.get(candidate.name, "candidate"), "hash": model_hash,
-                     "seconds": round(time.perf_counter() - started, 2),
-                     "cached": [s.name for s in specs if s.name not in {m.name for m in missing}]})
+        by_helper = helper_seconds is not None
+        rows[candidate.name] = {
+            **candidate.to_dict(), "role": roles.get(candidate.name, "candidate"), "hash": hashes[candidate.name],
+            "seconds": helper_seconds if by_helper else round(time.perf_counter() - started, 2),
+            "cached": [] if by_helper else [s.name for s in specs if s.name not in {m.name for m in missing}],
+            **({"evaluated_by": "helper process"} if by_helper else {}),
+        }
         if progress:
-            progress(done, total, f"{candidate.name}: done")
+            progress(state["done"], total, f"{candidate.name}: done")
+
+    try:
+        for candidate in everyone:
+            if helper is None or candidate.name not in helper.names:
+                visit(candidate)
+    finally:
+        helper_done = helper.finish() if helper is not None else {}
+        if helper is not None:
+            torch.set_num_threads(threads)
+    for candidate in everyone:
+        if candidate.name not in scores:  # the helper's: from the cache now (or evaluated here if it failed)
+            visit(candidate, helper_done.get(candidate.name))
+    rows = [rows[c.name] for c in everyone]
 
     if gates:
         gates = _named_references(gates, resolved)

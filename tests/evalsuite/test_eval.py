@@ -3,6 +3,7 @@ files, the results cache, the CLI's exit codes, and the task YAML through lm-eva
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -136,3 +137,21 @@ def test_task_yaml_through_lm_eval_loader(tiny_model_dir, tiny_adapter_dir, mmlu
     assert set(out["results"]["adaptermerge_structured"]) >= {"parse_rate,none", "schema_valid,none", "field_accuracy,none"}
     assert 0.0 <= out["results"]["adaptermerge_mmlu_cloze"]["acc,none"] <= 1.0
     assert out["results"]["adaptermerge_mmlu_cloze"]["sample_len"] == 3
+
+
+def test_a_helper_process_gives_the_same_scores(tiny_model_dir, tiny_adapter_dir, merged_dir, mmlu_dir, tmp_path, monkeypatch):
+    settings = EvalSettings(base=str(tiny_model_dir), mmlu_data=str(mmlu_dir), mmlu_limit=1, batch_size=64)
+    tasks = ["domain", "mmlu"]
+    runs = {}
+    for workers in (1, 2):
+        monkeypatch.setenv("ADAPTERMERGE_CACHE", str(tmp_path / f"cache{workers}"))  # nothing cached
+        runs[workers] = evaluate([str(tiny_adapter_dir), str(merged_dir)], tasks, None, dataclasses.replace(settings, workers=workers))
+    one, two = runs[1], runs[2]
+    assert not one.errors and not two.errors
+    for name in ("base", "domain", "merged"):
+        for task in tasks:
+            assert two.scores[name][task].items == one.scores[name][task].items, (name, task)
+    helped = [c["name"] for c in two.candidates if c.get("evaluated_by") == "helper process"]
+    assert helped == ["domain"]  # every other model with work left; its tasks were not cached before
+    assert not any(c.get("evaluated_by") for c in one.candidates)
+    assert all(c["cached"] == [] for c in two.candidates)

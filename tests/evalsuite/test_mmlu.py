@@ -35,6 +35,18 @@ def test_stratified_sample_is_fixed_by_seed(mmlu_dir):
     assert again == docs and [d["text"] for d in other] != [d["text"] for d in docs]
 
 
+def test_a_subject_subset_is_evenly_spaced_and_keeps_the_per_subject_sample(mmlu_dir):
+    every = mmlu.mmlu_docs(mmlu_dir, limit=1, fmt="cloze")
+    names = sorted({d["subject"] for d in every})
+    docs = mmlu.mmlu_docs(mmlu_dir, limit=1, fmt="cloze", subjects=19)
+    assert [d["subject"] for d in docs] == names[::3]  # 57 subjects, every third
+    by_subject = {d["subject"]: d["text"] for d in every}
+    assert all(by_subject[d["subject"]] == d["text"] for d in docs)  # the same question per subject
+    assert mmlu.mmlu_docs(mmlu_dir, limit=1, fmt="cloze", subjects=100) == every
+    with pytest.raises(AdapterMergeError, match="subjects"):
+        mmlu.mmlu_docs(mmlu_dir, limit=1, subjects=0)
+
+
 def test_prompts_follow_lm_eval(mmlu_dir):
     cloze = mmlu.mmlu_docs(mmlu_dir, limit=1, fmt="cloze")[0]
     letter = mmlu.mmlu_docs(mmlu_dir, limit=1, fmt="letter")[0]
