@@ -12,7 +12,6 @@ import os
 import platform
 import shutil
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -201,20 +200,9 @@ def run_demo(config: DemoConfig, progress: Progress | None = None) -> DemoResult
         entries += [{"name": task, "kind": "adapter", "approach": None, "path": info["path"], "error": None,
                      "reused": info["reused"], "steps": info["steps"]} for task, info in singles.items()]
         approaches = plan.approaches(config)
-        # mergekit runs as its own process, much of it writing and reading full models: it overlaps
-        # with the merges and trainings here instead of leaving the CPU half idle for a minute.
-        with ThreadPoolExecutor(max_workers=1) as background:
-            pending = {}
-            for i, approach in enumerate(approaches):
-                progress("merge", i, len(approaches), approach.name)
-                if approach.kind == "mergekit":
-                    pending[i] = background.submit(run_approach, approach, singles, config, tmp / "merges", work, _noop)
-                    entries.append(None)
-                else:
-                    entries.append(run_approach(approach, singles, config, tmp / "merges", work, progress))
-            offset = len(entries) - len(approaches)
-            for i, future in pending.items():
-                entries[offset + i] = future.result()  # run_approach returns a failure as the row's error
+        for i, approach in enumerate(approaches):
+            progress("merge", i, len(approaches), approach.name)
+            entries.append(run_approach(approach, singles, config, tmp / "merges", work, progress))
         progress("merge", len(approaches), len(approaches), "done")
         timings["merge"] = round(time.perf_counter() - t, 2)
 
