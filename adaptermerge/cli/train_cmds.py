@@ -60,12 +60,16 @@ def data_build(task: str, split: str, seed: int, output: Path | None, force: boo
 @click.option("--anchor-fraction", type=float, default=None,
               help="Share of rows that are general prompts answered as the base answers them, so the adapter acts only "
                    "on its task and merges compose (preset default; 0 turns it off).")
+@click.option("--anchor-tasks", default=None,
+              help="Comma-separated built-in tasks whose training prompts join the anchors, answered as the base "
+                   "answers them: the requests the adapter meets next to the others in a merge (preset default; "
+                   "'none' turns it off).")
 @click.option("--compute-dtype", type=click.Choice(DTYPE_CHOICES), default="auto", show_default=True,
               help="The frozen base's compute dtype (LoRA factors train in float32). auto: bfloat16 where the "
                    "hardware has it natively, else float32.")
 @click.option("--force", is_flag=True, help="Overwrite an existing output folder.")
 def train_cmd(task, data, base, output, max_steps, epochs, lr, rank, alpha, targets, seed, batch_size, max_length,
-              no_qlora, dora, on_top_of, anchor_fraction, compute_dtype, force) -> None:
+              no_qlora, dora, on_top_of, anchor_fraction, anchor_tasks, compute_dtype, force) -> None:
     """Train a (Q)LoRA or DoRA adapter for a task preset or your own data."""
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -81,10 +85,12 @@ def train_cmd(task, data, base, output, max_steps, epochs, lr, rank, alpha, targ
     if on_top_of is not None and not on_top_of.is_dir():
         raise AdapterMergeError(f"--on-top-of {on_top_of} does not exist")
     names = tuple(t.strip() for t in targets.split(",") if t.strip()) if targets else ALL_PROJECTIONS
+    if anchor_tasks is not None:
+        anchor_tasks = () if anchor_tasks.strip().lower() == "none" else tuple(t.strip() for t in anchor_tasks.split(",") if t.strip())
     config = TrainConfig(
         task=task, output=output, data=data, base=base, max_steps=max_steps, epochs=epochs, lr=lr, rank=rank,
         alpha=alpha, targets=names, seed=seed, batch_size=batch_size, max_length=max_length, qlora=not no_qlora,
-        dora=dora, on_top_of=on_top_of, anchor_fraction=anchor_fraction,
+        dora=dora, on_top_of=on_top_of, anchor_fraction=anchor_fraction, anchor_tasks=anchor_tasks,
         compute_dtype=compute_dtype, force=force,
     ).resolved()
     if output.exists() and not force:

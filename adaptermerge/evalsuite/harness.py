@@ -122,10 +122,25 @@ def _scores_from_samples(spec: TaskSpec, samples: list[dict], metric_names: list
     return out
 
 
+def _quiet_git_hash() -> str | None:
+    """lm-eval records `git describe` of the working directory in its results, running git with
+    stderr open: every evaluation outside a git repository printed "fatal: not a git repository".
+    Same lookup, stderr silenced (the value is not used here)."""
+    import subprocess
+
+    try:
+        return subprocess.run(["git", "describe", "--always"], capture_output=True, text=True, timeout=10).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
 def run_specs(lm, specs: list[TaskSpec], *, progress=None) -> dict[str, TaskScores]:
     """Evaluate `specs` with the lm-eval model `lm`; a task that raises comes back with `error` set."""
     import lm_eval
+    import lm_eval.evaluator
     from lm_eval.tasks import TaskManager
+
+    lm_eval.evaluator.get_git_commit_hash = _quiet_git_hash
 
     manager = TaskManager(include_path=str(TASKS_DIR), include_defaults=False)
     out: dict[str, TaskScores] = {}

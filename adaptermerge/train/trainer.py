@@ -66,6 +66,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     data_seed: int = 0  # built-in data: the eval split is generated with the same seed
     anchor_fraction: float | None = None  # share of anchor rows (train/data/anchor.py); None: the preset's
+    anchor_tasks: tuple[str, ...] | None = None  # built-in tasks whose prompts join the anchors; None: the preset's
     # The frozen base's compute dtype (the LoRA factors always train in float32). auto: bfloat16 where
     # the hardware has it natively (QLoRA's usual setting; ~30 % faster per step on these CPUs), else float32.
     compute_dtype: str = "auto"
@@ -75,7 +76,7 @@ class TrainConfig:
         p = preset(self.task)
         cfg = TrainConfig(**{**asdict(self), "output": Path(self.output)})
         cfg.compute_dtype = base_mod.resolve_dtype(cfg.compute_dtype)
-        for name in ("lr", "rank", "alpha", "batch_size", "max_length", "anchor_fraction"):
+        for name in ("lr", "rank", "alpha", "batch_size", "max_length", "anchor_fraction", "anchor_tasks"):
             if getattr(cfg, name) is None:
                 setattr(cfg, name, getattr(p, name))
         if cfg.max_steps is None and cfg.epochs is None:
@@ -91,6 +92,12 @@ class TrainConfig:
             raise AdapterMergeError(f"--epochs must be positive, got {cfg.epochs}")
         if not 0.0 <= cfg.anchor_fraction < 1.0:
             raise AdapterMergeError(f"--anchor-fraction must be in [0, 1), got {cfg.anchor_fraction}")
+        cfg.anchor_tasks = tuple(cfg.anchor_tasks)
+        unknown = [t for t in cfg.anchor_tasks if t not in data_mod.TASKS]
+        if unknown:
+            raise AdapterMergeError(f"--anchor-tasks {', '.join(unknown)}: expected built-in tasks among {', '.join(data_mod.TASKS)}")
+        if cfg.task in cfg.anchor_tasks:
+            raise AdapterMergeError(f"--anchor-tasks names the task being trained ({cfg.task}): its prompts already have answers")
         if not cfg.targets:
             raise AdapterMergeError("--targets names no module")
         if cfg.on_top_of is not None and not (Path(cfg.on_top_of) / "adapter_config.json").is_file():
@@ -112,8 +119,9 @@ def load_records(cfg: TrainConfig) -> tuple[list[dict], dict]:
     return records, source
 
 
-def tokenize_record(tokenizer, record: dict, max_length: int) -> tuple[list[int], list[int]] | None:
-    """input_ids and labels (IGNORE on the prompt) for one record, cut to max_length tokens.
+def tokenize_record(tokenizer, record: dict, max_length: int, min_reply_tokens: int = 0) -> tuple[list[int], list[int]] | None:
+    """input_ids and labels (IGNORE on the prompt) for one record, cut to max_length tokens, or to
+    the prompt plus `min_reply_tokens` reply tokens where that is longer.
 
     The prompt and the reply are tokenized separately and joined, so the loss boundary falls exactly
     where the chat template opens the assistant turn. None when nothing of the reply fits.
@@ -125,6 +133,7 @@ def tokenize_record(tokenizer, record: dict, max_length: int) -> tuple[list[int]
         raise AdapterMergeError("the chat template renders the prompt differently inside the full conversation")
     prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     reply_ids = tokenizer(full[len(prompt):], add_special_tokens=False)["input_ids"]
+    max_length = max(max_length, len(prompt_ids) + min_reply_tokens)
     ids = (prompt_ids + reply_ids)[:max_length]
     labels = ([IGNORE] * len(prompt_ids) + reply_ids)[:max_length]
     if all(label == IGNORE for label in labels):
@@ -132,8 +141,13 @@ def tokenize_record(tokenizer, record: dict, max_length: int) -> tuple[list[int]
     return ids, labels
 
 
-ANCHOR_UNIQUE = 64  # distinct anchor prompts at most; more rows repeat them
+ANCHOR_UNIQUE = 64  # distinct general anchor prompts at most; more rows repeat them
+ANCHOR_CROSS_PER_TASK = 32  # distinct prompts at most from each of the anchor tasks
 ANCHOR_REPLY_TOKENS = 48
+# An anchor row keeps at least this many reply tokens even where its prompt is longer than the
+# task's max_length (a structured-task prompt is ~110 tokens, the domain preset's max_length 64):
+# the first tokens of the reply are what set its mode (JSON, refusal, short answer).
+ANCHOR_MIN_REPLY_TOKENS = 16
 
 
 def anchor_count(task_rows: int, fraction: float) -> int:
@@ -156,6 +170,9 @@ def anchor_rows(cfg: TrainConfig, tokenizer, count: int, base_sha256: str) -> tu
 
     started = time.time()
     records = anchor.records(min(count, ANCHOR_UNIQUE), cfg.data_seed)
+    if cfg.anchor_tasks:
+        cross = anchor.cross_records(cfg.anchor_tasks, ANCHOR_CROSS_PER_TASK, cfg.data_seed)
+        records = anchor.interleave(records, cross)[:count]
     cache = _anchor_cache_path(cfg, records, base_sha256)
     cached = cache.is_file()
     if cached:
@@ -171,9 +188,11 @@ def anchor_rows(cfg: TrainConfig, tokenizer, count: int, base_sha256: str) -> tu
         for r, reply in zip(records, replies)
         if reply
     ]
-    unique = [row for row in (tokenize_record(tokenizer, r, cfg.max_length) for r in answered) if row is not None]
+    unique = [row for row in (tokenize_record(tokenizer, r, cfg.max_length, ANCHOR_MIN_REPLY_TOKENS) for r in answered)
+              if row is not None]
     rows = [unique[i % len(unique)] for i in range(count)] if unique else []
     info = {"rows": len(rows), "unique_prompts": len(unique), "reply_tokens_max": ANCHOR_REPLY_TOKENS,
+            "from_tasks": {t: sum(r["meta"].get("from_task") == t for r in answered) for t in cfg.anchor_tasks},
             "sha256": sha256_text(jsonl_text(answered)), "replies_from": "the full-precision base, greedy",
             "seconds": round(time.time() - started, 1), "reused_from_cache": cached}
     return rows, info
@@ -211,16 +230,28 @@ def collate(rows: list[tuple[list[int], list[int]]], pad_id: int):
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
-def batch_order(n_rows: int, batch_size: int, steps: int, seed: int) -> list[tuple[int, list[int]]]:
-    """(epoch, row indices) for each step: a fresh seeded permutation per epoch, last partial batch kept."""
+def batch_order(n_rows: int, batch_size: int, steps: int, seed: int,
+                long_rows: frozenset[int] = frozenset()) -> list[tuple[int, list[int]]]:
+    """(epoch, row indices) for each step: a fresh seeded permutation per epoch, last partial batch kept.
+
+    `long_rows` (anchor rows allowed past max_length) are batched among themselves and their batches
+    shuffled in with the others: every batch is padded to its longest row, so one long row in each
+    batch would double the cost of the whole run. Without long rows the order is the plain one.
+    """
     rng = random.Random(seed)
     order: list[tuple[int, list[int]]] = []
     epoch = 0
     while len(order) < steps:
         perm = list(range(n_rows))
         rng.shuffle(perm)
-        for start in range(0, n_rows, batch_size):
-            order.append((epoch, perm[start : start + batch_size]))
+        if long_rows:
+            groups = [[i for i in perm if i not in long_rows], [i for i in perm if i in long_rows]]
+            batches = [g[start : start + batch_size] for g in groups for start in range(0, len(g), batch_size)]
+            rng.shuffle(batches)
+        else:
+            batches = [perm[start : start + batch_size] for start in range(0, n_rows, batch_size)]
+        for batch in batches:
+            order.append((epoch, batch))
             if len(order) == steps:
                 break
         epoch += 1
@@ -369,7 +400,8 @@ def train(config: TrainConfig, progress: ProgressFn | None = None) -> Path:
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         losses: list[float] = []
         epoch_losses: dict[int, list[float]] = {}
-        for step, (epoch, idx) in enumerate(batch_order(len(rows), cfg.batch_size, total, cfg.seed)):
+        long_rows = frozenset(i for i, (ids, _) in enumerate(rows) if len(ids) > cfg.max_length)
+        for step, (epoch, idx) in enumerate(batch_order(len(rows), cfg.batch_size, total, cfg.seed, long_rows)):
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, total, cfg.lr, warmup)
             loss = reply_loss(model, collate([rows[i] for i in idx], pad_id))
@@ -399,7 +431,7 @@ def train(config: TrainConfig, progress: ProgressFn | None = None) -> Path:
                      "anchors": anchors},
             "hyperparameters": {
                 "max_steps": cfg.max_steps, "epochs": cfg.epochs, "steps": total, "steps_per_epoch": steps_per_epoch,
-                "lr": cfg.lr, "anchor_fraction": cfg.anchor_fraction, "rank": cfg.rank, "alpha": cfg.alpha, "targets": list(cfg.targets),
+                "lr": cfg.lr, "anchor_fraction": cfg.anchor_fraction, "anchor_tasks": list(cfg.anchor_tasks), "rank": cfg.rank, "alpha": cfg.alpha, "targets": list(cfg.targets),
                 "batch_size": cfg.batch_size, "max_length": cfg.max_length, "dropout": cfg.dropout,
                 "weight_decay": cfg.weight_decay, "warmup_steps": warmup, "schedule": "linear warmup, linear decay to 0",
                 "grad_clip": cfg.grad_clip, "optimizer": "AdamW",

@@ -88,3 +88,20 @@ def test_anchor_prompts_are_distinct_seeded_and_off_every_task():
     assert not [p for p in pool if p.lower() in task_text], "an anchor prompt is a task prompt"
     records = anchor.records(5, 0)
     assert [r["messages"][0]["content"] for r in records] == pool[:5] and all(r["meta"]["task"] == "anchor" for r in records)
+
+
+def test_cross_task_anchor_prompts_are_other_tasks_train_prompts_in_equal_shares():
+    from adaptermerge.train.data import anchor
+
+    cross = anchor.cross_records(("structured", "safety"), 5, 0)
+    assert [r["meta"]["from_task"] for r in cross] == ["structured", "safety"] * 5
+    for task in ("structured", "safety"):
+        train = {r["messages"][0]["content"] for r in build_records(task, "train", 0)}
+        held_out = {r["messages"][0]["content"] for r in build_records(task, "eval", 0)}
+        mine = [r["messages"][0]["content"] for r in cross if r["meta"]["from_task"] == task]
+        assert len(set(mine)) == 5 and set(mine) <= train and not set(mine) & held_out
+        assert all(len(r["messages"]) == 1 for r in cross)  # prompts only: never the task's answers
+    assert cross == anchor.cross_records(("structured", "safety"), 5, 0) != anchor.cross_records(("structured", "safety"), 5, 1)
+    general = anchor.records(3, 0)
+    mixed = anchor.interleave(general, cross)
+    assert mixed[:6] == [general[0], cross[0], general[1], cross[1], general[2], cross[2]] and mixed[6:] == cross[3:]

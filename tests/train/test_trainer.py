@@ -91,7 +91,14 @@ def test_bad_config(tiny_chat_base, data_file, tmp_path):
         train(_config(tiny_chat_base, data_file, tmp_path / "x", targets=("qkv",)))
     with pytest.raises(AdapterMergeError, match="--lr must be positive"):
         train(_config(tiny_chat_base, data_file, tmp_path / "x").__class__(**{**_config(tiny_chat_base, data_file, tmp_path / "x").__dict__, "lr": -1}))
+    with pytest.raises(AdapterMergeError, match="--anchor-tasks poetry: expected built-in tasks"):
+        train(_config(tiny_chat_base, data_file, tmp_path / "x", anchor_tasks=("poetry",)))
+    with pytest.raises(AdapterMergeError, match="names the task being trained"):
+        TrainConfig(task="domain", output=tmp_path / "x", anchor_tasks=("domain",)).resolved()
     assert not (tmp_path / "x").exists()
+    # Each built-in preset anchors on the other built-in tasks' prompts; user data on none.
+    assert TrainConfig(task="safety", output=tmp_path / "x").resolved().anchor_tasks == ("domain", "structured")
+    assert TrainConfig(task="custom", data=data_file, output=tmp_path / "x").resolved().anchor_tasks == ()
 
 
 def test_tokenize_record_masks_the_prompt():
@@ -104,6 +111,9 @@ def test_tokenize_record_masks_the_prompt():
     assert labels[: len(ids) - len(reply)] == [IGNORE] * (len(ids) - len(reply))
     assert tokenizer.decode(reply) == record["messages"][-1]["content"] + "<|im_end|>\n"
     assert tokenize_record(tokenizer, record, len(ids) - len(reply)) is None  # no reply token fits
+    # An anchor row keeps min_reply_tokens of its reply even past max_length.
+    ids2, labels2 = tokenize_record(tokenizer, record, len(ids) - len(reply), min_reply_tokens=2)
+    assert ids2 == ids[: len(ids) - len(reply) + 2] and [l for l in labels2 if l != IGNORE] == reply[:2]
 
 
 def test_batch_order_and_schedule():
@@ -111,6 +121,14 @@ def test_batch_order_and_schedule():
     assert order == batch_order(10, 4, 6, seed=3) and order != batch_order(10, 4, 6, seed=4)
     first_epoch = [i for epoch, idx in order if epoch == 0 for i in idx]
     assert sorted(first_epoch) == list(range(10)) and [e for e, _ in order] == [0, 0, 0, 1, 1, 1]
+    # Long rows (anchors past max_length) are batched among themselves; every row once per epoch.
+    long_rows = frozenset({1, 4, 7})
+    grouped = batch_order(10, 4, 8, seed=3, long_rows=long_rows)
+    for epoch in (0, 1):
+        batches = [idx for e, idx in grouped if e == epoch]
+        assert sorted(i for idx in batches for i in idx) == list(range(10))
+        assert all(set(idx) <= long_rows or not set(idx) & long_rows for idx in batches)
+    assert grouped != batch_order(10, 4, 8, seed=3)
     lrs = [lr_at(s, 10, 1.0, 2) for s in range(10)]
     assert lrs[0] == 0.5 and lrs[1] == 1.0 and lrs[-1] == pytest.approx(0.125) and lrs == sorted(lrs[:2]) + sorted(lrs[2:], reverse=True)
 

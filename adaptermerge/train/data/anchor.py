@@ -9,8 +9,12 @@ structured adapter alone, at any weights that kept the domain answers. Mixing in
 target is "reply as the base would" teaches each adapter to act only on its own task, which is
 what lets their deltas add up (the replay or self-distillation regulariser of continual learning).
 
-The prompts are built from templates and subjects deterministically; none mentions a task's
-catalogue, schemas or harmful requests.
+The general prompts are built from templates and subjects deterministically; none mentions a
+task's catalogue, schemas or harmful requests. `cross_records` adds the other tasks' training
+prompts (prompts only, never their answers): general prompts teach an adapter to leave unrelated
+requests alone, but the requests it will meet next to it in a merge are the other adapters' own.
+Answered as the base answers them, they teach, say, the domain adapter to leave a JSON extraction
+request to the structured adapter instead of pushing its terse catalogue answer onto it.
 """
 
 from __future__ import annotations
@@ -64,3 +68,26 @@ def records(count: int, seed: int = 0) -> list[dict]:
     """`count` anchor records (prompts only: the trainer fills in the base model's replies)."""
     pool = prompts(seed)
     return [{"messages": [{"role": "user", "content": p}], "meta": {"task": "anchor"}} for p in pool[:count]]
+
+
+def cross_records(tasks: tuple[str, ...], per_task: int, seed: int = 0) -> list[dict]:
+    """Up to `per_task` training prompts of each built-in task in `tasks`, in a seeded order and
+    taken round-robin across the tasks (prompts only: the trainer fills in the base's replies)."""
+    from . import build_records
+
+    pools = []
+    for task in tasks:
+        prompts = [r["messages"][0]["content"] for r in build_records(task, "train", seed)]
+        random.Random(f"{seed}:{task}").shuffle(prompts)
+        pools.append([(task, p) for p in dict.fromkeys(prompts)][:per_task])
+    mixed = [item for group in zip(*pools) for item in group] if pools else []
+    mixed += [item for pool in pools for item in pool[len(mixed) // max(1, len(pools)):]]
+    return [{"messages": [{"role": "user", "content": p}], "meta": {"task": "anchor", "from_task": t}} for t, p in mixed]
+
+
+def interleave(first: list[dict], second: list[dict]) -> list[dict]:
+    """first[0], second[0], first[1], second[1], ... then what is left of the longer list, so any
+    prefix of the result holds both kinds in equal shares."""
+    out = [item for pair in zip(first, second) for item in pair]
+    n = min(len(first), len(second))
+    return out + first[n:] + second[n:]
