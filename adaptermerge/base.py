@@ -135,11 +135,20 @@ def resolve_dtype(name: str) -> str:
 
     if torch.cuda.is_available():
         return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
+    return "bfloat16" if cpu_has_native_bf16() else "float32"
+
+
+def cpu_has_native_bf16() -> bool:
+    """AVX512-BF16 or AMX: bf16 matmuls in hardware. Not oneDNN's own `_is_mkldnn_bf16_supported`,
+    which is true on any AVX512 CPU and emulates bf16 there: on an AVX512 Xeon without AVX512-BF16
+    (2026-12-02) a 2048^2 bf16 matmul took 0.55 s against 0.14 s in float32."""
+    import torch
+
+    probes = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
     try:
-        native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        native = False
-    return "bfloat16" if native else "float32"
+        return any(bool(p()) for p in probes if p is not None)
+    except RuntimeError:
+        return False
 
 
 def load_tokenizer(name: str | None = None):

@@ -100,10 +100,21 @@ def to_markdown(data: dict) -> str:
         else:
             what = c["kind"]
         lines.append(f"- {c['name']}: {what}")
+    search = data.get("weight_search")
+    if search:
+        start, best = search["start"], search["best"]
+        lines += ["", "## Weight search", "",
+                  f"Task-arithmetic weights from the proxy ({search['proxy']}; {search['points']} points, "
+                  f"{search['seconds']} s): proxy retention {_proxy(start)} at weights {start['weights']}, "
+                  f"{_proxy(best)} at {best['weights']} (KL to the base {start['drift_kl']:.4f} -> {best['drift_kl']:.4f})."]
     lines += ["", "## Timings (s)", "", ", ".join(f"{k} {v}" for k, v in data["timings_s"].items()), ""]
     if data["notes"]:
         lines += ["## Notes", "", *[f"- {n}" for n in data["notes"]], ""]
     return "\n".join(lines)
+
+
+def _proxy(point: dict) -> str:
+    return "/".join(_fmt(point["retention"].get(t), 2) for t in TASKS)
 
 
 def write_chart(data: dict, path: Path) -> None:

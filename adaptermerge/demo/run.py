@@ -21,7 +21,7 @@ from .. import base as base_mod
 from ..errors import AdapterMergeError
 from ..train.data import TASKS
 from . import adapters as adapters_mod
-from . import baselines, identical, plan, report, results, sweep
+from . import baselines, identical, plan, report, results, sweep, weightsearch
 from .plan import Approach, DemoConfig
 
 log = logging.getLogger(__name__)
@@ -179,7 +179,7 @@ def run_demo(config: DemoConfig, progress: Progress | None = None) -> DemoResult
     if config.mmlu_data is None:
         config.mmlu_data = plan.default_mmlu_data()
     has_mmlu = config.mmlu_data is not None
-    started, timings, notes = time.perf_counter(), {}, []
+    started, timings, notes, extra = time.perf_counter(), {}, [], {}
     if not has_mmlu:
         notes.append("MMLU skipped: no data (pass --mmlu-data or set ADAPTERMERGE_MMLU_DATA)")
     with atomic_dir(output, force=config.force) as tmp:
@@ -218,7 +218,8 @@ def run_demo(config: DemoConfig, progress: Progress | None = None) -> DemoResult
             t = time.perf_counter()
             # Up-weighting starts from the best merge the tool itself can re-run with new weights.
             best_method = results.best_merge([r for r in rows if (r.get("approach") or {}).get("kind") == "method"])
-            points = sweep.sweep_points(best_method, config.quick)
+            search = _search_weights(singles, config, progress, notes)
+            points = sweep.sweep_points(best_method, config.quick, search.best.weights if search else None)
             for i, approach in enumerate(points):
                 progress("sweep", i, len(points), approach.name)
                 entry = run_approach(approach, singles, config, tmp / "merges", work, progress)
@@ -228,6 +229,7 @@ def run_demo(config: DemoConfig, progress: Progress | None = None) -> DemoResult
             rows = results.build_rows(entries, evaluated.scores, gate_config, eval_names, has_mmlu)
             best = results.best_merge(rows)
             timings["sweep"] = round(time.perf_counter() - t, 2)
+            extra["weight_search"] = search.as_dict() if search else None
 
         winner = None
         if best is not None:
@@ -245,8 +247,23 @@ def run_demo(config: DemoConfig, progress: Progress | None = None) -> DemoResult
 
         data = report.to_json(rows, winner, config=config, timings=timings, notes=notes + _eval_notes(evaluated.notes),
                               eval_names=eval_names, output=output, tmp=tmp, machine=machine())
+        data.update(extra)
         report.write(data, tmp)
     return DemoResult(output, data["candidates"], winner["name"] if winner else None, data, best["name"] if best else None)
+
+
+def _search_weights(singles: dict[str, dict], config: DemoConfig, progress: Progress, notes: list[str]):
+    """The proxy weight search over the three adapters, or None (with a note) when it fails."""
+    adapters = {task: Path(singles[task]["path"]) for task in TASKS}
+    try:
+        return weightsearch.search_weights(config.base, adapters, seed=config.seed,
+                                           per_task=weightsearch.QUICK_PER_TASK if config.quick else weightsearch.PER_TASK,
+                                           rounds=1 if config.quick else weightsearch.ROUNDS,
+                                           progress=lambda n, label: progress("search", n, 0, label))
+    except Exception as exc:  # noqa: BLE001 - the rest of the sweep still runs
+        log.warning("weight search failed: %s", exc, exc_info=log.isEnabledFor(logging.DEBUG))
+        notes.append(f"weight search failed: {type(exc).__name__}: {exc}")
+        return None
 
 
 def _eval_notes(notes: list[str]) -> list[str]:

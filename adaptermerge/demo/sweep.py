@@ -1,6 +1,7 @@
-"""A small search when the defaults miss the targets: density and scaling of the TIES family and
-task arithmetic, plus up-weighting the task the best merge so far retains least. Every point is
-scored by the same gates as the defaults; the winner is simply the best row.
+"""A small search when the defaults miss the targets: per-task weights of task arithmetic found by
+the proxy search (weightsearch.py: seconds per point, training records only), a damped sum, and
+up-weighting the task the best merge so far retains least. Every point is then scored by the same
+gates as the defaults; the winner is simply the best row.
 """
 
 from __future__ import annotations
@@ -27,10 +28,14 @@ def point_name(method: str, params: dict, weights: list[float]) -> str:
     return "sweep_" + "_".join(parts)
 
 
-def sweep_points(best: dict | None, quick: bool) -> list[Approach]:
-    """The grid, then the best merge so far (if a registered method) with its least-retained task up-weighted."""
+def sweep_points(best: dict | None, quick: bool, searched: tuple[float, ...] | None = None) -> list[Approach]:
+    """Task arithmetic at the searched weights (when the search moved them), the grid, then the
+    best merge so far (if a registered method) with its least-retained task up-weighted."""
     grid = QUICK_GRID if quick else FULL_GRID
-    points = [method_approach(m, p, name=point_name(m, p, [1.0] * len(TASKS))) for m, p in grid]
+    points = []
+    if searched is not None and any(w != 1.0 for w in searched):
+        points.append(method_approach("task_arithmetic", {}, searched, name=point_name("task_arithmetic", {}, list(searched))))
+    points += [method_approach(m, p, name=point_name(m, p, [1.0] * len(TASKS))) for m, p in grid]
     if best is not None and best["approach"]["kind"] == "method":
         kept = {t: r for t, r in (best.get("retention") or {}).items() if r is not None}
         if kept:

@@ -90,6 +90,12 @@ def test_report_json_structure(demo_run):
     assert (result.output / "report.md").read_text().count("|") > 10
     assert (result.output / "chart.png").stat().st_size > 1000
     assert data["timings_s"]["total"] > 0
+    # The tiny model passes no gate, so the sweep ran, the weight search first.
+    assert "sweep" in stages and "search" in stages
+    search = data["weight_search"]
+    assert len(search["best"]["weights"]) == 3 and search["points"] == len(search["trace"]) >= 1
+    assert search["best"]["worst"] >= search["start"]["worst"]
+    assert "## Weight search" in (result.output / "report.md").read_text()
 
 
 def test_trained_adapters_are_cached_by_settings(demo_run):

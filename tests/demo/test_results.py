@@ -41,3 +41,12 @@ def test_sweep_upweights_the_least_retained_task():
     assert len(weighted) == 1 and weighted[0].weights == (1.0, sweep.UPWEIGHT, 1.0)
     assert weighted[0].method == "ties" and weighted[0].params == {"density": 0.2}
     assert len(sweep.sweep_points(None, quick=False)) == len(sweep.FULL_GRID)
+
+
+def test_sweep_starts_with_task_arithmetic_at_the_searched_weights_when_they_moved():
+    best = _row("ties", False, 6, {"domain": 0.9, "structured": 0.4, "safety": 0.8}, 0.0)
+    points = sweep.sweep_points(best, quick=False, searched=(1.0, 1.2, 0.85))
+    assert points[0].method == "task_arithmetic" and points[0].weights == (1.0, 1.2, 0.85)
+    assert points[0].name == "sweep_task_arithmetic_w1-1.2-0.85"
+    unmoved = sweep.sweep_points(best, quick=False, searched=(1.0, 1.0, 1.0))
+    assert [p.name for p in unmoved] == [p.name for p in sweep.sweep_points(best, quick=False)]
