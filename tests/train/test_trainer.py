@@ -96,8 +96,9 @@ def test_bad_config(tiny_chat_base, data_file, tmp_path):
     with pytest.raises(AdapterMergeError, match="names the task being trained"):
         TrainConfig(task="domain", output=tmp_path / "x", anchor_tasks=("domain",)).resolved()
     assert not (tmp_path / "x").exists()
-    # Each built-in preset anchors on the other built-in tasks' prompts; user data on none.
-    assert TrainConfig(task="safety", output=tmp_path / "x").resolved().anchor_tasks == ("domain", "structured")
+    # Cross-task anchors are an option, off by default for the presets and for user data.
+    assert TrainConfig(task="safety", output=tmp_path / "x").resolved().anchor_tasks == ()  # off in the presets
+    assert TrainConfig(task="safety", output=tmp_path / "x", anchor_tasks=("domain",)).resolved().anchor_tasks == ("domain",)
     assert TrainConfig(task="custom", data=data_file, output=tmp_path / "x").resolved().anchor_tasks == ()
 
 
