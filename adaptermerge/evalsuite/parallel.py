@@ -13,7 +13,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import multiprocessing
+import multiprocessing.connection
 import os
+import threading
 import time
 
 log = logging.getLogger(__name__)
@@ -58,12 +60,28 @@ class Helper:
         return done
 
 
+def exit_with_parent() -> None:
+    """End this (spawned) process as soon as its parent is gone. `daemon=True` only covers a parent
+    that exits normally; killed (Ctrl-C twice, SIGTERM, OOM), it left the helper evaluating on, an
+    orphan holding a core (2026-12-02: 27 minutes of CPU after its demo was killed)."""
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+
+    def watch() -> None:
+        multiprocessing.connection.wait([parent.sentinel])
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
 def _work(candidates, spec_args, settings, base_name, queue) -> None:
     """In the helper process: evaluate each candidate's uncached tasks and cache the results."""
     import torch
 
     from . import runner
 
+    exit_with_parent()
     torch.set_num_threads(1)
     specs = runner._specs(*spec_args)
     for candidate in candidates:
