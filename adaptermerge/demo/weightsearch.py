@@ -139,9 +139,10 @@ class AdapterStack:
 
         from .. import base as base_mod
 
+        from .. import load_adapter
+
         for name, path in adapters.items():
-            cfg = _adapter_config(Path(path))
-            if cfg.get("use_dora"):
+            if load_adapter(path).is_dora:  # reads the header only; bad folders fail with its clear errors
                 raise AdapterMergeError(f"weight search: adapter {name} ({path}) is DoRA; the search covers plain LoRA adapters")
         folder = base_mod.resolve_base(base)
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, use_safetensors=True)
@@ -165,15 +166,6 @@ class AdapterStack:
                 layer.scaling[name] = s * weights.get(name, 0.0)
 
 
-def _adapter_config(folder: Path) -> dict:
-    import json
-
-    path = folder / "adapter_config.json"
-    if not path.is_file():
-        raise AdapterMergeError(f"weight search: {folder} has no adapter_config.json")
-    return json.loads(path.read_text())
-
-
 class ProxyScorer:
     """Scores weight vectors on one AdapterStack (see the module docstring)."""
 
@@ -192,16 +184,17 @@ class ProxyScorer:
         with torch.inference_mode():
             stack.set_weights(zero)
             self.base_logp = self._general_logp()
-        self.single_loss = {t: self._losses({t: 1.0})[t] for t in tasks}
+        self.single_loss = {t: self._losses({t: 1.0}, only=t)[t] for t in tasks}
 
-    def _losses(self, weights: dict[str, float]) -> dict[str, float]:
+    def _losses(self, weights: dict[str, float], only: str | None = None) -> dict[str, float]:
+        """Mean reply loss per task at `weights` (of task `only`, when given)."""
         import torch
 
         from ..train.trainer import reply_loss
 
         self.stack.set_weights(weights)
         with torch.inference_mode():
-            return {t: float(reply_loss(self.stack.model, b)) for t, b in self.batches.items()}
+            return {t: float(reply_loss(self.stack.model, b)) for t, b in self.batches.items() if only in (None, t)}
 
     def _general_logp(self):
         import torch

@@ -35,8 +35,8 @@ class Preset:
     anchor_fraction: float = 0.0
     # Built-in tasks whose training prompts join the anchor prompts (answered as the base answers
     # them), `train --anchor-tasks`. Off in the presets: tried on all three (2026-12-02), it made the
-    # sums worse (every merge evaluated kept structured 0.00; task arithmetic 0.04 without), safety fell below its target
-    # (refusal 0.857) and domain trained 9 % longer (640 s against 587 s: long anchor rows).
+    # sums worse (every merge evaluated kept structured 0.00; task arithmetic 0.04 without), safety
+    # fell below its target (refusal 0.857) and domain trained 9 % longer (640 s against 587 s).
     anchor_tasks: tuple[str, ...] = ()
 
     def as_dict(self) -> dict:

@@ -101,3 +101,14 @@ def test_search_weights_runs_on_real_adapters_and_never_ends_below_its_start(tin
     assert result.start.drift > 0  # the adapters move the general prompts' distributions
     data = result.as_dict()
     assert data["best"]["weights"] == list(result.best.weights) and data["points"] == len(result.trace)
+
+
+def test_the_stack_refuses_dora_and_missing_adapters_by_name(tiny_base, task_adapters, tmp_path):
+    from adaptermerge.demo.weightsearch import AdapterStack
+    from adaptermerge.errors import AdapterMergeError
+
+    dora = make_adapter(tiny_base, tmp_path / "dora", seed=20, r=4, alpha=8, dora=True)
+    with pytest.raises(AdapterMergeError, match=r"adapter safety .* is DoRA"):
+        AdapterStack(str(tiny_base), {**task_adapters, "safety": dora})
+    with pytest.raises(AdapterMergeError, match="nowhere"):
+        AdapterStack(str(tiny_base), {**task_adapters, "safety": tmp_path / "nowhere"})
