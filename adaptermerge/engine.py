@@ -26,10 +26,13 @@ from .lowrank import LowRankStats, factor_sum, truncate
 from .methods import METHODS, MergeContext, ModuleResult
 from .methods import _ops
 from .provenance import provenance
+from .workers import heap_reuse, ordered_map, worker_count
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int, str], None]  # (done, total, module)
+# Modules with up to this many stacked delta entries (all adapters) run several at a time.
+PARALLEL_MAX_ENTRIES = 1 << 22
 
 
 def natural_key(name: str):
@@ -148,10 +151,17 @@ class MergePlan:
                 )
 
     # -- per module ------------------------------------------------------------------------
-    def module_result(self, module: str) -> tuple[ModuleResult, torch.Tensor | None]:
-        """The merged update of one module, and the base weight when it was needed (float32)."""
+    def read_inputs(self, module: str) -> tuple[list[LoraFactors | None], torch.Tensor | None]:
+        """One module's factors from every adapter (None where one lacks it) and its base weight
+        when needed (float32). Reads happen on the calling thread."""
         inputs = [a.factors(module, self.device) if module in a.specs else None for a in self.adapters]
         w0 = self.base_weights.weight(module, self.device).float() if self.base_weights is not None else None
+        return inputs, w0
+
+    def module_result(self, module: str, read=None) -> tuple[ModuleResult, torch.Tensor | None]:
+        """The merged update of one module, and the base weight when it was needed (float32).
+        `read`: what `read_inputs(module)` returned, when already read."""
+        inputs, w0 = read if read is not None else self.read_inputs(module)
         ctx = MergeContext(module, self.seed, self.device)
         result = self.method.merge_module(inputs, self.weights, w0, self.params, ctx)
         for label, t in (("delta", result.dense), ("magnitude", result.magnitude)):
@@ -164,10 +174,15 @@ class MergePlan:
     def input_rank(self, module: str) -> int:
         return sum(a.specs[module].rank for a in self.adapters if module in a.specs)
 
-    def to_factors(self, module: str, rank: int | None) -> tuple[LoraFactors, dict]:
+    def is_small(self, module: str) -> bool:
+        """Small enough to run beside other modules (see adaptermerge.workers)."""
+        out, inp = self.shapes[module]
+        return out * inp * len(self.adapters) <= PARALLEL_MAX_ENTRIES
+
+    def to_factors(self, module: str, rank: int | None, read=None) -> tuple[LoraFactors, dict]:
         """One module's output factors, and what to record about it (low-rank error, and what
         the method reported, e.g. the density a sampled cut kept)."""
-        result, w0 = self.module_result(module)
+        result, w0 = self.module_result(module, read)
         if result.concat:
             B = torch.cat([b for b, _ in result.terms], 1)
             A = torch.cat([a for _, a in result.terms], 0)
@@ -192,10 +207,13 @@ class MergePlan:
             raise AdapterMergeError("cat keeps every factor (rank = sum of ranks); use linear for an exact merge at a chosen --rank")
         start = time.time()
         factors, stats = {}, {}
-        for i, module in enumerate(self.modules):
-            factors[module], stats[module] = self.to_factors(module, rank)
-            if progress:
-                progress(i + 1, len(self.modules), module)
+        with heap_reuse():
+            done = ordered_map(
+                self.modules, self.read_inputs, lambda m, read: self.to_factors(m, rank, read), self.is_small, worker_count(self.device)
+            )
+            for i, (module, (factors[module], stats[module])) in enumerate(done):
+                if progress:
+                    progress(i + 1, len(self.modules), module)
         meta = provenance(self, output="adapter", rank=rank, modules=stats, wall_s=time.time() - start)
         dtype = self.adapters[0].dtype
         if dtype in (torch.float16, torch.bfloat16):

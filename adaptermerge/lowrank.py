@@ -94,8 +94,12 @@ def truncate(
     projection of delta onto the span of its left factor, so its error follows exactly from the
     spectrum: `||delta - BA||^2 = ||delta||^2 - sum(S_k^2)`.
 
-    power_iters: default 1, and 0 for deltas of 16M entries or more: on a 14336 x 4096 TIES merge
-    the iteration costs 40 % of the truncation and lowers its error by 0.04 % (0.60958 -> 0.60935).
+    power_iters: default 2, and 0 for deltas of 16M entries or more. Two iterations put a TIES merge
+    within float noise of the optimal truncation (the full SVD's, as PEFT's `ties_svd` computes
+    it): over 40 modules of SmolLM2-135M shapes the error was 0.571737 against the optimum 0.571736,
+    where one iteration gave 0.571757 and more oversampling barely helped (0.571754 at 24 extra
+    columns). On a 14336 x 4096 TIES merge the iteration costs 40 % of the truncation and lowers its
+    error by 0.04 % (0.60958 -> 0.60935), so the largest modules skip it.
 
     range_dtype: the dtype of the range finder's products (default: bfloat16 for deltas of 4M
     entries or more where the hardware has native bf16, 3.7x faster for 14336 x 4096 here; else
@@ -120,7 +124,7 @@ def truncate(
         omega = torch.cat(columns, 1)  # [in, w]; only its span matters (QR of the product)
         fast = range_dtype or _range_dtype(delta)
         if power_iters is None:
-            power_iters = 0 if delta.numel() >= NO_POWER_ITER_MIN else 1
+            power_iters = 0 if delta.numel() >= NO_POWER_ITER_MIN else 2
         U, S, Vh = _range_svd(delta, omega, rank, power_iters, fast)
         if fast != torch.float32 and norm2 - float((S[:rank] ** 2).sum()) < 0.01 * norm2:
             # A near-exact truncation (error under 10 %): bf16's O(2^-16) energy loss would
@@ -140,17 +144,34 @@ def truncate(
 
 def _range_svd(delta, omega, rank, power_iters, dtype):
     """Top-`rank` SVD of delta restricted to the range found from `delta @ omega` (products in
-    `dtype`, QR in float32), from the float32 core `Q^T delta`."""
+    `dtype`, orthonormalized in float64), from the float32 core `Q^T delta`."""
     M = delta.to(dtype)
-    Q = torch.linalg.qr((M @ omega.to(dtype)).float())[0]  # [out, w]
+    Q = orthonormal(M @ omega.to(dtype))  # [out, w]
     for _ in range(power_iters):
-        Z = torch.linalg.qr((M.T @ Q.to(dtype)).float())[0]
-        Q = torch.linalg.qr((M @ Z.to(dtype)).float())[0]
+        Z = orthonormal(M.T @ Q.to(dtype))
+        Q = orthonormal(M @ Z.to(dtype))
     del M
     # The [w, in] core's SVD from its w x w Gram matrix in float64: several times faster than an
     # SVD of the core, and as accurate for the components kept.
     Uc, S, Vh = _thin_svd((Q.T @ delta).double(), rank)
     return Q.double() @ Uc, S, Vh
+
+
+def orthonormal(Y: torch.Tensor) -> torch.Tensor:
+    """An orthonormal basis [m, w] (float32) of the columns of a tall Y [m, w].
+
+    Cholesky QR twice in float64 (Yamamoto et al. 2015): two w x w Gram matrices and triangular
+    solves, 8x faster here than Householder QR of a 1536 x 56 matrix and orthogonal to float64
+    round-off while cond(Y) stays below ~1e6. Worse conditioned (or rank-deficient: an adapter
+    merged with itself repeats its sketch rows) falls back to Householder QR."""
+    Q = Y.double()
+    for _ in range(2):
+        L, info = torch.linalg.cholesky_ex(Q.T @ Q)
+        d = L.diagonal()
+        if int(info) != 0 or not bool(d.min() > d.max() * 1e-6):
+            return torch.linalg.qr(Y.float())[0]
+        Q = torch.linalg.solve_triangular(L, Q.T, upper=False).T
+    return Q.float()
 
 
 NO_POWER_ITER_MIN = 1 << 24  # entries from which the range finder skips the power iteration

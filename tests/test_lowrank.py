@@ -76,3 +76,36 @@ def test_bf16_range_finder_keeps_the_error_of_float32():
     optimal = ((S[8:] ** 2).sum() / (S**2).sum()).sqrt().item()
     assert stats.rel_error <= optimal * 1.01
     assert abs(stats.rel_error - ((low - B @ A).norm() / low.norm()).item()) < 1e-4
+
+
+def test_orthonormal_spans_the_columns_and_falls_back_when_rank_deficient():
+    from adaptermerge.lowrank import orthonormal
+
+    torch.manual_seed(3)
+    Y = torch.randn(500, 40)
+    Q = orthonormal(Y)
+    torch.testing.assert_close(Q.T @ Q, torch.eye(40), atol=1e-5, rtol=0)
+    torch.testing.assert_close(Q @ (Q.T @ Y), Y, atol=1e-4, rtol=1e-4)  # same span
+    # Repeated columns (an adapter merged with itself repeats its sketch): Cholesky QR would
+    # divide by ~0; the Householder fallback still returns orthonormal columns spanning Y.
+    twice = torch.cat([Y[:, :20], Y[:, :20]], 1)
+    Q = orthonormal(twice)
+    assert torch.isfinite(Q).all()
+    torch.testing.assert_close(Q.T @ Q, torch.eye(40), atol=1e-5, rtol=0)
+    torch.testing.assert_close(Q @ (Q.T @ twice), twice, atol=1e-4, rtol=1e-4)
+
+
+def test_default_truncation_of_a_ties_like_delta_is_within_float_noise_of_optimal():
+    """The default power iterations keep a sparse merge's truncation at the full SVD's error
+    (PEFT's ties_svd computes that one); one iteration was measurably worse."""
+    torch.manual_seed(4)
+    deltas = [torch.randn(600, 8) @ torch.randn(8, 400) for _ in range(3)]
+    trimmed = [d * (d.abs() >= d.abs().flatten().kthvalue(int(0.8 * d.numel())).values) for d in deltas]
+    merged = sum(trimmed) / 3
+    sketch = torch.cat([torch.linalg.svd(d)[2][:8] for d in deltas])  # the row spaces, as A factors
+    S = torch.linalg.svdvals(merged.double())
+    optimal = float((S[24:] ** 2).sum().sqrt() / S.norm())
+    _, _, default = truncate(merged, 24, sketch=sketch)
+    _, _, one = truncate(merged, 24, sketch=sketch, power_iters=1)
+    assert default.rel_error - optimal < 2e-6
+    assert one.rel_error - optimal > default.rel_error - optimal

@@ -95,8 +95,7 @@ def _blocked(B_stack, A_stack, weights, cuts, trim, density, sparsify, combine, 
         if sparsify == "dare":
             values = torch.stack([_ops.dare(v, density, g) for v, g in zip(values, generators)])
         if fused is not None and fused is not _kernels.ties_block:
-            merged[rs], count = fused(values, cuts3, w3)
-            kept += count
+            kept += fused(values, cuts3, w3, merged[rs])
             continue
         flat = values.view(k, -1)
         if trim:
