@@ -31,7 +31,9 @@ from .workers import heap_reuse, ordered_map, worker_count
 log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int, str], None]  # (done, total, module)
-# Modules with up to this many stacked delta entries (all adapters) run several at a time.
+# Modules with up to this many stacked delta entries (all adapters) run several at a time (every
+# SmolLM2 module: 4.3 s against 4.7 s one at a time); 1024 x 4096 ones in pairs were slower (an
+# 8B-shaped merge took 91 s against 76 s).
 PARALLEL_MAX_ENTRIES = 1 << 22
 
 
