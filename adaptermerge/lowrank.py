@@ -89,9 +89,9 @@ def truncate(
     Thin matrices get an exact SVD (optimal). Others a randomized range finder (Halko et al.
     2011) whose test matrix starts from `sketch` (the stacked input A factors [R, in], padded with
     Gaussian columns to rank + oversample): a TIES or DARE merge of LoRA deltas keeps most of its
-    energy near their row spaces, so few power iterations are needed (see power_iters). The approximation is the orthogonal
-    projection of delta onto the span of its left factor, so its error follows exactly from the
-    spectrum: `||delta - BA||^2 = ||delta||^2 - sum(S_k^2)`.
+    energy near their row spaces, so few power iterations are needed (see power_iters). The
+    approximation is the orthogonal projection of delta onto the span of its left factor, so its
+    error follows exactly from the spectrum: `||delta - BA||^2 = ||delta||^2 - sum(S_k^2)`.
 
     power_iters: default 2, and 0 for deltas of 16M entries or more. Two iterations put a TIES merge
     within float noise of the optimal truncation (the full SVD's, as PEFT's `ties_svd` computes
