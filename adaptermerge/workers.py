@@ -67,22 +67,24 @@ def ordered_map(
                 if small(item):
                     torch.set_num_threads(1)
                     pending.append((item, pool.submit(compute, item, read(item))))
-                    while len(pending) > workers or (pending and pending[0][1].done()):
-                        done, future = pending.popleft()
-                        yield done, future.result()
+                    yield from _finished(pending, workers)
                     continue
-                while pending:
-                    done, future = pending.popleft()
-                    yield done, future.result()
+                yield from _finished(pending, 0)
                 torch.set_num_threads(threads)
                 yield item, compute(item, read(item))
-            while pending:
-                done, future = pending.popleft()
-                yield done, future.result()
+            yield from _finished(pending, 0)
     finally:
         for _, future in pending:
             future.cancel()
         torch.set_num_threads(threads)
+
+
+def _finished(pending: deque, limit: int) -> Iterator[tuple]:
+    """Pop and yield results from the front of `pending` while more than `limit` are in flight
+    or the front one is already done (limit 0: all of them)."""
+    while len(pending) > limit or (pending and pending[0][1].done()):
+        item, future = pending.popleft()
+        yield item, future.result()
 
 
 # glibc returns freed blocks above 128 KB to the system at once (mmap), so every fresh module-sized
@@ -90,7 +92,7 @@ def ordered_map(
 # 1.5 ms reused, and a 1536 x 576 TIES module 33 ms against 28 ms. From the first merge on, blocks
 # up to 32 MB (the cap glibc's own adaptive threshold reaches too) come from the heap and are reused;
 # the settings are process-wide and stay, and the heap is trimmed after each merge.
-_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameter numbers
 
 
 def _libc():

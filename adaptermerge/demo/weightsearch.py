@@ -138,7 +138,6 @@ class AdapterStack:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from .. import base as base_mod
-
         from .. import load_adapter
 
         for name, path in adapters.items():
