@@ -64,12 +64,14 @@ def _parse_steps(text: str | None) -> dict[str, int] | None:
 @click.option("--methods", default=None, help="Comma-separated registered methods to run (default: all).")
 @click.option("--no-baselines", is_flag=True, help="Skip the PEFT, mergekit and sequential-training rows.")
 @click.option("--no-sweep", is_flag=True, help="Do not search density and weights when the defaults miss the targets.")
+@click.option("--weight-search/--no-weight-search", default=None,
+              help="Run the proxy weight search before the sweep (default: on; off with --quick).")
 @click.option("--mergekit", default=None, help="mergekit-yaml executable (default: $ADAPTERMERGE_MERGEKIT, else on PATH; else that row is skipped).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--threads", type=int, default=None, help="torch CPU threads for evaluation.")
 @dtype_option
 @click.option("--force", is_flag=True, help="Replace an existing demo folder.")
-def demo_cmd(output, quick, base, mmlu_data, mmlu_limit, train_steps, methods, no_baselines, no_sweep, mergekit, seed, threads, dtype,
+def demo_cmd(output, quick, base, mmlu_data, mmlu_limit, train_steps, methods, no_baselines, no_sweep, weight_search, mergekit, seed, threads, dtype,
              force) -> int:
     """Train the domain, structured and safety adapters, merge them with every method and with
     PEFT / mergekit / sequential training for comparison, evaluate all of them against the gates,
@@ -86,7 +88,7 @@ def demo_cmd(output, quick, base, mmlu_data, mmlu_limit, train_steps, methods, n
 
     config = DemoConfig(output=output, base=base, quick=quick, force=force, mmlu_data=mmlu_data, mmlu_limit=mmlu_limit,
                         train_steps=_parse_steps(train_steps), seed=seed, threads=threads, sweep=not no_sweep,
-                        mergekit=mergekit, eval_dtype=dtype, methods=methods.split(",") if methods else None, baselines=not no_baselines)
+                        weight_search=weight_search, mergekit=mergekit, eval_dtype=dtype, methods=methods.split(",") if methods else None, baselines=not no_baselines)
     with Progress(TextColumn("[bold]{task.description:<7}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   TextColumn("{task.fields[label]}", style="dim"), console=console) as bar:
         tasks = {}

@@ -30,6 +30,8 @@ def cache_key(config: trainer.TrainConfig) -> str:
     cfg = config.resolved()
     _, source = trainer.load_records(cfg)
     settings = {k: v for k, v in asdict(cfg).items() if k not in _NOT_KEYED}
+    if settings["anchor_unique"] is None:  # the default: keys from before the field existed stay valid
+        del settings["anchor_unique"]
     settings["data"] = source["sha256"]
     settings["base"] = trainer.base_fingerprint(cfg.base)["sha256"]
     if cfg.on_top_of is not None:
@@ -59,11 +61,12 @@ def ensure_adapter(config: trainer.TrainConfig, progress: TrainProgress | None =
 def train_config(task: str, *, base: str | None, seed: int, quick: bool, steps: int | None = None,
                  on_top_of: Path | None = None) -> trainer.TrainConfig:
     """The demo's training settings for a task: its preset, with fewer steps for --quick."""
-    from .plan import QUICK_STEP_FRACTION
+    from .plan import QUICK_ANCHOR_UNIQUE, QUICK_STEP_FRACTION
 
     if steps is None and quick:
         steps = max(4, round(preset(task).max_steps * QUICK_STEP_FRACTION))
-    return trainer.TrainConfig(task=task, output=Path("unused"), base=base, seed=seed, max_steps=steps, on_top_of=on_top_of)
+    return trainer.TrainConfig(task=task, output=Path("unused"), base=base, seed=seed, max_steps=steps, on_top_of=on_top_of,
+                               anchor_unique=QUICK_ANCHOR_UNIQUE if quick else None)
 
 
 def choose_config(task: str, *, base: str | None, seed: int, quick: bool, steps: int | None = None,

@@ -38,6 +38,9 @@ METHOD_PARAMS: dict[str, dict] = {}
 # cached), documents per built-in eval task, MMLU questions per subject and subjects (every third).
 # A quick evaluation costs about 17 s, 14 of them; a full run evaluates the whole eval splits.
 QUICK_STEP_FRACTION = 1 / 10
+# --quick training draws few anchor rows (domain: 20 steps x 8 rows x 0.25 = 40), so 16 distinct
+# anchor prompts serve it; their base replies are one generation batch instead of two of 32.
+QUICK_ANCHOR_UNIQUE = 16
 QUICK_DOCS = {"domain": 8, "structured": 6, "safety": 12}
 QUICK_MMLU_LIMIT = 1
 QUICK_MMLU_SUBJECTS = 19
@@ -58,6 +61,9 @@ class DemoConfig:
     seed: int = 0
     threads: int | None = None
     sweep: bool = True
+    # The proxy weight search before the sweep's evaluations (None: on, except with --quick, where
+    # its ~2 minutes are a fifth of the budget).
+    weight_search: bool | None = None
     mergekit: str | None = None  # mergekit-yaml executable (None: found on PATH, else that row is skipped)
     methods: list[str] | None = None  # registered methods to run (None: all)
     baselines: bool = True  # PEFT, mergekit and sequential training rows
@@ -76,6 +82,8 @@ class DemoConfig:
             self.docs = dict(QUICK_DOCS)
         if self.mmlu_limit is None:
             self.mmlu_limit = QUICK_MMLU_LIMIT if self.quick else FULL_MMLU_LIMIT
+        if self.weight_search is None:
+            self.weight_search = not self.quick
         if self.mmlu_subjects is None and self.quick:
             self.mmlu_subjects = QUICK_MMLU_SUBJECTS
         return self

@@ -218,7 +218,7 @@ def run_demo(config: DemoConfig, progress: Progress | None = None) -> DemoResult
             t = time.perf_counter()
             # Up-weighting starts from the best merge the tool itself can re-run with new weights.
             best_method = results.best_merge([r for r in rows if (r.get("approach") or {}).get("kind") == "method"])
-            search = _search_weights(singles, config, progress, notes)
+            search = _search_weights(singles, config, progress, notes) if config.weight_search else None
             points = sweep.sweep_points(best_method, config.quick, search.best.weights if search else None)
             for i, approach in enumerate(points):
                 progress("sweep", i, len(points), approach.name)

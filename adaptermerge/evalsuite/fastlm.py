@@ -10,8 +10,9 @@ copies the cache once per choice and runs only the choice tokens on top of it:
 
 The tokenization is HFLM's own (`loglikelihood` tokenizes, then calls `_loglikelihood_tokens`,
 which this class replaces), so the scores equal HFLM's up to float rounding. Requests longer than
-the model's window fall back to HFLM's left-truncating path. Generation (`generate_until`) is
-HFLM's: batched and greedy with the task's stop sequences.
+the model's window fall back to HFLM's left-truncating path. Greedy generation (`generate_until`)
+runs through greedy.py: requests of every task share batches and each leaves its batch when done;
+anything else (sampling) takes HFLM's path.
 """
 
 from __future__ import annotations
@@ -24,8 +25,13 @@ import torch
 import torch.nn.functional as F
 from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
+from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs, postprocess_generated_text
+from tqdm import tqdm
 
-# A bucket of choice rows is padded to its longest; a row shorter than this fraction of it starts a new bucket.
+from . import greedy
+
+# A batch of contexts, or a bucket of choice rows, is padded to its longest; a row shorter than
+# this fraction of it starts a new one.
 BUCKET_FILL = 0.75
 
 Request = tuple[tuple[str, str], list[int], list[int]]  # ((context, continuation), context ids, continuation ids)
@@ -52,7 +58,43 @@ class FastHFLM(HFLM):
         return super().loglikelihood(requests, disable_tqdm=disable_tqdm or not self.progress_bars)
 
     def generate_until(self, requests, disable_tqdm: bool = False):
-        return super().generate_until(requests, disable_tqdm=disable_tqdm or not self.progress_bars)
+        disable_tqdm = disable_tqdm or not self.progress_bars
+        rows = self._greedy_rows(requests)
+        if rows is None:  # sampling, thinking models, seq2seq, auto batch size, autocast: HFLM's own path
+            return super().generate_until(requests, disable_tqdm=disable_tqdm)
+        eos = self.model.generation_config.eos_token_id
+        eos = set(eos if isinstance(eos, (list, tuple)) else [] if eos is None else [eos])
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else min(eos, default=0)
+        bar = tqdm(total=len(rows), disable=disable_tqdm, desc="Running generate_until requests")
+        outputs = greedy.generate(self.model, rows, batch_size=int(self.batch_size), pad_id=pad, eos=eos,
+                                  decode=self.tok_decode, logits_to_keep=bool(self._keep_kw), on_batch=bar.update)
+        bar.close()
+        results = []
+        for request, row, tokens in zip(requests, rows, outputs):
+            text = postprocess_generated_text(self.tok_decode(tokens), row.stops, None)
+            results.append(text)
+            self.cache_hook.add_partial("generate_until", request.args, text)
+        return results
+
+    def _greedy_rows(self, requests) -> list[greedy.Row] | None:
+        """Each request as a greedy.Row, tokenized and truncated as HFLM.generate_until does; None
+        when a request asks for something greedy.py does not do (sampling and the like)."""
+        if (self.backend != "causal" or self.think_end_token is not None or not isinstance(self.batch_size, int)
+                or getattr(self, "mixed_precision_dtype", None) is not None):  # HFLM generates under autocast then
+            return None
+        eos_text = self.tok_decode(self.eot_token_id, skip_special_tokens=False)
+        rows = []
+        for request in requests:
+            context, gen_kwargs = request.args
+            kwargs = normalize_gen_kwargs(dict(gen_kwargs), self.max_gen_toks)
+            stops = handle_stop_sequences(kwargs.pop("until", None), eos=eos_text)
+            max_new = kwargs.pop("max_gen_toks")
+            kwargs.pop("temperature", None)
+            if kwargs.pop("do_sample", False) or kwargs:
+                return None
+            ids, _ = self.tok_batch_encode([context], left_truncate_len=self.max_length - max_new, truncation=self.truncation)
+            rows.append(greedy.Row(ids[0].tolist(), max_new, stops))
+        return rows
 
     def _loglikelihood_tokens(self, requests: list[Request], disable_tqdm: bool = False, override_bs=None):
         if self.backend != "causal":
@@ -80,12 +122,15 @@ class FastHFLM(HFLM):
         return results
 
     def _batches(self, groups: list) -> list[list]:
-        """Contexts sorted by length (little padding), cut by count and padded-token budget."""
+        """Contexts sorted by length, cut by count, padded-token budget, and where a context is
+        shorter than BUCKET_FILL of its batch's longest (a few long MMLU passages among short
+        questions made 1.8x as many padded context tokens as real ones)."""
         groups = sorted(groups, key=lambda g: -len(g[0]))
         batches, current = [], []
         for group in groups:
             width = len(current[0][0]) if current else len(group[0])  # the first is the longest
-            if current and (len(current) >= self.context_batch or (len(current) + 1) * width > self.token_budget):
+            if current and (len(current) >= self.context_batch or (len(current) + 1) * width > self.token_budget
+                            or len(group[0]) < BUCKET_FILL * width):
                 batches.append(current)
                 current = []
             current.append(group)

@@ -134,40 +134,100 @@ def _quiet_git_hash() -> str | None:
         return None
 
 
-def run_specs(lm, specs: list[TaskSpec], *, progress=None) -> dict[str, TaskScores]:
-    """Evaluate `specs` with the lm-eval model `lm`; a task that raises comes back with `error` set."""
+_ENV_INFO: dict = {}
+
+
+def _env_info_once(storage: dict) -> None:
+    """lm-eval's add_env_info runs torch's collect_env (a `pip list` subprocess, about 1.7 s) at every
+    simple_evaluate call: several seconds per evaluated model. The environment does not change
+    within a process, so it is collected once and copied."""
+    from lm_eval.loggers.utils import add_env_info
+
+    if not _ENV_INFO:
+        add_env_info(_ENV_INFO)
+    storage.update(_ENV_INFO)
+
+
+def _groups(specs: list[TaskSpec]) -> list[list[TaskSpec]]:
+    """The chat tasks in one group, every other task alone. One lm-eval call per group: it hands the
+    model all of a group's generation requests at once, so FastHFLM batches the tasks together."""
+    chat = [s for s in specs if s.chat]
+    return ([chat] if chat else []) + [[s] for s in specs if not s.chat]
+
+
+def _run_group(lm, manager, group: list[TaskSpec]) -> dict[str, TaskScores]:
+    """Scores of each task of `group` from one lm-eval call (raises when the call fails)."""
     import lm_eval
+
+    result = lm_eval.simple_evaluate(
+        model=lm, tasks=[spec.config for spec in group], task_manager=manager, bootstrap_iters=0, log_samples=True,
+        apply_chat_template=group[0].chat, verbosity="ERROR",
+    )
+    out = {}
+    for spec in group:
+        task_name = spec.config["task"]
+        names = [m["metric"] for m in spec.config["metric_list"]]
+        scores = _scores_from_samples(spec, result["samples"][task_name], names)
+        for name in names:  # lm-eval's own aggregate is the headline value (equal to the item mean)
+            value = result["results"][task_name].get(f"{name},none")
+            if isinstance(value, (int, float)):
+                scores.metrics[name]["value"] = float(value)
+        out[spec.name] = scores
+    return out
+
+
+def _timed(lm, manager, group: list[TaskSpec]) -> dict[str, TaskScores]:
+    """_run_group with each task's `seconds` and `cpu_seconds`: the call's, split evenly."""
+    start, cpu_start = time.perf_counter(), time.process_time()
+    scores = _run_group(lm, manager, group)
+    for result in scores.values():
+        result.seconds = (time.perf_counter() - start) / len(group)
+        result.cpu_seconds = (time.process_time() - cpu_start) / len(group)
+    return scores
+
+
+def _run_alone(lm, manager, spec: TaskSpec) -> TaskScores:
+    start, cpu_start = time.perf_counter(), time.process_time()
+    try:
+        return _timed(lm, manager, [spec])[spec.name]
+    except AdapterMergeError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the evaluation failed: recorded, and no gate on it can pass
+        log.exception("task %s failed", spec.name)
+        scores = TaskScores(spec.name, error=f"{type(exc).__name__}: {exc}")
+        scores.seconds, scores.cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
+        return scores
+
+
+def run_specs(lm, specs: list[TaskSpec], *, progress=None) -> dict[str, TaskScores]:
+    """Evaluate `specs` with the lm-eval model `lm`; a task that raises comes back with `error` set.
+
+    The chat tasks run in one lm-eval call (see _groups). When that call fails, its tasks run again
+    one by one, so each error names its own task."""
     import lm_eval.evaluator
     from lm_eval.tasks import TaskManager
 
     lm_eval.evaluator.get_git_commit_hash = _quiet_git_hash
+    lm_eval.evaluator.add_env_info = _env_info_once
 
     manager = TaskManager(include_path=str(TASKS_DIR), include_defaults=False)
     out: dict[str, TaskScores] = {}
-    for spec in specs:
+    for group in _groups(specs):
         if progress:
-            progress(spec.name, "start")
-        start, cpu_start = time.perf_counter(), time.process_time()
-        try:
-            result = lm_eval.simple_evaluate(
-                model=lm, tasks=[spec.config], task_manager=manager, bootstrap_iters=0, log_samples=True,
-                apply_chat_template=spec.chat, verbosity="ERROR",
-            )
-            task_name = spec.config["task"]
-            names = [m["metric"] for m in spec.config["metric_list"]]
-            scores = _scores_from_samples(spec, result["samples"][task_name], names)
-            for name in names:  # lm-eval's own aggregate is the headline value (equal to the item mean)
-                value = result["results"][task_name].get(f"{name},none")
-                if isinstance(value, (int, float)):
-                    scores.metrics[name]["value"] = float(value)
-        except AdapterMergeError:
-            raise
-        except Exception as exc:  # the evaluation failed: recorded, and no gate on it can pass
-            log.exception("task %s failed", spec.name)
-            scores = TaskScores(spec.name, error=f"{type(exc).__name__}: {exc}")
-        scores.seconds = time.perf_counter() - start
-        scores.cpu_seconds = time.process_time() - cpu_start
-        out[spec.name] = scores
-        if progress:
-            progress(spec.name, "done")
+            for spec in group:
+                progress(spec.name, "start")
+        if len(group) == 1:
+            scores = {group[0].name: _run_alone(lm, manager, group[0])}
+        else:
+            try:
+                scores = _timed(lm, manager, group)
+            except AdapterMergeError:
+                raise
+            except Exception:  # noqa: BLE001 - which task failed is found by running them alone
+                log.warning("the tasks %s failed together; running them one by one", ", ".join(s.name for s in group))
+                scores = {spec.name: _run_alone(lm, manager, spec) for spec in group}
+        for spec in group:
+            out[spec.name] = scores[spec.name]
+            if progress:
+                progress(spec.name, "done")
     return out

@@ -67,6 +67,9 @@ class TrainConfig:
     data_seed: int = 0  # built-in data: the eval split is generated with the same seed
     anchor_fraction: float | None = None  # share of anchor rows (train/data/anchor.py); None: the preset's
     anchor_tasks: tuple[str, ...] | None = None  # built-in tasks whose prompts join the anchors; None: the preset's
+    # Distinct general anchor prompts at most (None: ANCHOR_UNIQUE). The demo's --quick runs, a
+    # tenth of the steps, draw few anchor rows and use fewer, which costs fewer base generations.
+    anchor_unique: int | None = None
     # The frozen base's compute dtype (the LoRA factors always train in float32). auto: bfloat16 where
     # the hardware has it natively (QLoRA's usual setting; ~30 % faster per step on these CPUs), else float32.
     compute_dtype: str = "auto"
@@ -90,6 +93,8 @@ class TrainConfig:
             raise AdapterMergeError(f"--max-steps must be positive, got {cfg.max_steps}")
         if cfg.epochs is not None and cfg.epochs <= 0:
             raise AdapterMergeError(f"--epochs must be positive, got {cfg.epochs}")
+        if cfg.anchor_unique is not None and cfg.anchor_unique <= 0:
+            raise AdapterMergeError(f"anchor_unique must be positive, got {cfg.anchor_unique}")
         if not 0.0 <= cfg.anchor_fraction < 1.0:
             raise AdapterMergeError(f"--anchor-fraction must be in [0, 1), got {cfg.anchor_fraction}")
         cfg.anchor_tasks = tuple(cfg.anchor_tasks)
@@ -169,7 +174,7 @@ def anchor_rows(cfg: TrainConfig, tokenizer, count: int, base_sha256: str) -> tu
     from .data import anchor
 
     started = time.time()
-    records = anchor.records(min(count, ANCHOR_UNIQUE), cfg.data_seed)
+    records = anchor.records(min(count, cfg.anchor_unique or ANCHOR_UNIQUE), cfg.data_seed)
     if cfg.anchor_tasks:
         cross = anchor.cross_records(cfg.anchor_tasks, ANCHOR_CROSS_PER_TASK, cfg.data_seed)
         records = anchor.interleave(records, cross)[:count]

@@ -134,6 +134,23 @@ def test_batch_order_and_schedule():
     assert lrs[0] == 0.5 and lrs[1] == 1.0 and lrs[-1] == pytest.approx(0.125) and lrs == sorted(lrs[:2]) + sorted(lrs[2:], reverse=True)
 
 
+def _babbler(tiny_chat_base, tmp_path):
+    """The tiny base, babbling: a random model's greedy reply is special or blank tokens, which
+    decode to ""; zeroing their (tied) embeddings makes it say visible tokens, so anchors have replies."""
+    from transformers import AutoModelForCausalLM
+
+    from adaptermerge import base
+
+    tokenizer = base.load_tokenizer(str(tiny_chat_base))
+    blank = [i for i in range(len(tokenizer)) if not tokenizer.decode([i]).strip()]
+    babbler = AutoModelForCausalLM.from_pretrained(tiny_chat_base)
+    with torch.no_grad():
+        babbler.get_input_embeddings().weight[blank] = 0
+    babbler.save_pretrained(tmp_path / "babbler")
+    tokenizer.save_pretrained(tmp_path / "babbler")
+    return tmp_path / "babbler"
+
+
 def test_anchor_rows_hold_the_base_replies(tiny_chat_base, data_file, tmp_path):
     from transformers import AutoModelForCausalLM
 
@@ -143,16 +160,8 @@ def test_anchor_rows_hold_the_base_replies(tiny_chat_base, data_file, tmp_path):
     from adaptermerge.train.trainer import ANCHOR_REPLY_TOKENS, anchor_count
 
     assert anchor_count(240, 0.25) == 80 and anchor_count(12, 0.5) == 12 and anchor_count(12, 0.0) == 0
-    # A random model's greedy reply is special or blank tokens, which decode to "": zeroing their
-    # (tied) embeddings makes it babble visible tokens, so there are replies to record.
+    tiny_chat_base = _babbler(tiny_chat_base, tmp_path)
     tokenizer = base.load_tokenizer(str(tiny_chat_base))
-    blank = [i for i in range(len(tokenizer)) if not tokenizer.decode([i]).strip()]
-    babbler = AutoModelForCausalLM.from_pretrained(tiny_chat_base)
-    with torch.no_grad():
-        babbler.get_input_embeddings().weight[blank] = 0
-    babbler.save_pretrained(tmp_path / "babbler")
-    tokenizer.save_pretrained(tmp_path / "babbler")
-    tiny_chat_base = tmp_path / "babbler"
     out = train(_config(tiny_chat_base, data_file, tmp_path / "anchored", qlora=True, anchor_fraction=0.5))
     info = json.loads((out / "training.json").read_text())["data"]["anchors"]
     assert info["rows"] == 12 and info["unique_prompts"] == 12
@@ -174,3 +183,14 @@ def test_anchor_replies_are_generated_once_per_base(tiny_chat_base, data_file, t
     a, b = (json.loads((p / "training.json").read_text())["data"]["anchors"] for p in (first, second))
     assert not a["reused_from_cache"] and b["reused_from_cache"] and a["sha256"] == b["sha256"]
     assert len(list((tmp_path / "cache" / "anchors").glob("*.json"))) == 1
+
+
+def test_anchor_unique_caps_the_distinct_prompts(tiny_chat_base, data_file, tmp_path, monkeypatch):
+    monkeypatch.setenv("ADAPTERMERGE_CACHE", str(tmp_path / "cache"))
+    tiny_chat_base = _babbler(tiny_chat_base, tmp_path)
+    out = train(_config(tiny_chat_base, data_file, tmp_path / "capped", qlora=False, anchor_fraction=0.5, anchor_unique=5))
+    info = json.loads((out / "training.json").read_text())["data"]["anchors"]
+    # The 12 anchor rows (half of the rows) repeat 5 prompts, so the base answered 5 prompts, not 12.
+    assert info["rows"] == 12 and 0 < info["unique_prompts"] <= 5
+    with pytest.raises(AdapterMergeError, match="anchor_unique must be positive"):
+        train(_config(tiny_chat_base, data_file, tmp_path / "bad", anchor_unique=0))

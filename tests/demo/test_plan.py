@@ -1,0 +1,40 @@
+"""The demo's settings: what --quick changes, and that defaults keep earlier adapter cache keys."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from adaptermerge.demo import adapters, plan
+
+
+def test_quick_turns_the_weight_search_off_unless_asked():
+    assert plan.DemoConfig(Path("d"), quick=True).checked().weight_search is False
+    assert plan.DemoConfig(Path("d")).checked().weight_search is True
+    assert plan.DemoConfig(Path("d"), quick=True, weight_search=True).checked().weight_search is True
+
+
+def test_quick_training_caps_the_anchor_prompts(monkeypatch, tmp_path):
+    quick = adapters.train_config("domain", base=None, seed=0, quick=True)
+    full = adapters.train_config("domain", base=None, seed=0, quick=False)
+    assert quick.anchor_unique == plan.QUICK_ANCHOR_UNIQUE and full.anchor_unique is None
+    assert quick.max_steps < full.resolved().max_steps
+
+
+def test_default_anchor_unique_leaves_the_cache_key_as_it_was(monkeypatch):
+    import hashlib
+    import json
+    from dataclasses import asdict
+
+    from adaptermerge.train import trainer
+
+    monkeypatch.setattr(trainer, "base_fingerprint", lambda base: {"sha256": "b"})
+    cfg = adapters.train_config("structured", base=None, seed=0, quick=False)
+    # The key as computed before anchor_unique existed: adapters cached then are still found.
+    settings = {k: v for k, v in asdict(cfg.resolved()).items() if k not in ("output", "force", "anchor_unique")}
+    settings["data"] = trainer.load_records(cfg.resolved())[1]["sha256"]
+    settings["base"] = "b"
+    before = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    assert adapters.cache_key(cfg) == before
+    capped = adapters.train_config("structured", base=None, seed=0, quick=True)
+    capped.max_steps = cfg.resolved().max_steps
+    assert adapters.cache_key(capped) != before  # an explicit cap is a different training set
