@@ -56,7 +56,7 @@ def _parse_steps(text: str | None) -> dict[str, int] | None:
 
 @click.command("demo")
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=Path("demo"), show_default=True, help="Demo folder.")
-@click.option("--quick", is_flag=True, help="A short version: fewer training steps (or cached full adapters), eval subsets, 1 MMLU question per subject.")
+@click.option("--quick", is_flag=True, help="A short version: fewer training steps (or cached full adapters), eval subsets, 1 MMLU question per subject, no weight search.")
 @click.option("--base", default=None, help="Base model: HF id or folder (default: the embedded SmolLM2-135M-Instruct).")
 @click.option("--mmlu-data", default=None, help="Local cais/mmlu CSV folder (default: $ADAPTERMERGE_MMLU_DATA, else ../shared/data/mmlu).")
 @click.option("--mmlu-limit", type=int, default=None, help="MMLU questions per subject (default 3; --quick 1).")

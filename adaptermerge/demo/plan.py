@@ -36,7 +36,8 @@ METHOD_PARAMS: dict[str, dict] = {}
 # --quick (a 10-minute budget): training steps as a fraction of the preset's (a tenth: the three
 # presets cost about 13 CPU-minutes in full; --quick reuses the full adapters instead when they are
 # cached), documents per built-in eval task, MMLU questions per subject and subjects (every third).
-# A quick evaluation costs about 17 s, 14 of them; a full run evaluates the whole eval splits.
+# A quick evaluation costs about 48 s of CPU per model (2026-12-02, AVX2 EPYC; two processes share
+# the models); a full run evaluates the whole eval splits.
 QUICK_STEP_FRACTION = 1 / 10
 # --quick training draws few anchor rows (domain: 20 steps x 8 rows x 0.25 = 40), so 16 distinct
 # anchor prompts serve it; their base replies are one generation batch instead of two of 32.
