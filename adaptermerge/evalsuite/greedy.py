@@ -1,11 +1,12 @@
 """Greedy generation for many requests at once, each with its own length limit and stop strings.
 
 lm-eval's HFLM generates one batch per distinct set of generation settings, and HF `generate`
-runs a batch until its slowest row is done. For a small model on the CPU every decoding step
-costs about the same whatever the batch (it reads all the weights), so the step count is what
-matters. Here rows from different tasks share batches, and a row leaves its batch (and its KV
-cache) as soon as it is done: eos, its own `max_new` tokens, or one of its stop strings in the
-decoded text. The text each row ends with is the one HF `generate` gives after lm-eval cuts it
+runs a batch until its slowest row is done, computing the finished rows too. For a small model on
+the CPU a decoding step of a few rows costs far more than their share (every step reads all the
+weights; the vocabulary projection alone is memory-bound), so fewer, fuller steps and no work on
+finished rows is what saves time. Here rows from different tasks share batches, and a row leaves
+its batch (and its KV cache) as soon as it is done: eos, its own `max_new` tokens, or one of its
+stop strings in the decoded text. The text each row ends with is the one HF `generate` gives after lm-eval cuts it
 at the first stop string: a row only ever stops at or before the point HF would, and never
 before its text holds a stop string, eos or the limit.
 """
@@ -17,6 +18,7 @@ from typing import Callable
 
 import torch
 
+# A prompt shorter than this fraction of its bucket's longest gets a prompt pass of its own.
 PAD_FILL = 0.75
 
 
