@@ -30,10 +30,6 @@ from tqdm import tqdm
 
 from . import greedy
 
-# A batch of contexts, or a bucket of choice rows, is padded to its longest; a row shorter than
-# this fraction of it starts a new one.
-BUCKET_FILL = 0.75
-
 Request = tuple[tuple[str, str], list[int], list[int]]  # ((context, continuation), context ids, continuation ids)
 
 
@@ -123,14 +119,14 @@ class FastHFLM(HFLM):
 
     def _batches(self, groups: list) -> list[list]:
         """Contexts sorted by length, cut by count, padded-token budget, and where a context is
-        shorter than BUCKET_FILL of its batch's longest (a few long MMLU passages among short
+        shorter than greedy.PAD_FILL of its batch's longest (a few long MMLU passages among short
         questions made 1.8x as many padded context tokens as real ones)."""
         groups = sorted(groups, key=lambda g: -len(g[0]))
         batches, current = [], []
         for group in groups:
             width = len(current[0][0]) if current else len(group[0])  # the first is the longest
             if current and (len(current) >= self.context_batch or (len(current) + 1) * width > self.token_budget
-                            or len(group[0]) < BUCKET_FILL * width):
+                            or len(group[0]) < greedy.PAD_FILL * width):
                 batches.append(current)
                 current = []
             current.append(group)
@@ -222,12 +218,6 @@ class FastHFLM(HFLM):
 
 
 def _length_buckets(lengths: list[int]) -> list[list[int]]:
-    """Indices of rows with length > 0, longest first, cut where a row is < BUCKET_FILL x its bucket's longest."""
+    """Indices of rows with length > 0, longest first, cut into buckets as greedy.buckets cuts prompts."""
     order = sorted((i for i, n in enumerate(lengths) if n > 0), key=lambda i: -lengths[i])
-    buckets: list[list[int]] = []
-    for i in order:
-        if buckets and lengths[i] >= BUCKET_FILL * lengths[buckets[-1][0]]:
-            buckets[-1].append(i)
-        else:
-            buckets.append([i])
-    return buckets
+    return [[order[j] for j in bucket] for bucket in greedy.buckets([lengths[i] for i in order])]

@@ -17,8 +17,10 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 
-# A prompt shorter than this fraction of its bucket's longest gets a prompt pass of its own.
+# A prompt (or an MMLU context or choice, fastlm.py) shorter than this fraction of its bucket's
+# longest starts a bucket of its own: a bucket is padded to its longest.
 PAD_FILL = 0.75
 
 
@@ -99,8 +101,6 @@ def _joinable(cache) -> bool:
 def _join(parts):
     """The prompt passes of several buckets as one batch: each cache is left-padded with masked
     (zero) positions to the widest, which is what left padding of its prompts would have given."""
-    import torch.nn.functional as F
-
     caches, masks, lasts, logits = zip(*parts)
     width = max(m.shape[1] for m in masks)
     joined = caches[0]

@@ -13,7 +13,7 @@ def test_quick_turns_the_weight_search_off_unless_asked():
     assert plan.DemoConfig(Path("d"), quick=True, weight_search=True).checked().weight_search is True
 
 
-def test_quick_training_caps_the_anchor_prompts(monkeypatch, tmp_path):
+def test_quick_training_caps_the_anchor_prompts():
     quick = adapters.train_config("domain", base=None, seed=0, quick=True)
     full = adapters.train_config("domain", base=None, seed=0, quick=False)
     assert quick.anchor_unique == plan.QUICK_ANCHOR_UNIQUE and full.anchor_unique is None
