@@ -27,14 +27,25 @@ def ties_block(values: torch.Tensor, cuts: torch.Tensor, weights: torch.Tensor, 
     agreeing ones (divisor: sum of agreeing |w_i|). cuts, weights: [k, 1, 1].
     Writes the merged block into `out` [rows, in] (compiled, straight into the caller's buffer: a
     returned block cost one more pass, 3.4 s of a 32-layer 8B merge) and returns the entries kept
-    per adapter [k]."""
-    keep = values.abs() >= cuts
-    v = values * keep
-    agree = (v * v.sum(0).sign()) > 0
-    num = (v * agree).sum(0)
-    den = (agree * weights.abs()).sum(0)
+    per adapter [k].
+
+    Written per adapter (a Python loop over k, unrolled when traced) rather than as reductions over
+    the stacked axis: compiled, the unrolled form is one vectorized loop over the block's entries,
+    2.3x faster here (AVX2, 3 x 128 x 4096 blocks: 0.098 s against 0.222 s per 112 blocks), with
+    bit-identical output."""
+    n = values.shape[0]
+    trimmed = [torch.where(values[i].abs() >= cuts[i], values[i], 0.0) for i in range(n)]
+    total = trimmed[0]
+    for t in trimmed[1:]:
+        total = total + t
+    sign = total.sign()
+    num = den = None
+    for i, t in enumerate(trimmed):
+        agree = (t * sign) > 0
+        part, w = torch.where(agree, t, 0.0), torch.where(agree, weights[i].abs(), 0.0)
+        num, den = (part, w) if num is None else (num + part, den + w)
     out.copy_(num / den.clamp_min(1e-30))  # where nothing agrees num is 0
-    return keep.sum((1, 2))
+    return torch.stack([(values[i].abs() >= cuts[i]).sum() for i in range(n)])
 
 
 def trim_(values: torch.Tensor, cuts: torch.Tensor) -> torch.Tensor:

@@ -113,18 +113,20 @@ def test_dora_split_then_recombine_gives_w_back():
     torch.testing.assert_close(_ops.dora_weight(w, torch.zeros_like(w), m), w)
 
 
-def test_compiled_kernels_equal_eager(monkeypatch):
-    """The fused (torch.compile) block kernel gives the same TIES as the eager one."""
+@pytest.mark.parametrize("weights", [[1.0, 2.0, 0.5], [1.0, -0.7, 0.5, 1.5]])
+def test_compiled_kernels_equal_eager(monkeypatch, weights):
+    """The fused (torch.compile) block kernel, unrolled over the adapters, gives the same TIES as
+    the eager one, for any number of adapters and with a negative weight."""
     from adaptermerge.methods import _chunked, _kernels
 
     monkeypatch.setattr(_chunked, "DENSE_MAX", 0)  # the blocked path, where the fused kernel runs
     torch.manual_seed(4)
-    Bs = [torch.randn(600, 4) for _ in range(3)]
-    As = [torch.randn(4, 4000) for _ in range(3)]
+    Bs = [torch.randn(600, 4) for _ in weights]
+    As = [torch.randn(4, 4000) for _ in weights]
     args = dict(density=0.3, sparsify="trim", combine="ties", threshold="sampled")
-    eager, eager_info = _chunked.sparse_merge(Bs, As, [1.0, 2.0, 0.5], **args)
+    eager, eager_info = _chunked.sparse_merge(Bs, As, weights, **args)
     monkeypatch.setattr(_kernels, "COMPILE_MIN_ENTRIES", 0)
-    fused, fused_info = _chunked.sparse_merge(Bs, As, [1.0, 2.0, 0.5], **args)
+    fused, fused_info = _chunked.sparse_merge(Bs, As, weights, **args)
     assert not _kernels._failed, "torch.compile failed here; the eager fallback ran instead"
     torch.testing.assert_close(fused, eager, atol=1e-6, rtol=1e-5)
     assert fused_info == eager_info  # the same entries kept
