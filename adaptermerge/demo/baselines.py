@@ -105,8 +105,9 @@ def mergekit_config(adapters: dict[str, Path], base_dir: Path, *, weights: list[
 
 
 def mergekit_merge(adapters: dict[str, Path], out: Path, *, base: str | None, weights: list[float], density: float,
-                   work: Path, executable: str | None = None, timeout: float = 3600) -> Path:
-    """Run mergekit-yaml; `out` becomes a full model folder. Raises Skipped without mergekit."""
+                   work: Path, executable: str | None = None, timeout: float = 3600, threads: int | None = None) -> Path:
+    """Run mergekit-yaml; `out` becomes a full model folder. Raises Skipped without mergekit.
+    `threads`: its torch threads (OMP_NUM_THREADS; None: its default)."""
     exe = find_mergekit(executable)
     if exe is None:
         raise Skipped(f"mergekit-yaml not found (install mergekit, or pass --mergekit PATH / set ${MERGEKIT_ENV})")
@@ -114,7 +115,7 @@ def mergekit_merge(adapters: dict[str, Path], out: Path, *, base: str | None, we
     work.mkdir(parents=True, exist_ok=True)
     config_path = work / "mergekit_ties.yaml"
     config_path.write_text(yaml.safe_dump(mergekit_config(adapters, base_dir, weights=weights, density=density), sort_keys=False))
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
     with atomic_dir(out) as tmp:
         done = subprocess.run([exe, str(config_path), str(tmp), "--lora-merge-cache", str(work / "lora-merge-cache"),
                                "--copy-tokenizer"], capture_output=True, text=True, timeout=timeout, env=env)

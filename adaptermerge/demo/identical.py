@@ -19,9 +19,23 @@ import torch
 TOLERANCE = 1e-4
 
 
+_probes: dict[tuple, dict[str, torch.Tensor] | None] = {}
+
+
 def probe(path: str | Path) -> dict[str, torch.Tensor] | None:
     """{module: delta @ x} for a plain LoRA adapter folder; None for DoRA (its magnitudes would
-    need the base weights to compare)."""
+    need the base weights to compare). Remembered per folder and file state: the demo checks its
+    merges for copies each time one is added."""
+    folder = Path(path)
+    weights = folder / "adapter_model.safetensors"
+    state = weights.stat() if weights.is_file() else None
+    key = (str(folder.resolve()), state.st_size if state else None, state.st_mtime_ns if state else None)
+    if key not in _probes:
+        _probes[key] = _probe(folder)
+    return _probes[key]
+
+
+def _probe(path: Path) -> dict[str, torch.Tensor] | None:
     from ..adapter import load_adapter
 
     adapter = load_adapter(path)

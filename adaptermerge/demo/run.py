@@ -92,8 +92,10 @@ def run_approach(approach: Approach, singles: dict[str, dict], config: DemoConfi
             baselines.peft_merge(paths, out, approach.method, base=config.base, weights=list(approach.weights),
                                  density=approach.params["density"], seed=config.seed, work=work / "peft")
         elif approach.kind == "mergekit":
-            baselines.mergekit_merge(paths, out, base=config.base, weights=list(approach.weights),
-                                     density=approach.params["density"], work=work / "mergekit", executable=config.mergekit)
+            import torch
+
+            baselines.mergekit_merge(paths, out, base=config.base, weights=list(approach.weights), density=approach.params["density"],
+                                     work=work / "mergekit", executable=config.mergekit, threads=torch.get_num_threads())
             entry["model"] = "full"
         elif approach.kind == "train":
             _sequential_training(singles, config, out, work / "sequential", progress)
@@ -118,27 +120,42 @@ def _candidate(entry: dict, base: str | None):
     return Candidate(entry["name"], kind, Path(entry["path"]), base=base, task=task)
 
 
-def evaluate_entries(entries: list[dict], config: DemoConfig, gate_config, has_mmlu: bool, progress: Progress):
-    """Evaluate the base and every entry that produced an output (one call: cached results are reused).
+def eval_settings(config: DemoConfig):
+    from ..evalsuite.runner import EvalSettings
 
-    A merge with the same weights as an earlier one (identical.py) is not evaluated again: it gets
-    that one's scores and `same_as`/`probe_difference` in its entry."""
-    from ..evalsuite.runner import EvalSettings, evaluate
+    return EvalSettings(base=config.base, mmlu_data=config.mmlu_data, mmlu_limit=config.mmlu_limit,
+                        mmlu_subjects=config.mmlu_subjects, seed=config.seed,
+                        threads=config.threads, batch_size=config.eval_batch_size, dtype=config.eval_dtype)
 
+
+def eval_tasks(gate_config, has_mmlu: bool) -> list[str]:
+    return [t for t in gate_config.tasks if has_mmlu or t != plan.MMLU]
+
+
+def mark_copies(entries: list[dict]) -> None:
+    """A merge with the same weights as an earlier one (identical.py) gets `same_as` and
+    `probe_difference` in its entry; it is not evaluated again."""
     adapters = [(e["name"], Path(e["path"])) for e in entries
                 if e["kind"] == "merge" and e.get("error") is None and e.get("model") == "adapter"]
     for name, (other, diff) in identical.find_copies(adapters).items():
         entry = next(e for e in entries if e["name"] == name)
         entry.update(same_as=other, probe_difference=diff)
 
-    settings = EvalSettings(base=config.base, mmlu_data=config.mmlu_data, mmlu_limit=config.mmlu_limit,
-                            mmlu_subjects=config.mmlu_subjects, seed=config.seed,
-                            threads=config.threads, batch_size=config.eval_batch_size, dtype=config.eval_dtype)
-    tasks = [t for t in gate_config.tasks if has_mmlu or t != plan.MMLU]
-    cands = [_candidate(e, config.base) for e in entries
-             if e["kind"] != "base" and e.get("error") is None and not e.get("same_as")]
-    evaluated = evaluate(cands, tasks=tasks, gates=gate_config, settings=settings,
-                         progress=lambda d, n, label: progress("eval", d, n, label))
+
+def to_evaluate(entries: list[dict]) -> list[dict]:
+    return [e for e in entries if e["kind"] != "base" and e.get("error") is None and not e.get("same_as")]
+
+
+def evaluate_entries(entries: list[dict], config: DemoConfig, gate_config, has_mmlu: bool, progress: Progress, helper=None):
+    """Evaluate the base and every entry that produced an output (one call: cached results are
+    reused; `helper`: the one started early by `run_demo`, already fed part of them). A copy of an
+    earlier merge gets that one's scores."""
+    from ..evalsuite.runner import evaluate
+
+    mark_copies(entries)
+    cands = [_candidate(e, config.base) for e in to_evaluate(entries)]
+    evaluated = evaluate(cands, tasks=eval_tasks(gate_config, has_mmlu), gates=gate_config, settings=eval_settings(config),
+                         progress=lambda d, n, label: progress("eval", d, n, label), helper=helper)
     for e in entries:
         if e.get("same_as") in evaluated.scores:
             evaluated.scores[e["name"]] = evaluated.scores[e["same_as"]]
@@ -165,6 +182,58 @@ def write_winner(row: dict, config: DemoConfig, out: Path, progress: Progress) -
     info["nf4"] = "nf4"
     progress("winner", 1, 1, "done")
     return info
+
+
+class EarlyEvaluation:
+    """The evaluation helper process, started before the merges (see evalsuite/parallel.py): it
+    evaluates the base, the single-task adapters and each merge as soon as it is written, while this
+    process, on one torch thread, goes on with the baselines (sequential training, mergekit, PEFT).
+    On 2 cores the baselines' training and model writing leave the second core partly idle, and
+    the evaluation that followed them ran in two processes anyway. No helper (one core, a GPU,
+    the results cache off): nothing changes."""
+
+    def __init__(self, config: DemoConfig, gate_config, has_mmlu: bool):
+        self.config, self.gate_config, self.has_mmlu = config, gate_config, has_mmlu
+        self.helper = None
+        self.threads: int | None = None
+
+    def __enter__(self) -> "EarlyEvaluation":
+        import torch
+
+        from ..evalsuite.runner import start_helper
+
+        settings = eval_settings(self.config)
+        if self.config.threads:
+            torch.set_num_threads(self.config.threads)
+        self.helper = start_helper(eval_tasks(self.gate_config, self.has_mmlu), self.gate_config, settings)
+        if self.helper is not None:
+            self.threads = torch.get_num_threads()
+            torch.set_num_threads(1)  # the helper has the other core
+        return self
+
+    def feed(self, entries: list[dict]) -> None:
+        """Queue the base and every entry with an output that is not a copy of an earlier merge."""
+        from ..evalsuite import candidates as cand_mod
+
+        if self.helper is None:
+            return
+        mark_copies(entries)
+        self.helper.submit(cand_mod.base_candidate(self.config.base))
+        for entry in to_evaluate(entries):
+            self.helper.submit(_candidate(entry, self.config.base))
+
+    def take(self):
+        """The helper, handed to `evaluate`, which ends it."""
+        helper, self.helper = self.helper, None
+        return helper
+
+    def __exit__(self, *exc) -> None:
+        import torch
+
+        if self.helper is not None:  # never handed over: an error on the way
+            self.helper.close()
+        if self.threads is not None:
+            torch.set_num_threads(self.threads)
 
 
 # ---------------------------------------------------------------- the run
@@ -199,17 +268,21 @@ def run_demo(config: DemoConfig, progress: Progress | None = None) -> DemoResult
         entries = [{"name": "base", "kind": "base", "approach": None, "path": None, "error": None}]
         entries += [{"name": task, "kind": "adapter", "approach": None, "path": info["path"], "error": None,
                      "reused": info["reused"], "steps": info["steps"]} for task, info in singles.items()]
-        approaches = plan.approaches(config)
-        for i, approach in enumerate(approaches):
-            progress("merge", i, len(approaches), approach.name)
-            entries.append(run_approach(approach, singles, config, tmp / "merges", work, progress))
-        progress("merge", len(approaches), len(approaches), "done")
-        timings["merge"] = round(time.perf_counter() - t, 2)
-
-        t = time.perf_counter()
         gate_config = plan.gate_config(config, tmp / "eval-data")
         eval_names = {task: plan.eval_task_name(task, config) for task in TASKS}
-        evaluated = evaluate_entries(entries, config, gate_config, has_mmlu, progress)
+        with EarlyEvaluation(config, gate_config, has_mmlu) as early:
+            early.feed(entries)
+            approaches = plan.approaches(config)
+            for i, approach in enumerate(approaches):
+                progress("merge", i, len(approaches), approach.name)
+                entries.append(run_approach(approach, singles, config, tmp / "merges", work, progress))
+                early.feed(entries)
+            progress("merge", len(approaches), len(approaches), "done")
+            timings["merge"] = round(time.perf_counter() - t, 2)
+
+            t = time.perf_counter()
+            evaluated = evaluate_entries(entries, config, gate_config, has_mmlu, progress, helper=early.take())
+        extra["evaluated_by_helper"] = [c["name"] for c in evaluated.candidates if c.get("evaluated_by")]
         rows = results.build_rows(entries, evaluated.scores, gate_config, eval_names, has_mmlu)
         timings["eval"] = round(time.perf_counter() - t, 2)
 

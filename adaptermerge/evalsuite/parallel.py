@@ -3,9 +3,14 @@
 Generating with a small model on the CPU is dominated by per-token Python and dispatch overhead,
 which a second torch thread does not speed up; a second process does. On 2 cores, two single-
 threaded processes evaluated a quick-demo candidate every 13 s where one two-threaded process
-took 18 s (2026-11-23). The helper takes every other model that has work left, writes its scores
-into the results cache, and reports what it did; the main process then reads them from the
-cache like any cached result, and evaluates itself anything the helper did not finish.
+took 18 s (2026-11-23).
+
+The helper and this process share one queue of models: each takes the next model when it is free,
+the helper writes its scores into the results cache and reports what it finished, and this process
+then reads them like any cached result (and evaluates itself anything the helper did not finish).
+Models can be submitted before the rest exist: the demo starts the helper as soon as the base and
+the single-task adapters are there and feeds it each merge as it is written, so the evaluation
+runs beside the baselines' training and merging instead of after them.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import logging
 import multiprocessing
 import multiprocessing.connection
 import os
+import queue as queue_mod
 import threading
 import time
 
@@ -34,30 +40,52 @@ def wanted(settings, pending: int) -> bool:
 
 class Helper:
     """`spec_args`: what `runner._specs` rebuilds the task specs from in the helper (a spec holds
-    lm-eval callables, which do not pickle)."""
+    lm-eval callables, which do not pickle); `runner.evaluate` checks that they are its own."""
 
-    def __init__(self, candidates, spec_args: tuple, settings, base_name):
+    def __init__(self, spec_args: tuple, settings, base_name):
         ctx = multiprocessing.get_context("spawn")  # fork would copy torch's thread pools mid-flight
-        self.names = {c.name for c in candidates}
-        self.queue = ctx.Queue()
-        self.process = ctx.Process(target=_work, args=(candidates, spec_args, dataclasses.replace(settings, threads=1), base_name, self.queue),
+        self.spec_args = spec_args
+        self.names: set[str] = set()  # submitted
+        self.todo = ctx.Queue()
+        self.reports = ctx.Queue()
+        self._done: dict[str, float | None] = {}
+        self.process = ctx.Process(target=_work, args=(self.todo, self.reports, spec_args, dataclasses.replace(settings, threads=1), base_name),
                                    daemon=True)
         self.process.start()
 
+    def submit(self, candidate) -> None:
+        """Queue a model for whichever process is free first (once per name)."""
+        if candidate.name not in self.names:
+            self.names.add(candidate.name)
+            self.todo.put(candidate)
+
+    def take(self):
+        """The next queued model for this process to evaluate itself, or None when none is left."""
+        try:
+            # A model this process put is in the pipe within milliseconds (the queue's feeder thread).
+            return self.todo.get(timeout=0.2)
+        except queue_mod.Empty:
+            return None
+
     def finish(self) -> dict[str, float]:
-        """Wait for the helper; {model name: seconds} of the models it evaluated completely."""
-        done: dict[str, float] = {}
-        while self.process.is_alive() or not self.queue.empty():
+        """Close the queue, wait for the helper; {model name: seconds} of the models it evaluated completely."""
+        self.todo.put(None)
+        while self.process.is_alive() or not self.reports.empty():
             try:
-                name, seconds = self.queue.get(timeout=1.0)
-            except Exception:  # queue.Empty: still working (or just exited)
+                name, seconds = self.reports.get(timeout=1.0)
+            except queue_mod.Empty:  # still working (or just exited)
                 continue
-            if seconds is not None:
-                done[name] = seconds
+            self._done[name] = seconds
         self.process.join()
         if self.process.exitcode not in (0, None):
             log.warning("the evaluation helper exited with %s; its remaining models are evaluated here", self.process.exitcode)
-        return done
+        return {name: seconds for name, seconds in self._done.items() if seconds is not None}
+
+    def close(self) -> None:
+        """Stop the helper without waiting for its queue (on an error in this process)."""
+        if self.process.is_alive():
+            self.process.terminate()
+        self.process.join(timeout=10)
 
 
 def exit_with_parent() -> None:
@@ -75,8 +103,9 @@ def exit_with_parent() -> None:
     threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
-def _work(candidates, spec_args, settings, base_name, queue) -> None:
-    """In the helper process: evaluate each candidate's uncached tasks and cache the results."""
+def _work(todo, reports, spec_args, settings, base_name) -> None:
+    """In the helper process: evaluate the uncached tasks of each queued model, cache the results,
+    until the queue's end (None)."""
     import torch
 
     from . import runner
@@ -84,7 +113,7 @@ def _work(candidates, spec_args, settings, base_name, queue) -> None:
     exit_with_parent()
     torch.set_num_threads(1)
     specs = runner._specs(*spec_args)
-    for candidate in candidates:
+    while (candidate := todo.get()) is not None:
         started = time.perf_counter()
         try:
             model_hash = runner.cand_mod.content_hash(candidate)
@@ -97,10 +126,10 @@ def _work(candidates, spec_args, settings, base_name, queue) -> None:
                     runner._cache_write(keys[name], result)
                 else:
                     complete = False  # the main process retries it and reports the error itself
-            queue.put((candidate.name, round(time.perf_counter() - started, 2) if complete else None))
+            reports.put((candidate.name, round(time.perf_counter() - started, 2) if complete else None))
         except Exception:  # anything left undone is evaluated by the main process
             log.exception("evaluation helper: %s failed", candidate.name)
-            queue.put((candidate.name, None))
+            reports.put((candidate.name, None))
         finally:
             import gc
 

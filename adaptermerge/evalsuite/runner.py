@@ -209,17 +209,45 @@ def _evaluate_model(candidate, specs, settings, base_name, progress, done, total
     return harness.run_specs(lm, specs, progress=tick)
 
 
+def _plan(tasks: list[str] | None, gates: gates_mod.GateConfig | None, settings: EvalSettings, base_name: str | None):
+    """(settings with the dtype resolved, task names, MMLU format, notes)."""
+    settings = dataclasses.replace(settings, dtype=cand_mod.resolve_dtype(settings.dtype))
+    task_names = list(tasks) if tasks else (list(gates.tasks) if gates and gates.tasks else list(DEFAULT_TASKS))
+    notes = []
+    mmlu_format = settings.mmlu_format
+    if harness.MMLU in task_names:
+        mmlu_format = mmlu.choose_format(settings.mmlu_format, _n_params(base_name) if settings.mmlu_format == "auto" else 0)
+        notes.append(f"MMLU format: {mmlu_format} ({'chosen by model size' if settings.mmlu_format == 'auto' else 'as requested'})")
+    return settings, task_names, mmlu_format, notes
+
+
+def start_helper(tasks: list[str] | None = None, gates: gates_mod.GateConfig | None = None,
+                 settings: EvalSettings | None = None) -> parallel.Helper | None:
+    """A helper process to feed models (`helper.submit(candidate)`) before `evaluate` is called with
+    it, so that evaluation runs beside other work; None where a helper is not used (parallel.wanted).
+    `evaluate` must then get the same tasks, gates and settings. While it runs it takes one core:
+    keep this process to one torch thread until `evaluate` returns."""
+    settings = settings or EvalSettings()
+    settings, task_names, mmlu_format, _ = _plan(tasks, gates, settings, settings.base)
+    if not parallel.wanted(settings, parallel.MIN_MODELS):
+        return None
+    return parallel.Helper((task_names, settings, gates, mmlu_format), settings, settings.base)
+
+
 def evaluate(
     candidates: list[str | cand_mod.Candidate],
     tasks: list[str] | None = None,
     gates: gates_mod.GateConfig | None = None,
     settings: EvalSettings | None = None,
     progress: Progress | None = None,
+    helper: parallel.Helper | None = None,
 ) -> EvalReport:
     """Evaluate the base and `candidates` on `tasks` (default: the gates file's tasks, else the
-    built-in tasks and MMLU), check `gates`, and return the report (not yet written)."""
+    built-in tasks and MMLU), check `gates`, and return the report (not yet written).
+
+    `helper`: one from `start_helper`, already fed some models; this call shares its queue with it
+    and ends it."""
     settings = settings or EvalSettings()
-    settings = dataclasses.replace(settings, dtype=cand_mod.resolve_dtype(settings.dtype))
     if settings.threads:
         import torch
 
@@ -229,12 +257,10 @@ def evaluate(
     resolved = _unique_names([cand_mod.Candidate(c.name, c.kind, c.path, c.base or base_name, c.task, c.on_top_of)
                               if c.kind == "adapter" else c for c in resolved if c.kind != "base"])
     reference = cand_mod.base_candidate(base_name)
-    task_names = list(tasks) if tasks else (list(gates.tasks) if gates and gates.tasks else list(DEFAULT_TASKS))
-    notes = []
-    mmlu_format = settings.mmlu_format
-    if harness.MMLU in task_names:
-        mmlu_format = mmlu.choose_format(settings.mmlu_format, _n_params(base_name) if settings.mmlu_format == "auto" else 0)
-        notes.append(f"MMLU format: {mmlu_format} ({'chosen by model size' if settings.mmlu_format == 'auto' else 'as requested'})")
+    settings, task_names, mmlu_format, notes = _plan(tasks, gates, settings, base_name)
+    if helper is not None and helper.spec_args != (task_names, settings, gates, mmlu_format):
+        helper.close()
+        raise AdapterMergeError("evaluate: the helper was started for other tasks, gates or settings")
     specs = _specs(task_names, settings, gates, mmlu_format)
 
     singles = _singles(resolved, task_names, gates)
@@ -252,13 +278,16 @@ def evaluate(
     hashes = {c.name: cand_mod.content_hash(c) for c in everyone}
     keys = {c.name: {spec.name: cache_key(hashes[c.name], spec, settings) for spec in specs} for c in everyone}
     pending = [c for c in everyone if not settings.use_cache or any(_cache_read(k) is None for k in keys[c.name].values())]
-    helper = None
-    if parallel.wanted(settings, len(pending)):
+    threads = None
+    if helper is None and parallel.wanted(settings, len(pending)):
+        helper = parallel.Helper((task_names, settings, gates, mmlu_format), settings, base_name)
+    if helper is not None:
         import torch
 
         threads = torch.get_num_threads()
         torch.set_num_threads(1)  # the helper takes the other core
-        helper = parallel.Helper(pending[1::2], (task_names, settings, gates, mmlu_format), settings, base_name)
+        for candidate in pending:
+            helper.submit(candidate)
     scores: dict[str, dict[str, harness.TaskScores]] = {}
     rows: dict[str, dict] = {}
     state = {"done": 0}
@@ -300,14 +329,23 @@ def evaluate(
         if progress:
             progress(state["done"], total, f"{candidate.name}: done")
 
+    by_name = {c.name: c for c in everyone}
     try:
         for candidate in everyone:
             if helper is None or candidate.name not in helper.names:
                 visit(candidate)
-    finally:
-        helper_done = helper.finish() if helper is not None else {}
+        # Then take queued models in turn with the helper, until none is left.
+        while helper is not None and (taken := helper.take()) is not None:
+            if taken.name in by_name and taken.name not in scores:  # not asked for here: skipped
+                visit(by_name[taken.name])
+    except BaseException:
         if helper is not None:
+            helper.close()
+        raise
+    finally:
+        if threads is not None:
             torch.set_num_threads(threads)
+    helper_done = helper.finish() if helper is not None else {}
     for candidate in everyone:
         if candidate.name not in scores:  # the helper's: from the cache now (or evaluated here if it failed)
             visit(candidate, helper_done.get(candidate.name))

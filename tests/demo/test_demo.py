@@ -99,6 +99,19 @@ def test_report_json_structure(demo_run):
     assert "## Weight search" in (result.output / "report.md").read_text()
 
 
+def test_evaluation_starts_beside_the_merges(demo_run):
+    """On a multi-core CPU the helper process, started before the merges, evaluates part of the
+    models (run.EarlyEvaluation); the scores are the same whoever evaluates (test_eval)."""
+    import os
+
+    result, *_ = demo_run
+    helped = result.report["evaluated_by_helper"]
+    names = {r["name"] for r in result.rows}
+    assert set(helped) <= names
+    if (os.cpu_count() or 1) >= 2:
+        assert helped, "the helper evaluated nothing"
+
+
 def test_trained_adapters_are_cached_by_settings(demo_run):
     from adaptermerge.demo import adapters
 

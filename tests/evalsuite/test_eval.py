@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 
 import pytest
 
@@ -151,7 +152,41 @@ def test_a_helper_process_gives_the_same_scores(tiny_model_dir, tiny_adapter_dir
     for name in ("base", "domain", "merged"):
         for task in tasks:
             assert two.scores[name][task].items == one.scores[name][task].items, (name, task)
-    helped = [c["name"] for c in two.candidates if c.get("evaluated_by") == "helper process"]
-    assert helped == ["domain"]  # every other model with work left; its tasks were not cached before
+    # The two processes share one queue: which model each took depends on timing, but every model
+    # was evaluated once (nothing was read back from the cache as if evaluated before).
     assert not any(c.get("evaluated_by") for c in one.candidates)
     assert all(c["cached"] == [] for c in two.candidates)
+
+
+def test_a_helper_started_early_evaluates_what_it_is_fed(tiny_model_dir, tiny_adapter_dir, merged_dir, mmlu_dir, tmp_path, monkeypatch):
+    """The demo's way: start the helper, feed it models while other work runs, then evaluate."""
+    from adaptermerge.errors import AdapterMergeError
+    from adaptermerge.evalsuite import candidates as cand_mod
+    from adaptermerge.evalsuite.runner import start_helper
+
+    settings = EvalSettings(base=str(tiny_model_dir), mmlu_data=str(mmlu_dir), mmlu_limit=1, batch_size=64, workers=2)
+    tasks = ["domain", "mmlu"]
+    monkeypatch.setenv("ADAPTERMERGE_CACHE", str(tmp_path / "alone"))
+    alone = evaluate([str(tiny_adapter_dir), str(merged_dir)], tasks, None, dataclasses.replace(settings, workers=1))
+    monkeypatch.setenv("ADAPTERMERGE_CACHE", str(tmp_path / "early"))
+    helper = start_helper(tasks, None, settings)
+    assert helper is not None
+    cands = [cand_mod.base_candidate(str(tiny_model_dir)),
+             *(cand_mod.resolve_candidate(str(p), str(tiny_model_dir)) for p in (tiny_adapter_dir, merged_dir))]
+    for c in cands:
+        helper.submit(c)
+    results = tmp_path / "early" / "eval" / "results"
+    deadline = time.time() + 300
+    while len(list(results.glob("*.json"))) < len(cands) * len(tasks) and time.time() < deadline:
+        time.sleep(0.5)  # this process works on something else meanwhile
+    report = evaluate([str(tiny_adapter_dir), str(merged_dir)], tasks, None, settings, helper=helper)
+    assert not helper.process.is_alive()
+    assert [c.get("evaluated_by") for c in report.candidates] == ["helper process"] * 3  # all of it, ahead
+    for name in ("base", "domain", "merged"):
+        for task in tasks:
+            assert report.scores[name][task].items == alone.scores[name][task].items, (name, task)
+    # A helper started for other tasks is refused (its cache keys would not be evaluate's).
+    other = start_helper(["domain"], None, settings)
+    with pytest.raises(AdapterMergeError, match="other tasks"):
+        evaluate([str(tiny_adapter_dir)], tasks, None, settings, helper=other)
+    assert not other.process.is_alive()
