@@ -119,7 +119,10 @@ def _work(todo, reports, spec_args, settings, base_name) -> None:
             model_hash = runner.cand_mod.content_hash(candidate)
             keys = {s.name: runner.cache_key(model_hash, s, settings) for s in specs}
             missing = [s for s in specs if runner._cache_read(keys[s.name]) is None]
-            fresh = runner._evaluate_model(candidate, missing, settings, base_name, lambda *a: None, 0, 1) if missing else {}
+            if not missing:  # cached before: the main process reports it as such
+                reports.put((candidate.name, None))
+                continue
+            fresh = runner._evaluate_model(candidate, missing, settings, base_name, lambda *a: None, 0, 1)
             complete = True
             for name, result in fresh.items():
                 if result.error is None:

@@ -185,6 +185,13 @@ def test_a_helper_started_early_evaluates_what_it_is_fed(tiny_model_dir, tiny_ad
     for name in ("base", "domain", "merged"):
         for task in tasks:
             assert report.scores[name][task].items == alone.scores[name][task].items, (name, task)
+    # Fed models whose results are cached already, the helper evaluates nothing: the rows say cached.
+    again = start_helper(tasks, None, settings)
+    for c in cands:
+        again.submit(c)
+    report = evaluate([str(tiny_adapter_dir), str(merged_dir)], tasks, None, settings, helper=again)
+    assert [c["cached"] for c in report.candidates] == [tasks] * 3
+    assert not any(c.get("evaluated_by") for c in report.candidates)
     # A helper started for other tasks is refused (its cache keys would not be evaluate's).
     other = start_helper(["domain"], None, settings)
     with pytest.raises(AdapterMergeError, match="other tasks"):
