@@ -66,7 +66,7 @@ def _table(report):
 @click.option("--batch-size", type=int, default=32, show_default=True, help="Generation batch size.")
 @click.option("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice).")
 @click.option("--workers", type=click.IntRange(1, 2), default=None,
-              help="Evaluation processes: 2 lets a helper process take every other model (default on a multi-core CPU; "
+              help="Evaluation processes: 2 lets a helper process take models from a shared queue (default on a multi-core CPU; "
                    "needs the results cache), 1 evaluates in this process only.")
 @dtype_option
 @click.option("--no-cache", is_flag=True, help="Evaluate again even when cached results exist.")

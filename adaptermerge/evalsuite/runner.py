@@ -54,7 +54,7 @@ class EvalSettings:
     # CPU; scores shift slightly), else float32. The report and cache key hold the resolved dtype.
     dtype: str = "auto"
     use_cache: bool = True
-    # Evaluation processes: None = 2 on a multi-core CPU (a helper process takes every other model;
+    # Evaluation processes: None = 2 on a multi-core CPU (a helper process shares the queue of models;
     # see parallel.py), 1 on CUDA or with use_cache off. Scores do not depend on it.
     workers: int | None = None
 
