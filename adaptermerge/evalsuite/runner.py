@@ -246,7 +246,17 @@ def evaluate(
     built-in tasks and MMLU), check `gates`, and return the report (not yet written).
 
     `helper`: one from `start_helper`, already fed some models; this call shares its queue with it
-    and ends it."""
+    and ends it (also when it fails)."""
+    if helper is None:
+        return _evaluate(candidates, tasks, gates, settings, progress, None)
+    try:
+        return _evaluate(candidates, tasks, gates, settings, progress, helper)
+    except BaseException:
+        helper.close()
+        raise
+
+
+def _evaluate(candidates, tasks, gates, settings, progress, helper) -> EvalReport:
     settings = settings or EvalSettings()
     if settings.threads:
         import torch
@@ -259,7 +269,6 @@ def evaluate(
     reference = cand_mod.base_candidate(base_name)
     settings, task_names, mmlu_format, notes = _plan(tasks, gates, settings, base_name)
     if helper is not None and helper.spec_args != (task_names, settings, gates, mmlu_format):
-        helper.close()
         raise AdapterMergeError("evaluate: the helper was started for other tasks, gates or settings")
     specs = _specs(task_names, settings, gates, mmlu_format)
 
@@ -339,7 +348,7 @@ def evaluate(
             if taken.name in by_name and taken.name not in scores:  # not asked for here: skipped
                 visit(by_name[taken.name])
     except BaseException:
-        if helper is not None:
+        if helper is not None:  # one started here (a caller's is also closed by `evaluate`)
             helper.close()
         raise
     finally:

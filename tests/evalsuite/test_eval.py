@@ -197,3 +197,8 @@ def test_a_helper_started_early_evaluates_what_it_is_fed(tiny_model_dir, tiny_ad
     with pytest.raises(AdapterMergeError, match="other tasks"):
         evaluate([str(tiny_adapter_dir)], tasks, None, settings, helper=other)
     assert not other.process.is_alive()
+    # Any failure of the call ends the helper it was given (a missing candidate here).
+    third = start_helper(tasks, None, settings)
+    with pytest.raises(AdapterMergeError):
+        evaluate([str(tmp_path / "no-such-adapter")], tasks, None, settings, helper=third)
+    assert not third.process.is_alive()
