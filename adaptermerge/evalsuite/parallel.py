@@ -48,7 +48,6 @@ class Helper:
         self.names: set[str] = set()  # submitted
         self.todo = ctx.Queue()
         self.reports = ctx.Queue()
-        self._done: dict[str, float | None] = {}
         self.process = ctx.Process(target=_work, args=(self.todo, self.reports, spec_args, dataclasses.replace(settings, threads=1), base_name),
                                    daemon=True)
         self.process.start()
@@ -70,16 +69,17 @@ class Helper:
     def finish(self) -> dict[str, float]:
         """Close the queue, wait for the helper; {model name: seconds} of the models it evaluated completely."""
         self.todo.put(None)
+        done: dict[str, float | None] = {}
         while self.process.is_alive() or not self.reports.empty():
             try:
                 name, seconds = self.reports.get(timeout=1.0)
             except queue_mod.Empty:  # still working (or just exited)
                 continue
-            self._done[name] = seconds
+            done[name] = seconds
         self.process.join()
         if self.process.exitcode not in (0, None):
             log.warning("the evaluation helper exited with %s; its remaining models are evaluated here", self.process.exitcode)
-        return {name: seconds for name, seconds in self._done.items() if seconds is not None}
+        return {name: seconds for name, seconds in done.items() if seconds is not None}
 
     def close(self) -> None:
         """Stop the helper without waiting for its queue (on an error in this process)."""

@@ -34,7 +34,8 @@ def ties_block(values: torch.Tensor, cuts: torch.Tensor, weights: torch.Tensor, 
     2.3x faster here (AVX2, 3 x 128 x 4096 blocks: 0.098 s against 0.222 s per 112 blocks), with
     bit-identical output."""
     n = values.shape[0]
-    trimmed = [torch.where(values[i].abs() >= cuts[i], values[i], 0.0) for i in range(n)]
+    keeps = [values[i].abs() >= cuts[i] for i in range(n)]
+    trimmed = [torch.where(keep, values[i], 0.0) for i, keep in enumerate(keeps)]
     total = trimmed[0]
     for t in trimmed[1:]:
         total = total + t
@@ -45,7 +46,7 @@ def ties_block(values: torch.Tensor, cuts: torch.Tensor, weights: torch.Tensor, 
         part, w = torch.where(agree, t, 0.0), torch.where(agree, weights[i].abs(), 0.0)
         num, den = (part, w) if num is None else (num + part, den + w)
     out.copy_(num / den.clamp_min(1e-30))  # where nothing agrees num is 0
-    return torch.stack([(values[i].abs() >= cuts[i]).sum() for i in range(n)])
+    return torch.stack([keep.sum() for keep in keeps])
 
 
 def trim_(values: torch.Tensor, cuts: torch.Tensor) -> torch.Tensor:
