@@ -29,6 +29,7 @@ from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs, po
 from tqdm import tqdm
 
 from . import greedy
+from .kvcache import cache_kwargs, returned_cache
 
 Request = tuple[tuple[str, str], list[int], list[int]]  # ((context, continuation), context ids, continuation ids)
 
@@ -157,7 +158,7 @@ class FastHFLM(HFLM):
         tail_lp: dict[int, list[float]] = {}  # row -> log-probs of its choice tokens after the first
         tail_ok: dict[int, bool] = {}
         for chunk in _length_buckets([len(choice) - 1 for _, choice in rows]):
-            lp, ok = self._score_tails([rows[r] for r in chunk], out.past_key_values, mask, positions, pad)
+            lp, ok = self._score_tails([rows[r] for r in chunk], returned_cache(out), mask, positions, pad)
             tail_lp.update(zip(chunk, lp))
             tail_ok.update(zip(chunk, ok))
 
@@ -203,11 +204,11 @@ class FastHFLM(HFLM):
         body, head = self.model.base_model, self.model.get_output_embeddings()
         kwargs = dict(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
         if self._split_head is False or body is self.model or head is None:
-            return F.log_softmax(self.model(past_key_values=cache, **kwargs).logits[real].float(), dim=-1)
+            return F.log_softmax(self.model(**cache_kwargs(cache), **kwargs).logits[real].float(), dim=-1)
         full = None
         if self._split_head is None:
-            full = F.log_softmax(self.model(past_key_values=copy.deepcopy(cache), **kwargs).logits[real].float(), dim=-1)
-        hidden = body(past_key_values=cache, **kwargs).last_hidden_state  # [R, Lt, H]
+            full = F.log_softmax(self.model(**cache_kwargs(copy.deepcopy(cache)), **kwargs).logits[real].float(), dim=-1)
+        hidden = body(**cache_kwargs(cache), **kwargs).last_hidden_state  # [R, Lt, H]
         logp = F.log_softmax(head(hidden[real]).float(), dim=-1)
         if full is not None:
             # A structural difference (soft-capping, a logit scale) moves log-probs by far more than rounding.

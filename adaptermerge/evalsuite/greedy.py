@@ -19,6 +19,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from .kvcache import cache_kwargs, returned_cache
+
 # A prompt (or an MMLU context or choice, fastlm.py) shorter than this fraction of its bucket's
 # longest starts a bucket of its own: a bucket is padded to its longest.
 PAD_FILL = 0.75
@@ -89,7 +91,7 @@ def _prefill(model, prompts: list[list[int]], pad_id: int, logits_to_keep: bool)
     keep = {"logits_to_keep": 1} if logits_to_keep else {}
     result = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
                    use_cache=True, **keep)
-    return result.past_key_values, mask.to(device), positions[:, -1:].to(device), result.logits[:, -1]
+    return returned_cache(result), mask.to(device), positions[:, -1:].to(device), result.logits[:, -1]
 
 
 def _joinable(cache) -> bool:
@@ -143,6 +145,6 @@ def _generate_batch(model, rows: list[Row], pad_id: int, eos: set[int], decode, 
         mask = torch.cat([mask, mask.new_ones((len(active), 1))], 1)
         last = last + 1
         result = model(input_ids=chosen.unsqueeze(1), attention_mask=mask, position_ids=last,
-                       past_key_values=cache, use_cache=True)
-        cache, logits = result.past_key_values, result.logits[:, -1]
+                       use_cache=True, **cache_kwargs(cache))
+        cache, logits = returned_cache(result), result.logits[:, -1]
     return generated
