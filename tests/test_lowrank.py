@@ -95,6 +95,20 @@ def test_orthonormal_spans_the_columns_and_falls_back_when_rank_deficient():
     torch.testing.assert_close(Q @ (Q.T @ twice), twice, atol=1e-4, rtol=1e-4)
 
 
+def test_power_iteration_basis_spans_the_columns_and_falls_back_when_ill_conditioned():
+    from adaptermerge.lowrank import basis
+
+    torch.manual_seed(5)
+    Y = torch.randn(500, 40) @ torch.diag(torch.logspace(0, 1.5, 40))  # cond ~ 30
+    Q = basis(Y)
+    torch.testing.assert_close(Q.T @ Q, torch.eye(40), atol=1e-3, rtol=0)  # roughly orthonormal
+    P = torch.linalg.qr(Q.double())[0]
+    torch.testing.assert_close(P @ (P.T @ Y.double()), Y.double(), atol=1e-4, rtol=1e-4)  # same span
+    # cond ~ 1e6 defeats one float32 Cholesky pass: the result is orthonormal's, not a skewed basis
+    bad = torch.randn(500, 40) @ torch.diag(torch.logspace(0, 6, 40))
+    torch.testing.assert_close(basis(bad).T @ basis(bad), torch.eye(40), atol=1e-5, rtol=0)
+
+
 def test_default_truncation_of_a_ties_like_delta_is_within_float_noise_of_optimal():
     """The default power iterations keep a sparse merge's truncation at the full SVD's error
     (PEFT's ties_svd computes that one); one iteration was measurably worse."""

@@ -15,6 +15,7 @@ import warnings
 import click
 
 from ..errors import AdapterMergeError
+from ..quiet import quiet_third_party
 
 # Command modules, each exposing `register(group)`. Imported lazily-ish: a module that fails to
 # import (an optional dependency missing) does not take the whole CLI down.
@@ -29,29 +30,12 @@ COMMAND_MODULES = [
 ]
 
 
-def _quiet_third_party() -> None:
-    # bitsandbytes warns about an optional `kernels` package; int8 matmuls warn about casts.
-    warnings.filterwarnings("ignore", message=".*kernels.*")
-    warnings.filterwarnings("ignore", message=".*MatMul8bitLt.*")
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    for name in ("transformers", "peft", "bitsandbytes", "datasets", "lm_eval", "lm-eval"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
-    except Exception:
-        pass
-
-
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.option("-v", "--verbose", is_flag=True, help="Log what is done, module by module.")
 def cli(verbose: bool) -> None:
     """Merge LoRA adapters exactly in delta space, train task adapters, validate merges."""
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    _quiet_third_party()
+    quiet_third_party()
 
 
 def _load_commands() -> None:

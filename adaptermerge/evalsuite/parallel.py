@@ -48,7 +48,9 @@ class Helper:
         self.names: set[str] = set()  # submitted
         self.todo = ctx.Queue()
         self.reports = ctx.Queue()
-        self.process = ctx.Process(target=_work, args=(self.todo, self.reports, spec_args, dataclasses.replace(settings, threads=1), base_name),
+        # A spawned process starts with default warning filters and log levels: it is as quiet as this one.
+        quiet = logging.getLogger("transformers").getEffectiveLevel() >= logging.ERROR
+        self.process = ctx.Process(target=_work, args=(self.todo, self.reports, spec_args, dataclasses.replace(settings, threads=1), base_name, quiet),
                                    daemon=True)
         self.process.start()
 
@@ -103,13 +105,17 @@ def exit_with_parent() -> None:
     threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
-def _work(todo, reports, spec_args, settings, base_name) -> None:
+def _work(todo, reports, spec_args, settings, base_name, quiet=False) -> None:
     """In the helper process: evaluate the uncached tasks of each queued model, cache the results,
     until the queue's end (None)."""
     import torch
 
     from . import runner
 
+    if quiet:
+        from ..quiet import quiet_third_party
+
+        quiet_third_party()
     exit_with_parent()
     torch.set_num_threads(1)
     specs = runner._specs(*spec_args)

@@ -54,3 +54,31 @@ def test_helper_exits_when_its_parent_is_killed(tmp_path):
         assert not _alive(child), "the helper outlived its parent"
     finally:
         parent.kill()
+
+
+def test_helper_is_as_quiet_as_its_parent(monkeypatch):
+    """A spawned helper starts with default warning filters and log levels; a quiet parent (the
+    CLI) tells it to silence the libraries' chatter too, which otherwise fills the demo's log."""
+    import logging
+
+    from adaptermerge.evalsuite import parallel
+
+    started = []
+
+    class FakeContext:
+        Queue = staticmethod(lambda: None)
+
+        @staticmethod
+        def Process(target, args, daemon):
+            started.append(args)
+            return type("P", (), {"start": lambda self: None})()
+
+    monkeypatch.setattr(parallel.multiprocessing, "get_context", lambda kind: FakeContext)
+    settings = type("S", (), {})()
+    monkeypatch.setattr(parallel.dataclasses, "replace", lambda s, **kw: s)
+    hf = logging.getLogger("transformers")
+    monkeypatch.setattr(hf, "level", logging.WARNING)
+    parallel.Helper((), settings, "base")
+    monkeypatch.setattr(hf, "level", logging.ERROR)
+    parallel.Helper((), settings, "base")
+    assert [args[-1] for args in started] == [False, True]
