@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from contextlib import contextmanager
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-console = Console(stderr=True)
+LOG_WIDTH = 160
+
+
+def _width() -> int | None:
+    """Off a terminal (a CI log, `2> file`) rich assumes 80 columns, which folds the results tables
+    (nine columns) into unreadable stacks of cell fragments; a log file can be wide. On a terminal,
+    or with $COLUMNS set, rich's own choice stands."""
+    return None if sys.stderr.isatty() or "COLUMNS" in os.environ else LOG_WIDTH
+
+
+console = Console(stderr=True, width=_width())
 
 
 @contextmanager
