@@ -25,6 +25,7 @@ import torch
 from .errors import AdapterMergeError
 
 MAX_WORKERS = 4
+QUEUED = 4  # modules submitted per worker: a slow module at the front must not idle the other workers
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -51,8 +52,10 @@ def ordered_map(
 ) -> Iterator[tuple[T, R]]:
     """Yield `(item, compute(item, read(item)))` in the order of `items`.
 
-    Small items run up to `workers` at a time, each on one intra-op thread; at most `workers`
-    of them are in flight, so memory stays at that many modules. Other items run alone with the
+    Small items run up to `workers` at a time, each on one intra-op thread, and up to
+    QUEUED * `workers` are submitted (their inputs read, a LoRA module's factors: small), so a slow
+    module at the front of the order does not leave the other workers idle while its successors
+    wait to be yielded; the dense work in memory stays at `workers` modules. Other items run alone with the
     caller's thread count. torch.set_num_threads is process-wide (OpenMP and MKL), so it is set
     to 1 only while small items are in flight and restored before a large one and at the end."""
     threads = torch.get_num_threads()
@@ -67,7 +70,7 @@ def ordered_map(
                 if small(item):
                     torch.set_num_threads(1)
                     pending.append((item, pool.submit(compute, item, read(item))))
-                    yield from _finished(pending, workers)
+                    yield from _finished(pending, QUEUED * workers)
                     continue
                 yield from _finished(pending, 0)
                 torch.set_num_threads(threads)

@@ -94,3 +94,23 @@ def test_heap_reuse_uses_glibc_where_present_and_can_be_turned_off(monkeypatch):
     with heap_reuse():  # a no-op then, and still a context
         x = torch.ones(1 << 20)
     assert float(x.sum()) == 1 << 20
+
+
+def test_a_slow_module_at_the_front_does_not_idle_the_other_workers():
+    """With two workers, module 0 runs until module 3 has started: that needs modules 1-3 submitted
+    while module 0 (whose result is yielded first) is still running."""
+    import threading
+
+    from adaptermerge.workers import ordered_map
+
+    started = {i: threading.Event() for i in range(6)}
+
+    def compute(i, _):
+        started[i].set()
+        if i == 0:
+            return started[3].wait(timeout=10)
+        return True
+
+    results = list(ordered_map(range(6), lambda i: None, compute, lambda i: True, workers=2))
+    assert [i for i, _ in results] == list(range(6))
+    assert results[0][1], "module 3 did not start while module 0 ran"
