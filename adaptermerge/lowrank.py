@@ -143,7 +143,8 @@ def truncate(
 
 def _range_svd(delta, omega, rank, power_iters, dtype):
     """Top-`rank` SVD of delta restricted to the range found from `delta @ omega` (products in
-    `dtype`, orthonormalized in float64), from the float32 core `Q^T delta`."""
+    `dtype`; the power iteration's intermediate bases by `basis`, the final one orthonormalized in
+    float64), from the float32 core `Q^T delta`."""
     M = delta.to(dtype)
     Y = M @ omega.to(dtype)  # [out, w]
     for _ in range(power_iters):

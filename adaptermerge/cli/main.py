@@ -10,7 +10,6 @@ import importlib
 import logging
 import os
 import sys
-import warnings
 
 import click
 

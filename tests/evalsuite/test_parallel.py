@@ -74,8 +74,9 @@ def test_helper_is_as_quiet_as_its_parent(monkeypatch):
             return type("P", (), {"start": lambda self: None})()
 
     monkeypatch.setattr(parallel.multiprocessing, "get_context", lambda kind: FakeContext)
-    settings = type("S", (), {})()
-    monkeypatch.setattr(parallel.dataclasses, "replace", lambda s, **kw: s)
+    from adaptermerge.evalsuite.runner import EvalSettings
+
+    settings = EvalSettings()
     hf = logging.getLogger("transformers")
     monkeypatch.setattr(hf, "level", logging.WARNING)
     parallel.Helper((), settings, "base")
