@@ -101,6 +101,8 @@ class MergePlan:
             self.base_weights = BaseWeights(base_mod.resolve_base(self.base_model), transform=base_transform)
             self._check_base_shapes()
         self.dora_output = self.method.name == "dora" or any(a.is_dora for a in adapters)
+        prepare = getattr(self.method, "prepare", None)
+        self.prepared = prepare(self) if prepare is not None else None
 
     # -- checks ----------------------------------------------------------------------------
     def _weights(self, weights):
@@ -164,7 +166,7 @@ class MergePlan:
         """The merged update of one module, and the base weight when it was needed (float32).
         `read`: what `read_inputs(module)` returned, when already read."""
         inputs, w0 = read if read is not None else self.read_inputs(module)
-        ctx = MergeContext(module, self.seed, self.device)
+        ctx = MergeContext(module, self.seed, self.device, self.prepared)
         result = self.method.merge_module(inputs, self.weights, w0, self.params, ctx)
         for label, t in (("delta", result.dense), ("magnitude", result.magnitude)):
             # A NaN or Inf entry makes the sum NaN or Inf: one vectorized reduction, where

@@ -48,6 +48,7 @@ def provenance(plan, *, output: str, modules: dict | None = None, wall_s: float 
         "device": str(plan.device),
         "base_model": plan.base_model,
         "output": output,
+        **({"calibration": plan.prepared.describe()} if hasattr(plan.prepared, "describe") else {}),
         **extra,
         "inputs": [
             {

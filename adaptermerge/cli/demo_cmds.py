@@ -64,8 +64,8 @@ def _parse_steps(text: str | None) -> dict[str, int] | None:
 @click.option("--methods", default=None, help="Comma-separated registered methods to run (default: all).")
 @click.option("--no-baselines", is_flag=True, help="Skip the PEFT, mergekit and sequential-training rows.")
 @click.option("--no-sweep", is_flag=True, help="Do not search density and weights when the defaults miss the targets.")
-@click.option("--weight-search/--no-weight-search", default=None,
-              help="Run the proxy weight search before the sweep (default: on; off with --quick).")
+@click.option("--weight-search/--no-weight-search", default=False,
+              help="Run the proxy weight search of task-arithmetic weights before the sweep (default: off; regmean does better).")
 @click.option("--mergekit", default=None, help="mergekit-yaml executable (default: $ADAPTERMERGE_MERGEKIT, else on PATH; else that row is skipped).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--threads", type=int, default=None, help="torch CPU threads for evaluation.")

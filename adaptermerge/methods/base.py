@@ -52,6 +52,7 @@ class MergeContext:
     module: str
     seed: int
     device: torch.device
+    prepared: object = None  # what the method's optional `prepare(plan)` returned (e.g. calibration Grams)
 
     def generator(self, index: int) -> torch.Generator:
         """A generator for adapter `index` at this module: the same bits whatever the module order."""
@@ -67,6 +68,9 @@ class MergeMethod(Protocol):
     output_exact: ClassVar[bool]  # True when the adapter output is exactly the merge (no truncation)
 
     def needs_base(self, adapters) -> bool: ...
+
+    # Optional: `prepare(plan)` runs once before the modules (e.g. to collect calibration
+    # statistics); its result reaches merge_module as `ctx.prepared`.
 
     def merge_module(
         self,

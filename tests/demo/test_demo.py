@@ -27,7 +27,7 @@ def demo_run(tiny_base, tmp_path_factory):
     mmlu = str(SHARED_MMLU) if (SHARED_MMLU / "test").is_dir() else None
     config = DemoConfig(output=root / "demo", base=str(tiny_base), quick=True, mmlu_data=mmlu, mmlu_limit=1,
                         train_steps={t: 2 for t in TASKS}, docs={"domain": 3, "structured": 2, "safety": 4},
-                        weight_search=True)  # off by default with --quick; run here to cover its plumbing
+                        weight_search=True)  # off by default; run here to cover its plumbing
     stages = set()
     result = run_demo(config, lambda stage, done, total, label="": stages.add(stage))
     yield result, config, stages, mmlu is not None, root

@@ -7,10 +7,17 @@ from pathlib import Path
 from adaptermerge.demo import adapters, plan
 
 
-def test_quick_turns_the_weight_search_off_unless_asked():
+def test_the_weight_search_is_off_unless_asked():
     assert plan.DemoConfig(Path("d"), quick=True).checked().weight_search is False
-    assert plan.DemoConfig(Path("d")).checked().weight_search is True
+    assert plan.DemoConfig(Path("d")).checked().weight_search is False
     assert plan.DemoConfig(Path("d"), quick=True, weight_search=True).checked().weight_search is True
+
+
+def test_quick_calibrates_regmean_on_fewer_records():
+    quick = {a.name: a for a in plan.approaches(plan.DemoConfig(Path("d"), quick=True).checked())}
+    full = {a.name: a for a in plan.approaches(plan.DemoConfig(Path("d")).checked())}
+    assert quick["regmean"].params == {"calib_size": plan.QUICK_METHOD_PARAMS["regmean"]["calib_size"]}
+    assert full["regmean"].params == {}
 
 
 def test_quick_training_caps_the_anchor_prompts():

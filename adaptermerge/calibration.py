@@ -1,0 +1,281 @@
+"""Calibration statistics for activation-aware merges (RegMean): each module's input Gram matrix.
+
+For a linear layer `y = W x`, adapter i's Gram at that layer is `G_i = mean over tokens of x x^T`
+[in, in], with x the layer's inputs while the model *with adapter i folded in* reads adapter i's
+calibration records (the whole chat, prompt and reply, teacher-forced; padding excluded). The mean
+(not the sum) makes every adapter count the same whatever its records' lengths.
+
+Calibration records come from, per adapter: a JSONL file of chat records given by the user, else
+the training data its `training.json` records (a built-in task's training split, or the user
+file it was trained on). `size` records are drawn from them (seeded). Grams of an adapter stored
+in a file are cached under `cache_dir()/grams/`, keyed by the base, the adapter's weights, the
+records and the settings, so a sweep over weights computes them once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from . import base as base_mod
+from .adapter import Adapter
+from .errors import AdapterMergeError
+
+log = logging.getLogger(__name__)
+
+GRAMS_VERSION = 2  # bump when what a cached Gram file holds changes
+BATCH_ROWS = 8
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """One adapter's calibration records and where they came from."""
+
+    records: list[dict]
+    source: str  # a file path, or "built-in <task> train split (seed S)"
+    sha256: str
+
+
+def _sample(records: list[dict], size: int, seed: int, label: str) -> list[dict]:
+    if size < 1:
+        raise AdapterMergeError(f"calib_size must be a positive integer, got {size}")
+    if len(records) <= size:
+        return records
+    pick = sorted(random.Random(f"calibration:{seed}:{label}").sample(range(len(records)), size))
+    return [records[i] for i in pick]
+
+
+def _described(records: list[dict], source: str) -> Calibration:
+    from .train.records import jsonl_text, sha256_text
+
+    if not records:
+        raise AdapterMergeError(f"calibration data {source}: no records")
+    return Calibration(records, source, sha256_text(jsonl_text(records)))
+
+
+def from_file(path: str | Path, size: int, seed: int) -> Calibration:
+    """`size` records of a JSONL file of chat records ({"messages": [...]} per line)."""
+    from .train.records import read_jsonl
+
+    records = read_jsonl(path)
+    return _described(_sample(records, size, seed, str(path)), str(Path(path).resolve()))
+
+
+def from_training(adapter: Adapter, size: int, seed: int) -> Calibration:
+    """`size` records of the data the adapter was trained on, as its training.json records it."""
+    folder = adapter.source if adapter.source is None or adapter.source.is_dir() else adapter.source.parent
+    summary = folder / "training.json" if folder is not None else None
+    hint = "pass calibration data for it (--calib FILE.jsonl: chat records like its training data)"
+    if summary is None or not summary.is_file():
+        raise AdapterMergeError(f"adapter {adapter.name}: no training.json beside it naming its training data; {hint}")
+    try:
+        data = json.loads(summary.read_text())["data"]
+    except (ValueError, KeyError, TypeError):
+        raise AdapterMergeError(f"{summary}: expected adaptermerge's training summary with a 'data' entry; {hint}") from None
+    if data.get("built_in"):
+        from .train.data import build_records
+
+        records = build_records(data["task"], data.get("split", "train"), data.get("seed", 0))
+        source = f"built-in {data['task']} {data.get('split', 'train')} split (seed {data.get('seed', 0)})"
+        return _described(_sample(records, size, seed, source), source)
+    path = Path(data.get("path") or "")
+    if not path.is_file():
+        raise AdapterMergeError(f"adapter {adapter.name}: its training data {path} (from {summary}) is not here; {hint}")
+    return from_file(path, size, seed)
+
+
+def resolve(adapters: list[Adapter], files: list[str | None] | None, size: int, seed: int) -> list[Calibration]:
+    """Each adapter's calibration: its file in `files` (None or "" = its training data)."""
+    files = list(files) if files else [None] * len(adapters)
+    if len(files) != len(adapters):
+        raise AdapterMergeError(f"calib: got {len(files)} files for {len(adapters)} adapters; give one per adapter (an empty entry uses that adapter's training data)")
+    return [from_file(f, size, seed) if f else from_training(a, size, seed) for a, f in zip(adapters, files)]
+
+
+# ---------------------------------------------------------------- collecting Grams
+
+def _tokenized(tokenizer, records: list[dict], max_length: int) -> list[list[int]]:
+    from .train.trainer import tokenize_record
+
+    rows = []
+    for record in records:
+        row = tokenize_record(tokenizer, record, max_length)
+        if row is not None:
+            rows.append(row[0])
+    if not rows:
+        raise AdapterMergeError("calibration records: none has a reply to read")
+    return rows
+
+
+def fold_adapter(model, adapter: Adapter) -> None:
+    """Add the adapter's deltas to the model's weights in place (plain LoRA)."""
+    if adapter.is_dora:
+        raise AdapterMergeError(f"adapter {adapter.name} is DoRA: activation-aware merges take plain LoRA adapters")
+    named = dict(model.named_modules())
+    with torch.no_grad():
+        for module in adapter.modules:
+            if module not in named:
+                raise AdapterMergeError(f"module {module} of adapter {adapter.name}: no such module in the base model")
+            weight = named[module].weight
+            weight += adapter.factors(module).delta().to(weight.dtype)
+
+
+def collect_grams(model, tokenizer, records: list[dict], modules: list[str], *, max_length: int = 512) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(grams, alias): `grams[key]` is mean x x^T over the records' real tokens [in, in] (float32),
+    and `alias[module]` names the key of each module's Gram. Modules that read the same input
+    (q/k/v, gate/up) share one Gram: stored once, computed once per batch.
+    """
+    named = dict(model.named_modules())
+    missing = [m for m in modules if m not in named]
+    if missing:
+        raise AdapterMergeError(f"module {missing[0]}: no such module in the base model")
+    sums: dict[str, torch.Tensor] = {}
+    alias: dict[str, str] = {}
+    # q/k/v (and gate/up) are called one after another on the very same tensor: the last input
+    # is kept (a reference, so its memory cannot be reused by another tensor meanwhile) and a
+    # module called on it again shares its Gram.
+    state: dict = {"mask": None, "last": None, "owner": None}
+
+    def hook(module_name):
+        def fn(_module, args):
+            x = args[0]
+            if x is not state["last"]:
+                state.update(last=x, owner=module_name)
+                rows = x[state["mask"]].to(torch.float32)  # [tokens, in]
+                gram = (rows.T @ rows).double()
+                sums[module_name] = gram if module_name not in sums else sums[module_name] + gram
+            alias.setdefault(module_name, state["owner"])
+            if alias[module_name] != state["owner"]:
+                raise AdapterMergeError(f"module {module_name}: its input changed between calibration batches")
+        return fn
+
+    handles = [named[m].register_forward_pre_hook(hook(m)) for m in modules]
+    tokens = 0
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    rows = sorted(_tokenized(tokenizer, records, max_length), key=len)  # similar lengths share a batch
+    try:
+        with torch.inference_mode():
+            for i in range(0, len(rows), BATCH_ROWS):
+                batch = rows[i : i + BATCH_ROWS]
+                width = max(len(r) for r in batch)
+                ids = torch.full((len(batch), width), pad, dtype=torch.long)
+                mask = torch.zeros((len(batch), width), dtype=torch.bool)
+                for j, r in enumerate(batch):
+                    ids[j, : len(r)] = torch.tensor(r)
+                    mask[j, : len(r)] = True
+                state.update(mask=mask, last=None, owner=None)
+                model(input_ids=ids, attention_mask=mask.long())
+                tokens += int(mask.sum())
+    finally:
+        for h in handles:
+            h.remove()
+    unread = [m for m in modules if m not in alias]
+    if unread:
+        raise AdapterMergeError(f"module {unread[0]}: the model never called it while reading the calibration records")
+    return {k: (s / tokens).float() for k, s in sums.items()}, alias
+
+
+class GramStore:
+    """Each adapter's Grams, one safetensors file per adapter (computed once, or read from the
+    cache), read one module at a time. `grams(module)` -> one [in, in] float32 tensor per adapter."""
+
+    def __init__(self, files: list[Path], keep=None, sources: list[dict] | None = None):
+        self.files = files
+        self.sources = sources or []
+        self._keep = keep  # a TemporaryDirectory holding files of in-memory adapters
+        self._alias = [json.loads(_metadata(f)["alias"]) for f in files]
+
+    def describe(self) -> list[dict]:
+        """Per adapter: where its calibration records came from (recorded in adaptermerge.json)."""
+        return self.sources
+
+    def grams(self, module: str, device: str | torch.device = "cpu") -> list[torch.Tensor]:
+        from safetensors import safe_open
+
+        out = []
+        for f, alias in zip(self.files, self._alias):
+            if module not in alias:
+                raise AdapterMergeError(f"module {module}: no calibration Gram in {f}")
+            with safe_open(str(f), framework="pt", device=str(device)) as handle:
+                out.append(handle.get_tensor(alias[module]))
+        return out
+
+
+def _metadata(path: Path) -> dict:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        return handle.metadata() or {}
+
+
+def _cache_file(base_fp: str, adapter: Adapter, calib: Calibration, modules: list[str], max_length: int) -> Path | None:
+    if adapter.source is None:
+        return None  # an in-memory adapter: nothing stable to key on
+    from .train.trainer import weights_digest
+
+    weights = weights_digest(adapter.source) if adapter.source.is_dir() else base_mod.sha256_file(adapter.source)
+    scales = {m: adapter.specs[m].scale for m in modules if m in adapter.specs}  # alpha can come from --alpha
+    key = json.dumps({"v": GRAMS_VERSION, "base": base_fp, "adapter": weights, "scales": scales, "records": calib.sha256,
+                      "modules": modules, "max_length": max_length}, sort_keys=True)
+    return base_mod.cache_dir() / "grams" / f"{hashlib.sha256(key.encode()).hexdigest()[:20]}.safetensors"
+
+
+def _save(path: Path, grams: dict, alias: dict, calib: Calibration) -> None:
+    import os
+
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        save_file({k: g.contiguous() for k, g in grams.items()}, str(tmp),
+                  metadata={"alias": json.dumps(alias), "source": calib.source, "records": str(len(calib.records))})
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def gram_store(adapters: list[Adapter], calibrations: list[Calibration], base: str | None, modules: list[str], *,
+               max_length: int = 512, progress=None) -> GramStore:
+    """Compute (or reuse) each adapter's Grams at `modules` on its calibration records."""
+    import tempfile
+
+    from transformers import AutoTokenizer
+
+    from .train.trainer import base_fingerprint
+
+    base_fp = base_fingerprint(base)["sha256"]
+    tokenizer = AutoTokenizer.from_pretrained(base_mod.resolve_base(base))
+    files, keep = [], None
+    sources = [{"adapter": a.name, "source": c.source, "records": len(c.records), "sha256": c.sha256}
+               for a, c in zip(adapters, calibrations)]
+    for i, (adapter, calib) in enumerate(zip(adapters, calibrations)):
+        if progress:
+            progress(i, len(adapters), f"calibration: {adapter.name}")
+        path = _cache_file(base_fp, adapter, calib, modules, max_length)
+        if path is not None and path.is_file():
+            log.info("calibration Grams of %s reused from %s", adapter.name, path)
+            files.append(path)
+            continue
+        started = time.perf_counter()
+        model = base_mod.load_model(base)
+        model.eval()
+        fold_adapter(model, adapter)
+        grams, alias = collect_grams(model, tokenizer, calib.records, modules, max_length=max_length)
+        del model
+        if path is None:
+            keep = keep or tempfile.TemporaryDirectory(prefix="adaptermerge-grams-")
+            path = Path(keep.name) / f"{i}.safetensors"
+        _save(path, grams, alias, calib)
+        log.info("calibration Grams of %s: %d records in %.1f s", adapter.name, len(calib.records), time.perf_counter() - started)
+        files.append(path)
+    if progress:
+        progress(len(adapters), len(adapters), "calibration done")
+    return GramStore(files, keep, sources)

@@ -1,0 +1,128 @@
+"""RegMean: the merge that best reproduces each adapter's layer outputs on its own inputs.
+
+Per linear module, with `G_i` adapter i's input Gram on its calibration records (mean x x^T,
+see adaptermerge.calibration) and `w_i` its weight (how much its inputs count), the merged delta
+minimizes `sum_i w_i * mean over i's tokens ||(delta - delta_i) x||^2` (Jin et al. 2023, applied
+to the deltas: the base weight cancels). The closed form is
+
+    delta = lambda * sum_i delta_i @ (w_i * G~_i) @ S^-1,     S = sum_j w_j * G~_j + ridge * mean(diag S) * I   (eigenvalues floored there when float32
+                                                        round-off left some below zero)
+
+with `G~ = offdiag * G + (1 - offdiag) * diag(G)` (RegMean's alpha: 1 is the exact regression;
+0 is a per-input-feature weighted average; the paper shrinks the off-diagonal entries where
+the calibration set is small). `lambda` (default 1) scales the result, as in task arithmetic.
+
+Conventions, each pinned by a test:
+- Equal Grams give the weighted *average* of the deltas (linear); Grams on disjoint input
+  subspaces give each adapter's own delta on its own inputs, at full strength.
+- The weights are relative: scaling all of them changes nothing (they weigh the objective).
+- The result is exactly low rank: `delta_i G~_i S^-1 = (scale_i B_i) (A_i G~_i S^-1)`, so the
+  merged factors are the sum of rank r_i terms, recompressed by QR as for linear merges.
+- An adapter without a module contributes a zero delta there but its Gram still counts: its
+  inputs are to keep the base's outputs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import AdapterMergeError
+from .base import ModuleResult, param
+
+# Above this input width the S solve runs in float32 (a float64 14336 x 14336 matrix is 1.6 GB).
+FLOAT64_MAX_IN = 4096
+
+
+def shrink_offdiag(gram: torch.Tensor, offdiag: float) -> torch.Tensor:
+    """`offdiag * G + (1 - offdiag) * diag(G)`."""
+    if offdiag == 1.0:
+        return gram
+    out = gram * offdiag
+    out.diagonal().add_(gram.diagonal(), alpha=1.0 - offdiag)
+    return out
+
+
+def _solver(S: torch.Tensor, ridge: float):
+    """x -> (S + ridge * mean(diag S) * I)^-1 x. Grams summed in float32 can have eigenvalues a
+    little below zero where the inputs have (next to) no energy; when the ridge does not cover
+    them, the eigenvalues are floored at the ridge instead (eigh): the well-determined directions,
+    small ones included, stay as they are (a larger ridge on all of them cost the demo's domain
+    task most of its gain)."""
+    mean = float(S.diagonal().mean())
+    if not mean > 0:
+        raise AdapterMergeError("the calibration Grams are zero: the calibration records never reached this module")
+    floor = ridge * mean
+    shifted = S.clone()
+    shifted.diagonal().add_(floor)
+    L, info = torch.linalg.cholesky_ex(shifted)
+    if int(info) == 0:
+        return lambda x: torch.cholesky_solve(x, L)
+    values, vectors = torch.linalg.eigh(S)
+    inverse = 1.0 / values.clamp_min(max(floor, float(values.max()) * torch.finfo(torch.float32).eps))
+    return lambda x: vectors @ (inverse[:, None] * (vectors.T @ x))
+
+
+def regmean_terms(factors, grams, weights, *, offdiag: float = 1.0, ridge: float = 1e-6, strength: float = 1.0):
+    """The merged delta as factor pairs [(B', A')] (see the module docstring).
+
+    factors: per adapter `(scaled_B [out, r], A [r, in])`, or None where the adapter lacks the module.
+    grams: per adapter its input Gram [in, in]; weights: per adapter w_i >= 0, not all zero.
+    """
+    dtype = torch.float64 if grams[0].shape[0] <= FLOAT64_MAX_IN else torch.float32
+    weighted = [w * shrink_offdiag(g.to(dtype), offdiag) for g, w in zip(grams, weights)]
+    solve = _solver(torch.stack(weighted).sum(0), ridge)
+    terms = []
+    for f, g in zip(factors, weighted):
+        if f is None:
+            continue
+        B, A = f
+        # A' = A G~ S^-1, i.e. (S^-1 G~ A^T)^T with S and G~ symmetric
+        A_new = solve(g @ A.to(dtype).T).T
+        terms.append((B.float() * strength, A_new.float()))
+    return terms
+
+
+class RegMean:
+    name = "regmean"
+    summary = "activation-aware regression merge: each adapter's outputs kept on its own inputs (needs calibration data)"
+    accepts_dora = False
+    output_exact = True
+
+    @dataclass(frozen=True)
+    class Params:
+        offdiag: float = param(1.0, "scale of the Grams' off-diagonal entries in [0, 1] (RegMean's alpha; 1 = exact regression)")
+        lambda_: float = param(1.0, "scale of the merged delta")
+        ridge: float = param(1e-6, "ridge added to the summed Gram, relative to its mean diagonal")
+        calib: str = param("", "calibration JSONL files (chat records), comma-separated, one per input; empty = each adapter's training data from its training.json")
+        calib_size: int = param(64, "calibration records per adapter")
+        calib_max_length: int = param(512, "tokens per calibration record at most")
+
+        def __post_init__(self):
+            if not 0.0 <= self.offdiag <= 1.0:
+                raise AdapterMergeError(f"offdiag must be in [0, 1], got {self.offdiag}")
+            if not self.ridge >= 0.0:
+                raise AdapterMergeError(f"ridge must be >= 0, got {self.ridge}")
+            for name in ("calib_size", "calib_max_length"):
+                if int(getattr(self, name)) < 1:
+                    raise AdapterMergeError(f"{name} must be a positive integer, got {getattr(self, name)}")
+
+    def needs_base(self, adapters) -> bool:
+        return False
+
+    def prepare(self, plan):
+        """Each adapter's calibration Grams (computed once per adapter and records, then cached)."""
+        from .. import calibration
+
+        if any(w < 0 for w in plan.weights) or not any(w > 0 for w in plan.weights):
+            raise AdapterMergeError(f"regmean weights weigh each adapter's inputs: expected non-negative weights, not all zero, got {plan.weights}")
+        files = [f.strip() for f in plan.params.calib.split(",")] if plan.params.calib else None
+        calibs = calibration.resolve(plan.adapters, files, plan.params.calib_size, plan.seed)
+        return calibration.gram_store(plan.adapters, calibs, plan.base_model, plan.modules, max_length=plan.params.calib_max_length)
+
+    def merge_module(self, inputs, weights, base_weight, params, ctx) -> ModuleResult:
+        grams = ctx.prepared.grams(ctx.module, ctx.device)
+        factors = [None if f is None else (f.scaled_B(), f.A.float()) for f in inputs]
+        terms = regmean_terms(factors, grams, weights, offdiag=params.offdiag, ridge=params.ridge, strength=params.lambda_)
+        return ModuleResult(terms=terms)
