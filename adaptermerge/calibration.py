@@ -70,8 +70,9 @@ def from_file(path: str | Path, size: int, seed: int) -> Calibration:
 
 def from_training(adapter: Adapter, size: int, seed: int) -> Calibration:
     """`size` records of the data the adapter was trained on, as its training.json records it."""
-    folder = adapter.source if adapter.source is None or adapter.source.is_dir() else adapter.source.parent
-    summary = folder / "training.json" if folder is not None else None
+    summary = None
+    if adapter.source is not None:
+        summary = (adapter.source if adapter.source.is_dir() else adapter.source.parent) / "training.json"
     hint = "pass calibration data for it (--calib FILE.jsonl: chat records like its training data)"
     if summary is None or not summary.is_file():
         raise AdapterMergeError(f"adapter {adapter.name}: no training.json beside it naming its training data; {hint}")
@@ -101,14 +102,10 @@ def resolve(adapters: list[Adapter], files: list[str | None] | None, size: int, 
 
 # ---------------------------------------------------------------- collecting Grams
 
-def _tokenized(tokenizer, records: list[dict], max_length: int) -> list[list[int]]:
+def _tokenized(tokenizer, records: list[dict], max_length: int) -> list[tuple[list[int], list[int]]]:
     from .train.trainer import tokenize_record
 
-    rows = []
-    for record in records:
-        row = tokenize_record(tokenizer, record, max_length)
-        if row is not None:
-            rows.append(row[0])
+    rows = [row for row in (tokenize_record(tokenizer, r, max_length) for r in records) if row is not None]
     if not rows:
         raise AdapterMergeError("calibration records: none has a reply to read")
     return rows
@@ -156,22 +153,19 @@ def collect_grams(model, tokenizer, records: list[dict], modules: list[str], *, 
                 raise AdapterMergeError(f"module {module_name}: its input changed between calibration batches")
         return fn
 
+    from .train.trainer import collate
+
     handles = [named[m].register_forward_pre_hook(hook(m)) for m in modules]
     tokens = 0
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    rows = sorted(_tokenized(tokenizer, records, max_length), key=len)  # similar lengths share a batch
+    rows = sorted(_tokenized(tokenizer, records, max_length), key=lambda row: len(row[0]))  # similar lengths share a batch
     try:
         with torch.inference_mode():
             for i in range(0, len(rows), BATCH_ROWS):
-                batch = rows[i : i + BATCH_ROWS]
-                width = max(len(r) for r in batch)
-                ids = torch.full((len(batch), width), pad, dtype=torch.long)
-                mask = torch.zeros((len(batch), width), dtype=torch.bool)
-                for j, r in enumerate(batch):
-                    ids[j, : len(r)] = torch.tensor(r)
-                    mask[j, : len(r)] = True
+                batch = collate(rows[i : i + BATCH_ROWS], pad)
+                mask = batch["attention_mask"].bool()
                 state.update(mask=mask, last=None, owner=None)
-                model(input_ids=ids, attention_mask=mask.long())
+                model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
                 tokens += int(mask.sum())
     finally:
         for h in handles:
@@ -228,22 +222,17 @@ def _cache_file(base_fp: str, adapter: Adapter, calib: Calibration, modules: lis
 
 
 def _save(path: Path, grams: dict, alias: dict, calib: Calibration) -> None:
-    import os
-
     from safetensors.torch import save_file
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    from .fileio import atomic_file
+
+    with atomic_file(path) as tmp:
         save_file({k: g.contiguous() for k, g in grams.items()}, str(tmp),
                   metadata={"alias": json.dumps(alias), "source": calib.source, "records": str(len(calib.records))})
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def gram_store(adapters: list[Adapter], calibrations: list[Calibration], base: str | None, modules: list[str], *,
-               max_length: int = 512, progress=None) -> GramStore:
+               max_length: int = 512) -> GramStore:
     """Compute (or reuse) each adapter's Grams at `modules` on its calibration records."""
     import tempfile
 
@@ -257,8 +246,6 @@ def gram_store(adapters: list[Adapter], calibrations: list[Calibration], base: s
     sources = [{"adapter": a.name, "source": c.source, "records": len(c.records), "sha256": c.sha256}
                for a, c in zip(adapters, calibrations)]
     for i, (adapter, calib) in enumerate(zip(adapters, calibrations)):
-        if progress:
-            progress(i, len(adapters), f"calibration: {adapter.name}")
         path = _cache_file(base_fp, adapter, calib, modules, max_length)
         if path is not None and path.is_file():
             log.info("calibration Grams of %s reused from %s", adapter.name, path)
@@ -276,6 +263,4 @@ def gram_store(adapters: list[Adapter], calibrations: list[Calibration], base: s
         _save(path, grams, alias, calib)
         log.info("calibration Grams of %s: %d records in %.1f s", adapter.name, len(calib.records), time.perf_counter() - started)
         files.append(path)
-    if progress:
-        progress(len(adapters), len(adapters), "calibration done")
     return GramStore(files, keep, sources)

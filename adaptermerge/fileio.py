@@ -21,20 +21,28 @@ def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
-def write_text_atomic(path: str | Path, text: str) -> Path:
-    """Write `text` to `path` through a temp file in the same folder and one rename, so a reader
-    (another process sharing a cache) sees the whole old file or the whole new one, never a part."""
+@contextmanager
+def atomic_file(path: str | Path) -> Iterator[Path]:
+    """A temp path in `path`'s folder to write; renamed onto `path` in one step when the block
+    ends, removed if it fails. A reader (another process sharing a cache) sees the whole old file
+    or the whole new one, never a part."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        yield Path(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return path
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write `text` to `path` atomically (see atomic_file)."""
+    with atomic_file(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
 
 
 def check_output(path: str | Path, force: bool) -> Path:

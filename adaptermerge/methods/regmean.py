@@ -5,8 +5,9 @@ see adaptermerge.calibration) and `w_i` its weight (how much its inputs count), 
 minimizes `sum_i w_i * mean over i's tokens ||(delta - delta_i) x||^2` (Jin et al. 2023, applied
 to the deltas: the base weight cancels). The closed form is
 
-    delta = lambda * sum_i delta_i @ (w_i * G~_i) @ S^-1,     S = sum_j w_j * G~_j + ridge * mean(diag S) * I   (eigenvalues floored there when float32
-                                                        round-off left some below zero)
+    delta = lambda * sum_i delta_i @ (w_i * G~_i) @ S^-1,     S = sum_j w_j * G~_j + ridge * mean(diag S) * I
+
+(where float32 round-off left eigenvalues of S below that ridge, they are floored there instead)
 
 with `G~ = offdiag * G + (1 - offdiag) * diag(G)` (RegMean's alpha: 1 is the exact regression;
 0 is a per-input-feature weighted average; the paper shrinks the off-diagonal entries where
