@@ -232,8 +232,10 @@ def _save(path: Path, grams: dict, alias: dict, calib: Calibration) -> None:
 
 
 def gram_store(adapters: list[Adapter], calibrations: list[Calibration], base: str | None, modules: list[str], *,
-               max_length: int = 512) -> GramStore:
-    """Compute (or reuse) each adapter's Grams at `modules` on its calibration records."""
+               max_length: int = 512, fold: Adapter | None = None) -> GramStore:
+    """Compute (or reuse) each adapter's Grams at `modules` on its calibration records, with the
+    adapter folded into the base, or `fold` instead (a merge of them: the inputs that merge sees).
+    """
     import tempfile
 
     from transformers import AutoTokenizer
@@ -246,7 +248,7 @@ def gram_store(adapters: list[Adapter], calibrations: list[Calibration], base: s
     sources = [{"adapter": a.name, "source": c.source, "records": len(c.records), "sha256": c.sha256}
                for a, c in zip(adapters, calibrations)]
     for i, (adapter, calib) in enumerate(zip(adapters, calibrations)):
-        path = _cache_file(base_fp, adapter, calib, modules, max_length)
+        path = _cache_file(base_fp, fold or adapter, calib, modules, max_length)
         if path is not None and path.is_file():
             log.info("calibration Grams of %s reused from %s", adapter.name, path)
             files.append(path)
@@ -254,7 +256,7 @@ def gram_store(adapters: list[Adapter], calibrations: list[Calibration], base: s
         started = time.perf_counter()
         model = base_mod.load_model(base)
         model.eval()
-        fold_adapter(model, adapter)
+        fold_adapter(model, fold or adapter)
         grams, alias = collect_grams(model, tokenizer, calib.records, modules, max_length=max_length)
         del model
         if path is None:

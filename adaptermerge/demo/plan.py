@@ -73,6 +73,7 @@ class DemoConfig:
     baselines: bool = True  # PEFT, mergekit and sequential training rows
     eval_batch_size: int = 32
     eval_dtype: str = "auto"  # bfloat16 on hardware with native bf16 (about 2x faster), else float32
+    train_workers: int | None = None  # adapters trained at once (None: 2 on a multi-core CPU)
 
     def checked(self) -> "DemoConfig":
         self.output = Path(self.output)

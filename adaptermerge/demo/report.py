@@ -84,7 +84,9 @@ def to_markdown(data: dict) -> str:
     lines += ["", f"Targets: every task's preset minimum ({', '.join(f'{task} {m} >= {v}' for task, g in t['task_minimums'].items() for m, v in g.items())}), "
               f"retention >= {t['retention_min']} of each single adapter's gain over the base, MMLU drop <= {t['mmlu_max_drop']}. "
               "retention = (merge - base) / (single adapter - base) on the task's metric; '-' where the single adapter does not beat the base.",
-              "", f"Winner: **{winner['name']}** (PEFT adapter in `winner/{winner['adapter']}`, NF4 model in `winner/nf4`)" if winner else "Winner: none", ""]
+              "", (f"Winner: **{winner['name']}** (PEFT adapter in `winner/{winner['adapter']}`, NF4 model in `winner/nf4`)" if winner else "Winner: none")
+              + ": a merge that passes every gate, else the nearest miss (the smallest shortfall of its worst gate, "
+              "as a fraction of the value that gate needs), then the most gates passed.", ""]
     if data["eval_tasks"] and any(k != v for k, v in data["eval_tasks"].items()):
         lines += ["Evaluation subsets: " + ", ".join(f"{k} -> {v}" for k, v in data["eval_tasks"].items()), ""]
     lines += ["![scores](chart.png)", "", "## Approaches", ""]

@@ -70,13 +70,37 @@ def build_rows(entries: list[dict], scores: dict, gate_config: gates_mod.GateCon
     return rows
 
 
+def shortfall(gate: dict, row: dict) -> float:
+    """How far a gate's value is from the value it needs, as a fraction of that value (0 when it
+    passes, inf when it has no value). For MMLU's max-drop gate the needed value is the base's
+    accuracy minus the allowed drop, so a miss counts in accuracy, like the other gates."""
+    if gate["passed"]:
+        return 0.0
+    value = gate.get("value")
+    if value is None:
+        return math.inf
+    need, got = gate["threshold"], value
+    if gate["kind"] == "max_drop":  # value is the drop: base - merge
+        got = (row.get("scores") or {}).get(MMLU)
+        if got is None:
+            return math.inf
+        need = got + value - gate["threshold"]
+    return max(0.0, (need - got) / need) if need > 0 else math.inf
+
+
+def worst_shortfall(row: dict) -> float:
+    return max((shortfall(g, row) for g in row.get("gates") or []), default=0.0)
+
+
 def rank_key(row: dict) -> tuple:
-    """Higher is better: no error, every gate passed, gates passed, worst retention, MMLU delta."""
+    """Higher is better: no error, every gate passed, then the nearest miss (the smallest worst
+    shortfall over its gates: a merge that misses one gate by 12 % ranks above one that passes
+    more gates but misses another by 28 %), gates passed, worst retention, MMLU delta."""
     kept = [r for r in (row.get("retention") or {}).values() if r is not None]
     ok = row.get("error") is None and not row.get("errors")
     delta = row.get("mmlu_delta")
-    return (ok, row.get("passed", False), row.get("gates_passed", 0), min(kept) if kept else -math.inf,
-            delta if delta is not None else -math.inf)
+    return (ok, row.get("passed", False), -worst_shortfall(row), row.get("gates_passed", 0),
+            min(kept) if kept else -math.inf, delta if delta is not None else -math.inf)
 
 
 def best_merge(rows: list[dict]) -> dict | None:

@@ -45,16 +45,24 @@ def _noop(stage: str, done: int, total: int, label: str = "") -> None:
 # ---------------------------------------------------------------- stages
 
 def train_singles(config: DemoConfig, progress: Progress) -> dict[str, dict]:
-    """{task: {"path", "reused", "steps"}} for the three task adapters."""
-    out = {}
-    for i, task in enumerate(TASKS):
-        steps = (config.train_steps or {}).get(task)
-        cfg = adapters_mod.choose_config(task, base=config.base, seed=config.seed, quick=config.quick, steps=steps)
-        progress("train", i, len(TASKS), f"{task}")
-        path, reused = adapters_mod.ensure_adapter(cfg, lambda s, n, loss, t=task: progress("train", i, len(TASKS), f"{t} step {s}/{n} loss {loss:.3f}"))
-        out[task] = {"path": path, "reused": reused, "steps": cfg.resolved().max_steps}
+    """{task: {"path", "reused", "steps"}} for the three task adapters; those not cached train side
+    by side on a multi-core CPU (adapters.ensure_adapters)."""
+    configs = {task: adapters_mod.choose_config(task, base=config.base, seed=config.seed, quick=config.quick,
+                                                steps=(config.train_steps or {}).get(task)) for task in TASKS}
+    steps: dict[str, str] = {}
+    finished: set[str] = set()
+
+    def step(task: str, done: int, total: int, loss: float) -> None:
+        steps[task] = f"{task} step {done}/{total} loss {loss:.3f}"
+        if done == total:
+            finished.add(task)
+        progress("train", len(finished), len(TASKS), ", ".join(steps.values()))
+
+    progress("train", 0, len(TASKS), ", ".join(TASKS))
+    trained = adapters_mod.ensure_adapters(configs, step, workers=config.train_workers)
     progress("train", len(TASKS), len(TASKS), "done")
-    return out
+    return {task: {"path": path, "reused": reused, "steps": configs[task].resolved().max_steps}
+            for task, (path, reused) in trained.items()}
 
 
 def _sequential_training(singles: dict[str, dict], config: DemoConfig, out: Path, work: Path, progress: Progress) -> Path:

@@ -9,11 +9,16 @@ from __future__ import annotations
 from ..train.data import TASKS
 from .plan import Approach, method_approach
 
-# One grid point (each costs a full evaluation, about 1.8 minutes here, and the demo has a
-# 45-minute budget): a damped sum, which kept 0.87 / 0.74 / 0.36 where the default sum kept
-# 0.84 / 0.30 / 0.44 (2026-11-23). Denser TIES (density 0.5) was dropped after that run: it kept
-# 0.96 / 0.00 / 0.28, the larger domain delta winning more sign elections. The up-weighted best
-# merge makes the second point.
+# One grid point (each costs a full evaluation, about 2 minutes here), chosen by the method of the
+# best merge so far (the nearest miss, results.rank_key). regmean: lambda 1.1 was its nearest miss
+# on the 2026-12-03 adapters (retention 0.92 / 0.95 / 0.92, benign answers 0.838; lambda 1 kept
+# 0.94 / 0.95 / 0.92 and 0.788; 128 calibration records 0.96 / 1.00 / 0.89 and 0.818; safety's
+# inputs weighted 1.5 0.88 / 0.98 / 0.95 and 0.798; a base-preserving zero-delta term on general
+# prompts lowered all three). Any other method: a damped sum, which kept 0.87 / 0.74 / 0.36 where
+# the plain sum kept 0.84 / 0.30 / 0.44 (2026-11-23). The up-weighted best merge makes the second point.
+NEAR_POINTS = {
+    "regmean": {"lambda_": 1.1},
+}
 FULL_GRID = [
     ("task_arithmetic", {"lambda_": 0.8}),
 ]
@@ -29,13 +34,20 @@ def point_name(method: str, params: dict, weights: list[float]) -> str:
 
 
 def sweep_points(best: dict | None, quick: bool, searched: tuple[float, ...] | None = None) -> list[Approach]:
-    """Task arithmetic at the searched weights (when the search moved them), the grid, then the
-    best merge so far (if a registered method) with its least-retained task up-weighted."""
-    grid = QUICK_GRID if quick else FULL_GRID
+    """Task arithmetic at the searched weights (when the search moved them), the grid (the best
+    method's near point, else FULL_GRID), then the best merge so far (if a registered method) with
+    its least-retained task up-weighted."""
+    method = best["approach"]["method"] if best is not None and best["approach"]["kind"] == "method" else None
     points = []
     if searched is not None and any(w != 1.0 for w in searched):
         points.append(method_approach("task_arithmetic", {}, searched, name=point_name("task_arithmetic", {}, list(searched))))
-    points += [method_approach(m, p, name=point_name(m, p, [1.0] * len(TASKS))) for m, p in grid]
+    if quick:
+        grid = QUICK_GRID
+    elif method in NEAR_POINTS:  # the best merge's own settings, moved to its near point
+        grid = [(method, NEAR_POINTS[method], best["approach"]["params"])]
+    else:
+        grid = [(m, p, {}) for m, p in FULL_GRID]
+    points += [method_approach(m, {**start, **p}, name=point_name(m, p, [1.0] * len(TASKS))) for m, p, start in grid]
     if best is not None and best["approach"]["kind"] == "method":
         kept = {t: r for t, r in (best.get("retention") or {}).items() if r is not None}
         if kept:

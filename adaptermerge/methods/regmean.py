@@ -85,6 +85,13 @@ def regmean_terms(factors, grams, weights, *, offdiag: float = 1.0, ridge: float
     return terms
 
 
+@dataclass
+class _Context:
+    module: str
+    prepared: object
+    device: str = "cpu"
+
+
 class RegMean:
     name = "regmean"
     summary = "activation-aware regression merge: each adapter's outputs kept on its own inputs (needs calibration data)"
@@ -99,6 +106,7 @@ class RegMean:
         calib: str = param("", "calibration JSONL files (chat records), comma-separated, one per input; empty = each adapter's training data from its training.json")
         calib_size: int = param(64, "calibration records per adapter")
         calib_max_length: int = param(512, "tokens per calibration record at most")
+        refine: int = param(0, "times the Grams are collected again with the merge so far folded in (each adapter's records; its own delta stays the target)")
 
         def __post_init__(self):
             if not 0.0 <= self.offdiag <= 1.0:
@@ -108,6 +116,8 @@ class RegMean:
             for name in ("calib_size", "calib_max_length"):
                 if int(getattr(self, name)) < 1:
                     raise AdapterMergeError(f"{name} must be a positive integer, got {getattr(self, name)}")
+            if int(self.refine) < 0:
+                raise AdapterMergeError(f"refine must be >= 0, got {self.refine}")
 
     def needs_base(self, adapters) -> bool:
         return False
@@ -120,7 +130,25 @@ class RegMean:
             raise AdapterMergeError(f"regmean weights weigh each adapter's inputs: expected non-negative weights, not all zero, got {plan.weights}")
         files = [f.strip() for f in plan.params.calib.split(",")] if plan.params.calib else None
         calibs = calibration.resolve(plan.adapters, files, plan.params.calib_size, plan.seed)
-        return calibration.gram_store(plan.adapters, calibs, plan.base_model, plan.modules, max_length=plan.params.calib_max_length)
+        store = calibration.gram_store(plan.adapters, calibs, plan.base_model, plan.modules, max_length=plan.params.calib_max_length)
+        for _ in range(int(plan.params.refine)):
+            merged = self._merged_adapter(plan, store)
+            store = calibration.gram_store(plan.adapters, calibs, plan.base_model, plan.modules,
+                                           max_length=plan.params.calib_max_length, fold=merged)
+        return store
+
+    def _merged_adapter(self, plan, store):
+        """The merge with `store`'s Grams, in memory (its terms side by side, scale 1)."""
+        from ..adapter import Adapter, LoraFactors
+
+        factors = {}
+        for module in plan.modules:
+            inputs = [a.factors(module) if module in a.specs else None for a in plan.adapters]
+            merged = self.merge_module(inputs, plan.weights, None, plan.params, _Context(module, store))
+            B = torch.cat([b for b, _ in merged.terms], 1)
+            A = torch.cat([a for _, a in merged.terms], 0)
+            factors[module] = LoraFactors(A, B, alpha=float(A.shape[0]), scale=1.0)
+        return Adapter.from_factors("regmean-so-far", factors, base_model=plan.adapters[0].base_model)
 
     def merge_module(self, inputs, weights, base_weight, params, ctx) -> ModuleResult:
         grams = ctx.prepared.grams(ctx.module, ctx.device)

@@ -29,7 +29,30 @@ def test_best_merge_prefers_passing_then_worst_task_retention():
     assert results.best_merge([a, b])["name"] == "b"
     assert results.best_merge([a, b, c, broken])["name"] == "c"
     assert results.best_merge([broken]) is None
-    assert results.rank_key(_row("e", False, 0, {"domain": None}, None))[3] == -math.inf
+    assert results.rank_key(_row("e", False, 0, {"domain": None}, None))[4] == -math.inf
+
+
+def _gate(kind, threshold, value, passed, task="domain"):
+    return {"task": task, "kind": kind, "threshold": threshold, "value": value, "passed": passed}
+
+
+def test_shortfall_is_the_missing_fraction_of_what_the_gate_needs():
+    row = {"scores": {"mmlu": 0.20}}
+    assert results.shortfall(_gate("min", 0.9, 0.95, True), row) == 0.0
+    assert results.shortfall(_gate("min", 0.9, 0.72, False), row) == pytest.approx(0.2)
+    assert results.shortfall(_gate("retention", 0.95, 0.76, False), row) == pytest.approx(0.2)
+    # MMLU: base 0.25, merge 0.20, drop 0.05 against 0.01 allowed: it needs 0.24 and has 0.20
+    assert results.shortfall(_gate("max_drop", 0.01, 0.05, False, "mmlu"), row) == pytest.approx(0.04 / 0.24)
+    assert results.shortfall(_gate("min", 0.9, None, False), row) == math.inf
+
+
+def test_the_nearest_miss_ranks_above_more_gates_passed():
+    near = {**_row("near", False, 3, {"domain": 0.94, "structured": 0.95, "safety": 0.92}, 0.0),
+            "gates": [_gate("min", 0.9, 0.79, False), _gate("retention", 0.95, 0.92, False)]}
+    far = {**_row("far", False, 5, {"domain": 0.9, "structured": 0.68, "safety": 1.05}, 0.0),
+           "gates": [_gate("min", 0.85, 0.65, False), _gate("retention", 0.95, 0.68, False)]}
+    assert results.worst_shortfall(near) == pytest.approx(0.11 / 0.9)
+    assert results.best_merge([far, near])["name"] == "near"
 
 
 def test_sweep_upweights_the_least_retained_task():
@@ -41,6 +64,19 @@ def test_sweep_upweights_the_least_retained_task():
     assert len(weighted) == 1 and weighted[0].weights == (1.0, sweep.UPWEIGHT, 1.0)
     assert weighted[0].method == "ties" and weighted[0].params == {"density": 0.2}
     assert len(sweep.sweep_points(None, quick=False)) == len(sweep.FULL_GRID)
+
+
+def test_sweep_moves_a_method_with_a_near_point_there_and_keeps_its_settings():
+    best = {**_row("regmean", False, 3, {"domain": 0.94, "structured": 0.95, "safety": 0.92}, 0.0),
+            "approach": {"kind": "method", "method": "regmean", "params": {"calib_size": 32}}}
+    points = sweep.sweep_points(best, quick=False)
+    near = points[0]
+    assert near.method == "regmean" and near.weights == (1.0, 1.0, 1.0)
+    assert near.params == {"calib_size": 32, **sweep.NEAR_POINTS["regmean"]}
+    assert near.name == "sweep_regmean_lambda1.1"
+    assert points[1].weights == (1.0, 1.0, sweep.UPWEIGHT) and points[1].params == {"calib_size": 32}
+    # a method without a near point gets the fallback grid
+    assert [p.method for p in sweep.sweep_points(_row("ties", False, 6, {"domain": 0.9}, 0.0), quick=False)][0] == "task_arithmetic"
 
 
 def test_sweep_starts_with_task_arithmetic_at_the_searched_weights_when_they_moved():

@@ -1,0 +1,53 @@
+"""Training the demo's adapters side by side (demo/adapters.ensure_adapters) on the tiny model:
+the same weights as one after the other, the cache reused, a failure in a training process raised."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from adaptermerge.demo import adapters as A
+from adaptermerge.errors import AdapterMergeError
+
+TASKS = ("domain", "safety")
+
+
+def _configs(base) -> dict:
+    return {t: A.choose_config(t, base=str(base), seed=0, quick=True, steps=2) for t in TASKS}
+
+
+def test_side_by_side_gives_the_weights_of_one_by_one_and_reuses_the_cache(tiny_base, tmp_path, monkeypatch):
+    trained, seen = {}, {}
+    for workers in (1, 2):
+        monkeypatch.setenv("ADAPTERMERGE_CACHE", str(tmp_path / f"cache{workers}"))
+        seen[workers] = []
+        trained[workers] = A.ensure_adapters(_configs(tiny_base), lambda *a, w=workers: seen[workers].append(a), workers=workers)
+        assert list(trained[workers]) == list(TASKS)
+        assert not any(reused for _, reused in trained[workers].values())
+    for workers in (1, 2):  # every step of every task reported, from the processes too
+        assert sorted((t, s) for t, s, _, _ in seen[workers]) == [(t, s) for t in TASKS for s in (1, 2)]
+    for task in TASKS:
+        one = load_file(trained[1][task][0] / "adapter_model.safetensors")
+        two = load_file(trained[2][task][0] / "adapter_model.safetensors")
+        assert one.keys() == two.keys()
+        # Both ran on one torch thread (the suite's), so the floats agree exactly.
+        assert all(torch.equal(one[k], two[k]) for k in one), task
+    again = A.ensure_adapters(_configs(tiny_base), workers=2)
+    assert {t: (p, r) for t, (p, r) in again.items()} == {t: (trained[2][t][0], True) for t in TASKS}
+
+
+def test_a_failure_in_a_training_process_is_raised_with_its_message(tiny_base, tmp_path, monkeypatch):
+    monkeypatch.setenv("ADAPTERMERGE_CACHE", str(tmp_path / "cache"))
+    configs = _configs(tiny_base)
+    configs["safety"] = replace(configs["safety"], targets=("no_such_proj",))
+    with pytest.raises(AdapterMergeError, match="no_such_proj"):
+        A.ensure_adapters(configs, workers=2)
+    assert not any((tmp_path / "cache" / "adapters").glob("safety-*/adapter_config.json"))
+
+
+def test_workers_never_exceed_the_adapters_to_train():
+    assert A.train_workers(0) == 1 and A.train_workers(1, 2) == 1
+    assert A.train_workers(3, 2) == 2 and A.train_workers(3, 1) == 1
