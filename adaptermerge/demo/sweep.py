@@ -1,7 +1,9 @@
-"""A small search when the defaults miss the targets: per-task weights of task arithmetic found by
-the proxy search (weightsearch.py: seconds per point, training records only), a damped sum, and
-up-weighting the task the best merge so far retains least. Every point is then scored by the same
-gates as the defaults; the winner is simply the best row.
+"""A small search when the defaults miss the targets, around the best merge of a registered method
+so far: that method at its near point (NEAR_POINTS; a damped sum for a method without one), the
+same merge with the task it retains least up-weighted, and, with --weight-search, task arithmetic
+at the per-task weights the proxy search found (weightsearch.py: seconds per point, training
+records only). Every point is then scored by the same gates as the defaults; the winner is simply
+the best row (results.rank_key).
 """
 
 from __future__ import annotations

@@ -48,6 +48,18 @@ def test_a_failure_in_a_training_process_is_raised_with_its_message(tiny_base, t
     assert not any((tmp_path / "cache" / "adapters").glob("safety-*/adapter_config.json"))
 
 
-def test_workers_never_exceed_the_adapters_to_train():
-    assert A.train_workers(0) == 1 and A.train_workers(1, 2) == 1
-    assert A.train_workers(3, 2) == 2 and A.train_workers(3, 1) == 1
+def test_workers_never_exceed_the_runs_and_short_runs_go_one_by_one(monkeypatch):
+    long, short = A.MIN_SIDE_BY_SIDE_TOKENS, A.MIN_SIDE_BY_SIDE_TOKENS - 1
+    assert A.train_workers([]) == 1 and A.train_workers([long], 2) == 1
+    assert A.train_workers([long] * 3, 2) == 2 and A.train_workers([long] * 3, 1) == 1
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    assert A.train_workers([10 * long, long]) == 2
+    assert A.train_workers([10 * long, short, short]) == 1  # only one run is worth a process
+    monkeypatch.setattr("os.cpu_count", lambda: 1)
+    assert A.train_workers([long, long]) == 1
+
+
+def test_the_presets_train_side_by_side_and_quick_runs_do_not():
+    estimates = {quick: [A._work_estimate(A.train_config(t, base=None, seed=0, quick=quick)) for t in ("domain", "structured", "safety")]
+                 for quick in (False, True)}
+    assert sorted(estimates[False])[-2] >= A.MIN_SIDE_BY_SIDE_TOKENS > sorted(estimates[True])[-2]
