@@ -23,7 +23,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from .errors import AdapterMergeError
-from .fileio import sha256_file
+from .fileio import read_json_object, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -317,16 +317,6 @@ def _check_config(path: Path, config: dict) -> None:
         raise AdapterMergeError(f"{path}: adapter_config has no lora_alpha")
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise AdapterMergeError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(data, dict):
-        raise AdapterMergeError(f"{path}: expected a JSON object")
-    return data
-
-
 def _config_belongs(config: dict, grouped: dict, shapes: dict) -> bool:
     """A config beside a bare file is used only if its ranks and targets fit the file's tensors."""
     targets = config.get("target_modules") or []
@@ -387,7 +377,7 @@ def load_adapter(path: str | Path, *, alpha: float | None = None, name: str | No
 
     config = None
     if config_path.is_file():
-        candidate = _read_json(config_path)
+        candidate = read_json_object(config_path)
         if path.is_dir() or weights.name == WEIGHTS_NAME or _config_belongs(candidate, grouped, shapes):
             config = candidate
         else:

@@ -13,6 +13,20 @@ from typing import Iterator
 from .errors import AdapterMergeError
 
 
+def read_json_object(path: str | Path) -> dict:
+    """A JSON file holding an object (a config, a summary); anything else is a one-line error
+    naming the file."""
+    import json
+
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise AdapterMergeError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise AdapterMergeError(f"{path}: expected a JSON object, found {type(data).__name__}")
+    return data
+
+
 def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -20,13 +20,13 @@ away (0.87-2.39) than NF4(W0 + delta) (0.08-0.60).
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
 import torch
 
 from .errors import AdapterMergeError
+from .fileio import read_json_object
 
 log = logging.getLogger(__name__)
 
@@ -56,11 +56,7 @@ def training_quantization(adapter) -> str | None:
     path = (source if source.is_dir() else source.parent) / TRAINING_FILE
     if not path.is_file():
         return None
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise AdapterMergeError(f"{path} is not valid JSON ({exc})") from None
-    quantization = data.get("quantization") if isinstance(data, dict) else None
+    quantization = read_json_object(path).get("quantization")
     return str(quantization).lower() if quantization else None
 
 

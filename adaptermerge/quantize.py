@@ -31,7 +31,7 @@ from typing import Callable, Mapping
 import torch
 
 from .errors import AdapterMergeError
-from .fileio import atomic_dir, check_output
+from .fileio import atomic_dir, check_output, read_json_object
 
 log = logging.getLogger(__name__)
 
@@ -228,10 +228,7 @@ def check_full_precision(model_dir: str | Path) -> dict:
         raise AdapterMergeError(f"{path} is not a model folder: it has no config.json")
     if not any(path.glob("*.safetensors")):
         raise AdapterMergeError(f"model folder {path} has no safetensors weights")
-    try:
-        config = json.loads(config_file.read_text())
-    except json.JSONDecodeError as exc:
-        raise AdapterMergeError(f"{config_file} is not valid JSON ({exc})") from None
+    config = read_json_object(config_file)
     if config.get("quantization_config"):
         method = config["quantization_config"].get("quant_method", "unknown")
         raise AdapterMergeError(
@@ -298,12 +295,7 @@ def write_report(folder: str | Path, quantization: dict, previous: str | Path | 
     """Write `folder/adaptermerge.json`: the previous one (the input folder's, if any) plus a "quantization" key."""
     data: dict = {}
     if previous is not None and Path(previous).is_file():
-        try:
-            data = json.loads(Path(previous).read_text())
-        except json.JSONDecodeError as exc:
-            raise AdapterMergeError(f"{previous} is not valid JSON ({exc})") from None
-        if not isinstance(data, dict):
-            raise AdapterMergeError(f"{previous} must hold a JSON object, found {type(data).__name__}")
+        data = read_json_object(previous)
     data["quantization"] = quantization
     (Path(folder) / REPORT_NAME).write_text(json.dumps(data, indent=2) + "\n")
     return data

@@ -64,3 +64,18 @@ def test_write_text_atomic_replaces_whole_files_and_cleans_up(tmp_path):
     with pytest.raises(TypeError):
         write_text_atomic(target, b"not text")  # fails mid-write
     assert target.read_text() == "second" and sorted(p.name for p in target.parent.iterdir()) == ["cache.json"]
+
+
+def test_read_json_object_names_the_file_and_what_was_expected(tmp_path):
+    read_json_object = fileio.read_json_object
+    good, broken, array = tmp_path / "good.json", tmp_path / "broken.json", tmp_path / "array.json"
+    good.write_text('{"r": 8}')
+    broken.write_text("{not json")
+    array.write_text("[1, 2]")
+    assert read_json_object(good) == {"r": 8}
+    with pytest.raises(AdapterMergeError, match=r"broken\.json: not valid JSON"):
+        read_json_object(broken)
+    with pytest.raises(AdapterMergeError, match=r"array\.json: expected a JSON object, found list"):
+        read_json_object(array)
+    with pytest.raises(AdapterMergeError, match=r"missing\.json: not valid JSON"):
+        read_json_object(tmp_path / "missing.json")

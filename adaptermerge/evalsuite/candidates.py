@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .. import base as base_mod
 from ..errors import AdapterMergeError
-from ..fileio import write_text_atomic
+from ..fileio import read_json_object, write_text_atomic
 
 BASE_NAMES = ("base", "embedded")
 # Where the dtype choice lives (training uses it too); re-exported for the evaluation code.
@@ -38,13 +38,6 @@ class Candidate:
                 "base": self.base, "task": self.task}
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise AdapterMergeError(f"{path}: cannot read JSON ({exc})") from None
-
-
 def base_candidate(base: str | None) -> Candidate:
     return Candidate("base", "base", None, base=base)
 
@@ -61,8 +54,8 @@ def resolve_candidate(spec: str, base: str | None = None) -> Candidate:
         raise AdapterMergeError(f"candidate {spec!r} is not a folder (expected an adapter folder, a merged model folder, or 'base')")
     name = path.resolve().name
     if (path / "adapter_config.json").is_file():
-        config = _read_json(path / "adapter_config.json")
-        training = _read_json(path / "training.json") if (path / "training.json").is_file() else {}
+        config = read_json_object(path / "adapter_config.json")
+        training = read_json_object(path / "training.json") if (path / "training.json").is_file() else {}
         on_top = training.get("on_top_of")
         return Candidate(name, "adapter", path, base=base or config.get("base_model_name_or_path"),
                          task=training.get("task"), on_top_of=Path(on_top) if on_top else None)
