@@ -244,7 +244,7 @@ def gram_store(adapters: list[Adapter], calibrations: list[Calibration], base: s
 
     base_fp = base_fingerprint(base)["sha256"]
     tokenizer = AutoTokenizer.from_pretrained(base_mod.resolve_base(base))
-    files, keep = [], None
+    files, keep, model = [], None, None
     sources = [{"adapter": a.name, "source": c.source, "records": len(c.records), "sha256": c.sha256}
                for a, c in zip(adapters, calibrations)]
     for i, (adapter, calib) in enumerate(zip(adapters, calibrations)):
@@ -254,11 +254,13 @@ def gram_store(adapters: list[Adapter], calibrations: list[Calibration], base: s
             files.append(path)
             continue
         started = time.perf_counter()
-        model = base_mod.load_model(base)
-        model.eval()
-        fold_adapter(model, fold or adapter)
+        if model is None or fold is None:  # with `fold`, every adapter's records read the same model
+            model = base_mod.load_model(base)
+            model.eval()
+            fold_adapter(model, fold or adapter)
         grams, alias = collect_grams(model, tokenizer, calib.records, modules, max_length=max_length)
-        del model
+        if fold is None:
+            model = None
         if path is None:
             keep = keep or tempfile.TemporaryDirectory(prefix="adaptermerge-grams-")
             path = Path(keep.name) / f"{i}.safetensors"

@@ -50,12 +50,21 @@ def is_trained(folder: Path) -> bool:
 
 def ensure_adapter(config: trainer.TrainConfig, progress: TrainProgress | None = None) -> tuple[Path, bool]:
     """(folder, reused): the cached adapter for `config` (its `output` is ignored), trained first if absent."""
+    folder, reused = _lookup(config)
+    return (folder, True) if reused else (_train_into(config, folder, progress), False)
+
+
+def _lookup(config: trainer.TrainConfig) -> tuple[Path, bool]:
+    """(the cache folder for `config`, whether an adapter is already trained there)."""
     folder = cache_path(config)
-    if is_trained(folder):
+    reused = is_trained(folder)
+    if reused:
         log.info("reusing %s", folder)
-        return folder, True
-    cfg = trainer.TrainConfig(**{**asdict(config), "output": folder, "force": True})
-    return trainer.train(cfg, progress), False
+    return folder, reused
+
+
+def _train_into(config: trainer.TrainConfig, folder: Path, progress: TrainProgress | None) -> Path:
+    return trainer.train(trainer.TrainConfig(**{**asdict(config), "output": folder, "force": True}), progress)
 
 
 def train_config(task: str, *, base: str | None, seed: int, quick: bool, steps: int | None = None,
@@ -116,24 +125,24 @@ def ensure_adapters(configs: dict[str, trainer.TrainConfig], progress: TasksProg
     the threads)."""
     out, todo = {}, {}
     for task, cfg in configs.items():
-        folder = cache_path(cfg)
-        if is_trained(folder):
-            log.info("reusing %s", folder)
+        folder, reused = _lookup(cfg)
+        if reused:
             out[task] = (folder, True)
         else:
-            todo[task] = cfg
-    n = train_workers([_work_estimate(cfg) for cfg in todo.values()], workers)
+            todo[task] = (cfg, folder, _work_estimate(cfg))
+    n = train_workers([work for _, _, work in todo.values()], workers)
     if n == 1:
-        for task, cfg in todo.items():
-            out[task] = ensure_adapter(cfg, progress and (lambda s, total, loss, t=task: progress(t, s, total, loss)))
+        for task, (cfg, folder, _) in todo.items():
+            out[task] = (_train_into(cfg, folder, progress and (lambda s, total, loss, t=task: progress(t, s, total, loss))), False)
     else:
-        order = sorted(todo, key=lambda t: -_work_estimate(todo[t]))
-        out.update({task: (path, False) for task, path in _train_processes({t: todo[t] for t in order}, n, progress).items()})
+        order = sorted(todo, key=lambda t: -todo[t][2])
+        out.update({task: (path, False) for task, path in _train_processes({t: todo[t][:2] for t in order}, n, progress).items()})
     return {task: out[task] for task in configs}
 
 
-def _train_processes(todo: dict[str, trainer.TrainConfig], n: int, progress: TasksProgress | None) -> dict[str, Path]:
-    """Train `todo` (in its order) in `n` spawned processes; the first failure stops the others."""
+def _train_processes(todo: dict[str, tuple[trainer.TrainConfig, Path]], n: int, progress: TasksProgress | None) -> dict[str, Path]:
+    """Train `todo` ({task: (config, folder)}, in its order) in `n` spawned processes; the first
+    failure stops the others."""
     import multiprocessing
     import queue as queue_mod
 
@@ -150,7 +159,7 @@ def _train_processes(todo: dict[str, trainer.TrainConfig], n: int, progress: Tas
         while waiting or running:
             while waiting and len(running) < n:
                 task = waiting.pop(0)
-                running[task] = ctx.Process(target=_train_one, args=(task, todo[task], threads, quiet, messages), daemon=True)
+                running[task] = ctx.Process(target=_train_one, args=(task, *todo[task], threads, quiet, messages), daemon=True)
                 running[task].start()
             try:
                 kind, task, *rest = messages.get(timeout=1.0)
@@ -174,8 +183,8 @@ def _train_processes(todo: dict[str, trainer.TrainConfig], n: int, progress: Tas
     return done
 
 
-def _train_one(task: str, config: trainer.TrainConfig, threads: int, quiet: bool, messages) -> None:
-    """In a training process: ensure_adapter, reporting each step and the outcome on `messages`."""
+def _train_one(task: str, config: trainer.TrainConfig, folder: Path, threads: int, quiet: bool, messages) -> None:
+    """In a training process: train into `folder`, reporting each step and the outcome on `messages`."""
     import torch
 
     from ..errors import AdapterMergeError
@@ -188,7 +197,7 @@ def _train_one(task: str, config: trainer.TrainConfig, threads: int, quiet: bool
     exit_with_parent()
     torch.set_num_threads(threads)
     try:
-        path, _ = ensure_adapter(config, lambda step, total, loss: messages.put(("step", task, step, total, loss)))
+        path = _train_into(config, folder, lambda step, total, loss: messages.put(("step", task, step, total, loss)))
         messages.put(("done", task, str(path)))
     except Exception as exc:  # noqa: BLE001 - reported to the parent, which raises it
         messages.put(("error", task, str(exc) if isinstance(exc, AdapterMergeError) else f"{type(exc).__name__}: {exc}",

@@ -50,12 +50,12 @@ def sweep_points(best: dict | None, quick: bool, searched: tuple[float, ...] | N
     else:
         grid = [(m, p, {}) for m, p in FULL_GRID]
     points += [method_approach(m, {**start, **p}, name=point_name(m, p, [1.0] * len(TASKS))) for m, p, start in grid]
-    if best is not None and best["approach"]["kind"] == "method":
+    if method is not None:
         kept = {t: r for t, r in (best.get("retention") or {}).items() if r is not None}
         if kept:
             worst = min(kept, key=kept.get)
             weights = [UPWEIGHT if t == worst else 1.0 for t in TASKS]
-            method, params = best["approach"]["method"], best["approach"]["params"]
+            params = best["approach"]["params"]
             points.append(method_approach(method, params, weights, name=point_name(method, params, weights)))
     seen, out = set(), []
     for p in points:

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import AdapterMergeError
-from .base import ModuleResult, param
+from .base import MergeContext, ModuleResult, param
 
 # Above this input width the S solve runs in float32 (a float64 14336 x 14336 matrix is 1.6 GB).
 FLOAT64_MAX_IN = 4096
@@ -85,13 +85,6 @@ def regmean_terms(factors, grams, weights, *, offdiag: float = 1.0, ridge: float
     return terms
 
 
-@dataclass
-class _Context:
-    module: str
-    prepared: object
-    device: str = "cpu"
-
-
 class RegMean:
     name = "regmean"
     summary = "activation-aware regression merge: each adapter's outputs kept on its own inputs (needs calibration data)"
@@ -144,7 +137,8 @@ class RegMean:
         factors = {}
         for module in plan.modules:
             inputs = [a.factors(module) if module in a.specs else None for a in plan.adapters]
-            merged = self.merge_module(inputs, plan.weights, None, plan.params, _Context(module, store))
+            ctx = MergeContext(module, plan.seed, torch.device("cpu"), store)  # folded into a CPU model
+            merged = self.merge_module(inputs, plan.weights, None, plan.params, ctx)
             B = torch.cat([b for b, _ in merged.terms], 1)
             A = torch.cat([a for _, a in merged.terms], 0)
             factors[module] = LoraFactors(A, B, alpha=float(A.shape[0]), scale=1.0)
