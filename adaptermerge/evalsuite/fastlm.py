@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from . import greedy
 from .kvcache import cache_kwargs, returned_cache
+from .lmhead import contiguous_head_input
 
 Request = tuple[tuple[str, str], list[int], list[int]]  # ((context, continuation), context ids, continuation ids)
 
@@ -41,6 +42,7 @@ class FastHFLM(HFLM):
 
     def __init__(self, *args, context_batch: int = 8, token_budget: int = 4096, progress_bars: bool = True, **kwargs):
         super().__init__(*args, **kwargs)
+        contiguous_head_input(self.model)
         self.progress_bars = progress_bars  # False: no tqdm bars (the caller shows its own progress)
         self.context_batch = int(context_batch)
         self.token_budget = int(token_budget)

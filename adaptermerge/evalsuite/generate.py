@@ -30,6 +30,9 @@ def generate_responses(
     """
     import torch
 
+    from .lmhead import contiguous_head_input
+
+    contiguous_head_input(model)
     prompts = [
         tokenizer.apply_chat_template(prompt_messages(r), tokenize=False, add_generation_prompt=True) for r in records
     ]
