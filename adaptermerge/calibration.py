@@ -124,10 +124,26 @@ def fold_adapter(model, adapter: Adapter) -> None:
             weight += adapter.factors(module).delta().to(weight.dtype)
 
 
-def collect_grams(model, tokenizer, records: list[dict], modules: list[str], *, max_length: int = 512) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def _forward_kwargs(model, modules: list[str]) -> dict:
+    """Only the layers' inputs are read, not the logits: ask for the last position's logits alone
+    (a full [batch, tokens, vocab] projection is a third of a small model's forward and, at 8 x 512
+    tokens and SmolLM2's 49152 words, an 800 MB float32 tensor). Not when the output head is a
+    module whose inputs are wanted, nor for a model whose forward has no `logits_to_keep`."""
+    import inspect
+
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    named = dict(model.named_modules())
+    if head is None or any(named.get(m) is head for m in modules):
+        return {}
+    return {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+
+
+def collect_grams(model, tokenizer, records: list[dict], modules: list[str], *, max_length: int = 512,
+                  progress=None) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """(grams, alias): `grams[key]` is mean x x^T over the records' real tokens [in, in] (float32),
     and `alias[module]` names the key of each module's Gram. Modules that read the same input
     (q/k/v, gate/up) share one Gram: stored once, computed once per batch.
+    progress(done, total) follows the batches.
     """
     named = dict(model.named_modules())
     missing = [m for m in modules if m not in named]
@@ -159,14 +175,18 @@ def collect_grams(model, tokenizer, records: list[dict], modules: list[str], *, 
     tokens = 0
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     rows = sorted(_tokenized(tokenizer, records, max_length), key=lambda row: len(row[0]))  # similar lengths share a batch
+    extra = _forward_kwargs(model, modules)
+    batches = range(0, len(rows), BATCH_ROWS)
     try:
         with torch.inference_mode():
-            for i in range(0, len(rows), BATCH_ROWS):
+            for n, i in enumerate(batches):
                 batch = collate(rows[i : i + BATCH_ROWS], pad)
                 mask = batch["attention_mask"].bool()
                 state.update(mask=mask, last=None, owner=None)
-                model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+                model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **extra)
                 tokens += int(mask.sum())
+                if progress:
+                    progress(n + 1, len(batches))
     finally:
         for h in handles:
             h.remove()
@@ -185,6 +205,11 @@ class GramStore:
         self.sources = sources or []
         self._keep = keep  # a TemporaryDirectory holding files of in-memory adapters
         self._alias = [json.loads(_metadata(f)["alias"]) for f in files]
+        self.memo: dict = {}  # a merge method's recent per-Gram results, keyed by key(module) (regmean's systems)
+
+    def key(self, module: str) -> tuple:
+        """Which Gram each adapter has at `module`: equal keys, equal Grams (q/k/v share one)."""
+        return tuple(alias.get(module) for alias in self._alias)
 
     def describe(self) -> list[dict]:
         """Per adapter: where its calibration records came from (recorded in adaptermerge.json)."""
@@ -232,9 +257,11 @@ def _save(path: Path, grams: dict, alias: dict, calib: Calibration) -> None:
 
 
 def gram_store(adapters: list[Adapter], calibrations: list[Calibration], base: str | None, modules: list[str], *,
-               max_length: int = 512, fold: Adapter | None = None) -> GramStore:
+               max_length: int = 512, fold: Adapter | None = None, progress=None,
+               label: str = "calibration Grams") -> GramStore:
     """Compute (or reuse) each adapter's Grams at `modules` on its calibration records, with the
     adapter folded into the base, or `fold` instead (a merge of them: the inputs that merge sees).
+    progress(done, total, label) counts records over all adapters (reused ones count at once).
     """
     import tempfile
 
@@ -247,18 +274,27 @@ def gram_store(adapters: list[Adapter], calibrations: list[Calibration], base: s
     files, keep, model = [], None, None
     sources = [{"adapter": a.name, "source": c.source, "records": len(c.records), "sha256": c.sha256}
                for a, c in zip(adapters, calibrations)]
+    total, done = sum(len(c.records) for c in calibrations), 0
     for i, (adapter, calib) in enumerate(zip(adapters, calibrations)):
         path = _cache_file(base_fp, fold or adapter, calib, modules, max_length)
         if path is not None and path.is_file():
             log.info("calibration Grams of %s reused from %s", adapter.name, path)
             files.append(path)
+            done += len(calib.records)
+            if progress:
+                progress(done, total, f"{label}: {adapter.name} (cached)")
             continue
         started = time.perf_counter()
         if model is None or fold is None:  # with `fold`, every adapter's records read the same model
             model = base_mod.load_model(base)
             model.eval()
             fold_adapter(model, fold or adapter)
-        grams, alias = collect_grams(model, tokenizer, calib.records, modules, max_length=max_length)
+        def tick(batches_done, batches, before=done, n=len(calib.records), name=adapter.name):
+            if progress:
+                progress(before + min(n, batches_done * BATCH_ROWS), total, f"{label}: {name}")
+
+        grams, alias = collect_grams(model, tokenizer, calib.records, modules, max_length=max_length, progress=tick)
+        done += len(calib.records)
         if fold is None:
             model = None
         if path is None:

@@ -75,6 +75,7 @@ class MergePlan:
         device: str = "cpu",
         check_base: bool = True,
         base_transform=None,
+        progress: Progress | None = None,
         **params,
     ):
         if not adapters:
@@ -101,6 +102,8 @@ class MergePlan:
             self.base_weights = BaseWeights(base_mod.resolve_base(self.base_model), transform=base_transform)
             self._check_base_shapes()
         self.dora_output = self.method.name == "dora" or any(a.is_dora for a in adapters)
+        # a method's preparation (regmean's calibration Grams: minutes) reports to the same callback
+        self.progress = progress
         prepare = getattr(self.method, "prepare", None)
         self.prepared = prepare(self) if prepare is not None else None
 
@@ -256,7 +259,7 @@ def merge(
     `rank` caps the output rank (default: exact for linear families, sum of input ranks for
     sparse ones). The result's `metadata` is the provenance written as adaptermerge.json.
     """
-    plan = MergePlan(adapters, method, weights, base=base, seed=seed, device=device, check_base=check_base, **params)
+    plan = MergePlan(adapters, method, weights, base=base, seed=seed, device=device, check_base=check_base, progress=progress, **params)
     return plan.to_adapter(rank, progress)
 
 
@@ -298,7 +301,8 @@ def merge_to_model(
         check_scheme(requantize)
         check_compute_dtype(compute_dtype)
         require_bitsandbytes()
-    plan = MergePlan(adapters, method, weights, base=base, need_base=True, seed=seed, device=device, check_base=check_base, **params)
+    plan = MergePlan(adapters, method, weights, base=base, need_base=True, seed=seed, device=device, check_base=check_base,
+                     progress=progress, **params)
     choice = apply_merge_onto(plan, merge_onto, requantize)
     write_full_model(
         plan, out, shard_size=shard_size, force=force, progress=progress, extra_meta={"merge_onto": choice},

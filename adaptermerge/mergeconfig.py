@@ -107,6 +107,7 @@ def run_job(job: MergeJob, progress: Progress | None = None, quantize_progress=N
         seed=job.seed,
         device=job.device,
         check_base=job.check_base,
+        progress=progress,
         **job.params,
     )
     if job.output == "model":

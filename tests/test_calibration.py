@@ -57,6 +57,44 @@ def test_grams_match_unbatched_inputs_and_shared_inputs_are_stored_once(chat):
         torch.testing.assert_close(grams[alias[module]].double(), _grams_by_hand(model, tok, records, module), atol=1e-4, rtol=1e-4)
 
 
+def test_the_gram_pass_skips_the_vocabulary_projection_unless_the_head_is_a_module(chat):
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    base, _, data = chat
+    model = LlamaForCausalLM.from_pretrained(base).eval()
+    tok = AutoTokenizer.from_pretrained(base)
+    records = calibration.from_file(data[0], 12, 0).records
+    seen = []
+    handle = model.lm_head.register_forward_pre_hook(lambda _m, args: seen.append(args[0].shape[1]))
+    try:
+        calibration.collect_grams(model, tok, records, [f"{LAYER}.mlp.down_proj"])
+        assert seen and set(seen) == {1}  # the last position only
+        seen.clear()
+        grams, alias = calibration.collect_grams(model, tok, records, ["lm_head"])
+    finally:
+        handle.remove()
+    assert min(seen) > 1  # every position: the head's Gram needs them all
+    torch.testing.assert_close(grams[alias["lm_head"]].double(), _grams_by_hand(model, tok, records, "lm_head"), atol=1e-4, rtol=1e-4)
+
+
+def test_regmean_reports_the_gram_pass_to_the_progress_callback(chat, tmp_path, monkeypatch):
+    base, adapters, data = chat
+    monkeypatch.setenv("ADAPTERMERGE_CACHE", str(tmp_path / "cache"))  # an empty cache: the Grams are computed
+    loaded = [load_adapter(a) for a in adapters]
+    calib = ",".join(str(d) for d in data)
+    calls = []
+    merge(loaded, "regmean", base=str(base), calib=calib, calib_size=12, progress=lambda *a: calls.append(a))
+    grams = [c for c in calls if c[2].startswith("calibration Grams")]
+    assert grams[-1][:2] == (24, 24)  # 12 records per adapter
+    assert [c[0] for c in grams] == sorted(c[0] for c in grams) and len(grams) > 2
+    assert {c[2] for c in grams} >= {f"calibration Grams: {a.name}" for a in loaded}
+    assert calls[-1][1] == len(loaded[0].modules)  # then the merge's own module count
+    calls.clear()
+    merge(loaded, "regmean", base=str(base), calib=calib, calib_size=12, progress=lambda *a: calls.append(a))
+    assert [c for c in calls if "Grams" in c[2]] == [(12, 24, f"calibration Grams: {loaded[0].name} (cached)"),
+                                                     (24, 24, f"calibration Grams: {loaded[1].name} (cached)")]
+
+
 def test_regmean_beats_linear_and_sum_on_its_objective_and_reuses_the_cache(chat):
     from transformers import AutoTokenizer, LlamaForCausalLM
 
@@ -87,6 +125,27 @@ def test_regmean_beats_linear_and_sum_on_its_objective_and_reuses_the_cache(chat
     assert objective(ours) < objective(sum(deltas) / 2)
     assert objective(ours) < objective(sum(deltas))
     assert merged.metadata["summary"]["all_exact"]
+
+
+def test_modules_reading_one_input_share_one_solved_system(chat, monkeypatch):
+    from adaptermerge.methods import regmean
+
+    base, adapters, data = chat
+    loaded = [load_adapter(a) for a in adapters]
+    calib = ",".join(str(d) for d in data)
+    solved = []
+    real = regmean.regmean_system
+    monkeypatch.setattr(regmean, "regmean_system", lambda grams, *a, **k: solved.append(grams[0].shape) or real(grams, *a, **k))
+    merged = merge(loaded, "regmean", base=str(base), calib=calib, calib_size=12)
+    layers = {m.rsplit(".", 2)[0] for m in merged.modules}
+    store = calibration.gram_store(loaded, calibration.resolve(loaded, data, 12, 0), str(base), sorted(merged.modules))
+    distinct = {store.key(m) for m in merged.modules}
+    assert len(solved) == len(distinct) < len(merged.modules)  # one per distinct input (4 per layer), not one per module
+    assert len(distinct) == 4 * len(layers)
+    for module in merged.modules:  # the shared system gives what a fresh solve of the module's own Grams gives
+        factors = [(a.factors(module).scaled_B(), a.factors(module).A.float()) for a in loaded]
+        fresh = sum(b @ a for b, a in regmean.regmean_terms(factors, store.grams(module), [1.0, 1.0]))
+        torch.testing.assert_close(merged.factors(module).delta(), fresh, atol=1e-6, rtol=1e-5)
 
 
 def test_refine_solves_again_on_the_inputs_the_merge_so_far_sees(chat):

@@ -34,6 +34,7 @@ from .base import MergeContext, ModuleResult, param
 
 # Above this input width the S solve runs in float32 (a float64 14336 x 14336 matrix is 1.6 GB).
 FLOAT64_MAX_IN = 4096
+MEMO_SYSTEMS = 2  # solved systems kept for modules that read the same input (see merge_module)
 
 
 def shrink_offdiag(gram: torch.Tensor, offdiag: float) -> torch.Tensor:
@@ -65,15 +66,22 @@ def _solver(S: torch.Tensor, ridge: float):
     return lambda x: vectors @ (inverse[:, None] * (vectors.T @ x))
 
 
-def regmean_terms(factors, grams, weights, *, offdiag: float = 1.0, ridge: float = 1e-6, strength: float = 1.0):
+def regmean_system(grams, weights, *, offdiag: float = 1.0, ridge: float = 1e-6):
+    """(the weighted Grams w_i G~_i, x -> S^-1 x): what modules reading the same input share."""
+    dtype = torch.float64 if grams[0].shape[0] <= FLOAT64_MAX_IN else torch.float32
+    weighted = [w * shrink_offdiag(g.to(dtype), offdiag) for g, w in zip(grams, weights)]
+    return weighted, _solver(torch.stack(weighted).sum(0), ridge)
+
+
+def regmean_terms(factors, grams, weights, *, offdiag: float = 1.0, ridge: float = 1e-6, strength: float = 1.0, system=None):
     """The merged delta as factor pairs [(B', A')] (see the module docstring).
 
     factors: per adapter `(scaled_B [out, r], A [r, in])`, or None where the adapter lacks the module.
     grams: per adapter its input Gram [in, in]; weights: per adapter w_i >= 0, not all zero.
+    system: regmean_system's result for these Grams, when already at hand (grams is then unused).
     """
-    dtype = torch.float64 if grams[0].shape[0] <= FLOAT64_MAX_IN else torch.float32
-    weighted = [w * shrink_offdiag(g.to(dtype), offdiag) for g, w in zip(grams, weights)]
-    solve = _solver(torch.stack(weighted).sum(0), ridge)
+    weighted, solve = system if system is not None else regmean_system(grams, weights, offdiag=offdiag, ridge=ridge)
+    dtype = weighted[0].dtype
     terms = []
     for f, g in zip(factors, weighted):
         if f is None:
@@ -123,11 +131,13 @@ class RegMean:
             raise AdapterMergeError(f"regmean weights weigh each adapter's inputs: expected non-negative weights, not all zero, got {plan.weights}")
         files = [f.strip() for f in plan.params.calib.split(",")] if plan.params.calib else None
         calibs = calibration.resolve(plan.adapters, files, plan.params.calib_size, plan.seed)
-        store = calibration.gram_store(plan.adapters, calibs, plan.base_model, plan.modules, max_length=plan.params.calib_max_length)
-        for _ in range(int(plan.params.refine)):
+        progress = getattr(plan, "progress", None)
+        store = calibration.gram_store(plan.adapters, calibs, plan.base_model, plan.modules,
+                                       max_length=plan.params.calib_max_length, progress=progress)
+        for round_ in range(int(plan.params.refine)):
             merged = self._merged_adapter(plan, store)
-            store = calibration.gram_store(plan.adapters, calibs, plan.base_model, plan.modules,
-                                           max_length=plan.params.calib_max_length, fold=merged)
+            store = calibration.gram_store(plan.adapters, calibs, plan.base_model, plan.modules, max_length=plan.params.calib_max_length,
+                                           fold=merged, progress=progress, label=f"calibration Grams, refine {round_ + 1}")
         return store
 
     def _merged_adapter(self, plan, store):
@@ -145,7 +155,14 @@ class RegMean:
         return Adapter.from_factors("regmean-so-far", factors, base_model=plan.adapters[0].base_model)
 
     def merge_module(self, inputs, weights, base_weight, params, ctx) -> ModuleResult:
-        grams = ctx.prepared.grams(ctx.module, ctx.device)
+        memo = ctx.prepared.memo
+        # q/k/v (gate/up) share one Gram per adapter, so one system. The modules come sorted by
+        # name (k_proj, o_proj, q_proj, v_proj), so the last two systems are kept: q and v reuse k's.
+        key = (ctx.prepared.key(ctx.module), tuple(weights), params.offdiag, params.ridge, str(ctx.device))
+        if key not in memo:
+            memo[key] = regmean_system(ctx.prepared.grams(ctx.module, ctx.device), weights, offdiag=params.offdiag, ridge=params.ridge)
+            while len(memo) > MEMO_SYSTEMS:
+                memo.pop(next(iter(memo)))
         factors = [None if f is None else (f.scaled_B(), f.A.float()) for f in inputs]
-        terms = regmean_terms(factors, grams, weights, offdiag=params.offdiag, ridge=params.ridge, strength=params.lambda_)
+        terms = regmean_terms(factors, None, weights, strength=params.lambda_, system=memo[key])
         return ModuleResult(terms=terms)
