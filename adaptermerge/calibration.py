@@ -18,7 +18,9 @@ import hashlib
 import json
 import logging
 import random
+import threading
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -205,11 +207,19 @@ class GramStore:
         self.sources = sources or []
         self._keep = keep  # a TemporaryDirectory holding files of in-memory adapters
         self._alias = [json.loads(_metadata(f)["alias"]) for f in files]
-        self.memo: dict = {}  # a merge method's recent per-Gram results, keyed by key(module) (regmean's systems)
+        # a merge method's per-Gram results while modules sharing the Gram still need them (regmean's systems)
+        self.memo: dict = {}
+        self.lock = threading.Lock()
+        modules = {m for alias in self._alias for m in alias}
+        self._sharing = Counter(self.key(m) for m in modules)
 
     def key(self, module: str) -> tuple:
         """Which Gram each adapter has at `module`: equal keys, equal Grams (q/k/v share one)."""
         return tuple(alias.get(module) for alias in self._alias)
+
+    def sharing(self, module: str) -> int:
+        """How many modules read the Grams `module` reads (3 for q/k/v)."""
+        return self._sharing[self.key(module)]
 
     def describe(self) -> list[dict]:
         """Per adapter: where its calibration records came from (recorded in adaptermerge.json)."""

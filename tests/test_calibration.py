@@ -128,6 +128,7 @@ def test_regmean_beats_linear_and_sum_on_its_objective_and_reuses_the_cache(chat
 
 
 def test_modules_reading_one_input_share_one_solved_system(chat, monkeypatch):
+    from adaptermerge.engine import MergePlan
     from adaptermerge.methods import regmean
 
     base, adapters, data = chat
@@ -136,16 +137,29 @@ def test_modules_reading_one_input_share_one_solved_system(chat, monkeypatch):
     solved = []
     real = regmean.regmean_system
     monkeypatch.setattr(regmean, "regmean_system", lambda grams, *a, **k: solved.append(grams[0].shape) or real(grams, *a, **k))
-    merged = merge(loaded, "regmean", base=str(base), calib=calib, calib_size=12)
-    layers = {m.rsplit(".", 2)[0] for m in merged.modules}
-    store = calibration.gram_store(loaded, calibration.resolve(loaded, data, 12, 0), str(base), sorted(merged.modules))
-    distinct = {store.key(m) for m in merged.modules}
-    assert len(solved) == len(distinct) < len(merged.modules)  # one per distinct input (4 per layer), not one per module
-    assert len(distinct) == 4 * len(layers)
-    for module in merged.modules:  # the shared system gives what a fresh solve of the module's own Grams gives
+    merged = {}
+    for workers in ("1", "4"):  # one thread: modules in name order; four: in any order, some at once
+        monkeypatch.setenv("ADAPTERMERGE_WORKERS", workers)
+        solved.clear()
+        plan = MergePlan(loaded, "regmean", base=str(base), calib=calib, calib_size=12)
+        merged[workers] = plan.to_adapter()
+        assert plan.prepared.memo == {}  # every kept system was taken by the modules sharing it
+        if workers == "1":
+            distinct = {plan.prepared.key(m) for m in plan.modules}
+            layers = {m.rsplit(".", 2)[0] for m in plan.modules}
+            assert len(solved) == len(distinct) == 4 * len(layers) < len(plan.modules)  # one per distinct input, not per module
+    store = plan.prepared
+    for module in plan.modules:  # a shared system gives what a fresh solve of the module's own Grams gives
         factors = [(a.factors(module).scaled_B(), a.factors(module).A.float()) for a in loaded]
-        fresh = sum(b @ a for b, a in regmean.regmean_terms(factors, store.grams(module), [1.0, 1.0]))
-        torch.testing.assert_close(merged.factors(module).delta(), fresh, atol=1e-6, rtol=1e-5)
+        fresh = sum(b @ a for b, a in real_terms(factors, store.grams(module)))
+        for m in merged.values():
+            torch.testing.assert_close(m.factors(module).delta(), fresh, atol=1e-6, rtol=1e-5)
+
+
+def real_terms(factors, grams):
+    from adaptermerge.methods.regmean import regmean_terms
+
+    return regmean_terms(factors, grams, [1.0] * len(grams))
 
 
 def test_refine_solves_again_on_the_inputs_the_merge_so_far_sees(chat):

@@ -18,8 +18,20 @@ from .plan import Approach, method_approach
 # inputs weighted 1.5 0.88 / 0.98 / 0.95 and 0.798; a base-preserving zero-delta term on general
 # prompts lowered all three). Any other method: a damped sum, which kept 0.87 / 0.74 / 0.36 where
 # the plain sum kept 0.84 / 0.30 / 0.44 (2026-11-23). The up-weighted best merge makes the second point.
+# These points were read off grids scored on the demo's own eval splits: the sweep picks its
+# winner on the same documents it reports, so its row is the best of a few, not a held-out score.
 NEAR_POINTS = {
     "regmean": {"lambda_": 1.1},
+}
+# The second point: the best merge with its least-retained task up-weighted, by UPWEIGHT, or per
+# method by a factor with settings moved along. regmean: the task it keeps least (safety, on both
+# machines' adapters) gained from its inputs weighing more and from a larger lambda, and most from
+# both: on the 2026-12-03 AMX adapters (full eval splits, retention d/s/s, refusal, benign answers)
+# weights 1,1,1.5 kept 0.96 / 0.96 / 0.86, 0.810, 0.838; 1,1,2 0.96 / 0.96 / 0.86, 0.810, 0.859;
+# 1,1,2 at lambda 1.1 0.96 / 0.95 / 0.89, 0.833, 0.879; at lambda 1.2 0.96 / 0.95 / 0.97, 0.905,
+# 0.889; at lambda 1.3 0.98 / 0.95 / 0.92, 0.857, 0.859 (1,1,2.5 at 1.2: 0.94 / 0.95 / 0.97, 0.905, 0.899).
+UPWEIGHT_POINTS = {
+    "regmean": (2.0, {"lambda_": 1.2}),
 }
 FULL_GRID = [
     ("task_arithmetic", {"lambda_": 0.8}),
@@ -38,7 +50,7 @@ def point_name(method: str, params: dict, weights: list[float]) -> str:
 def sweep_points(best: dict | None, quick: bool, searched: tuple[float, ...] | None = None) -> list[Approach]:
     """Task arithmetic at the searched weights (when the search moved them), the grid (the best
     method's near point, else FULL_GRID), then the best merge so far (if a registered method) with
-    its least-retained task up-weighted."""
+    its least-retained task up-weighted (UPWEIGHT_POINTS)."""
     method = best["approach"]["method"] if best is not None and best["approach"]["kind"] == "method" else None
     points = []
     if searched is not None and any(w != 1.0 for w in searched):
@@ -54,8 +66,9 @@ def sweep_points(best: dict | None, quick: bool, searched: tuple[float, ...] | N
         kept = {t: r for t, r in (best.get("retention") or {}).items() if r is not None}
         if kept:
             worst = min(kept, key=kept.get)
-            weights = [UPWEIGHT if t == worst else 1.0 for t in TASKS]
-            params = best["approach"]["params"]
+            factor, moved = UPWEIGHT_POINTS.get(method, (UPWEIGHT, {}))
+            weights = [factor if t == worst else 1.0 for t in TASKS]
+            params = {**best["approach"]["params"], **moved}
             points.append(method_approach(method, params, weights, name=point_name(method, params, weights)))
     seen, out = set(), []
     for p in points:

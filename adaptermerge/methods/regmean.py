@@ -34,7 +34,6 @@ from .base import MergeContext, ModuleResult, param
 
 # Above this input width the S solve runs in float32 (a float64 14336 x 14336 matrix is 1.6 GB).
 FLOAT64_MAX_IN = 4096
-MEMO_SYSTEMS = 2  # solved systems kept for modules that read the same input (see merge_module)
 
 
 def shrink_offdiag(gram: torch.Tensor, offdiag: float) -> torch.Tensor:
@@ -155,14 +154,32 @@ class RegMean:
         return Adapter.from_factors("regmean-so-far", factors, base_model=plan.adapters[0].base_model)
 
     def merge_module(self, inputs, weights, base_weight, params, ctx) -> ModuleResult:
-        memo = ctx.prepared.memo
-        # q/k/v (gate/up) share one Gram per adapter, so one system. The modules come sorted by
-        # name (k_proj, o_proj, q_proj, v_proj), so the last two systems are kept: q and v reuse k's.
-        key = (ctx.prepared.key(ctx.module), tuple(weights), params.offdiag, params.ridge, str(ctx.device))
-        if key not in memo:
-            memo[key] = regmean_system(ctx.prepared.grams(ctx.module, ctx.device), weights, offdiag=params.offdiag, ridge=params.ridge)
-            while len(memo) > MEMO_SYSTEMS:
-                memo.pop(next(iter(memo)))
         factors = [None if f is None else (f.scaled_B(), f.A.float()) for f in inputs]
-        terms = regmean_terms(factors, None, weights, strength=params.lambda_, system=memo[key])
+        terms = regmean_terms(factors, None, weights, strength=params.lambda_, system=_shared_system(ctx, weights, params))
         return ModuleResult(terms=terms)
+
+
+def _shared_system(ctx, weights, params):
+    """regmean_system for ctx.module, solved once for the modules that read the same input (q/k/v,
+    gate/up: one Gram per adapter). A solved system is kept only until its last sharing module has
+    taken it, so memory holds no more than the modules in flight need; the engine runs small modules
+    on several threads, in any order, so two of them may solve the same system at once (harmless)."""
+    store = ctx.prepared
+    key = (store.key(ctx.module), tuple(weights), params.offdiag, params.ridge, str(ctx.device))
+
+    def take(entry):  # under the lock
+        entry[1] -= 1
+        if entry[1] <= 0:
+            del store.memo[key]
+        return entry[0]
+
+    with store.lock:
+        if key in store.memo:
+            return take(store.memo[key])
+    system = regmean_system(store.grams(ctx.module, ctx.device), weights, offdiag=params.offdiag, ridge=params.ridge)
+    with store.lock:
+        if key in store.memo:  # another thread solved it meanwhile: count this module's use there
+            take(store.memo[key])
+        elif store.sharing(ctx.module) > 1:
+            store.memo[key] = [system, store.sharing(ctx.module) - 1]
+    return system

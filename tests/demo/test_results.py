@@ -74,7 +74,9 @@ def test_sweep_moves_a_method_with_a_near_point_there_and_keeps_its_settings():
     assert near.method == "regmean" and near.weights == (1.0, 1.0, 1.0)
     assert near.params == {"calib_size": 32, **sweep.NEAR_POINTS["regmean"]}
     assert near.name == "sweep_regmean_lambda1.1"
-    assert points[1].weights == (1.0, 1.0, sweep.UPWEIGHT) and points[1].params == {"calib_size": 32}
+    factor, moved = sweep.UPWEIGHT_POINTS["regmean"]
+    assert points[1].weights == (1.0, 1.0, factor) and points[1].params == {"calib_size": 32, **moved}
+    assert points[1].name == "sweep_regmean_calib_size-32_lambda1.2_w1-1-2"
     # a method without a near point gets the fallback grid
     assert [p.method for p in sweep.sweep_points(_row("ties", False, 6, {"domain": 0.9}, 0.0), quick=False)][0] == "task_arithmetic"
 
