@@ -81,6 +81,15 @@ def _sequential_training(singles: dict[str, dict], config: DemoConfig, out: Path
     return out
 
 
+def _calibration_progress(progress: Progress):
+    """A merge's callback that shows regmean's calibration pass (minutes: the base reads every
+    adapter's records) on a bar of its own; the module loop (seconds) stays off it."""
+    def report(done: int, total: int, label: str) -> None:
+        if label.startswith("calibration Grams"):
+            progress("grams", done, total, label)
+    return report
+
+
 def run_approach(approach: Approach, singles: dict[str, dict], config: DemoConfig, merges_dir: Path, work: Path,
                  progress: Progress) -> dict:
     """Produce one approach's output; a failure is returned as the row's error, never raised."""
@@ -94,7 +103,7 @@ def run_approach(approach: Approach, singles: dict[str, dict], config: DemoConfi
     try:
         if approach.kind == "method":
             merged = merge([load_adapter(p) for p in paths.values()], approach.method, list(approach.weights),
-                           base=config.base, seed=config.seed, **approach.params)
+                           base=config.base, seed=config.seed, progress=_calibration_progress(progress), **approach.params)
             merged.save(out)
         elif approach.kind == "peft":
             baselines.peft_merge(paths, out, approach.method, base=config.base, weights=list(approach.weights),

@@ -87,7 +87,7 @@ def test_report_json_structure(demo_run):
             if has_mmlu:
                 mmlu_delta = c["scores"]["mmlu"] - data["candidates"][0]["scores"]["mmlu"]
                 assert c["mmlu_delta"] == pytest.approx(mmlu_delta)
-    assert {"base", "train", "merge", "eval", "winner"} <= stages
+    assert {"base", "train", "merge", "grams", "eval", "winner"} <= stages  # grams: regmean's calibration pass
     assert (result.output / "report.md").read_text().count("|") > 10
     assert (result.output / "chart.png").stat().st_size > 1000
     assert data["timings_s"]["total"] > 0
