@@ -318,6 +318,9 @@ def run_demo(config: DemoConfig, progress: Progress | None = None) -> DemoResult
             evaluated = evaluate_entries(entries, config, gate_config, has_mmlu, progress)
             rows = results.build_rows(entries, evaluated.scores, gate_config, eval_names, has_mmlu)
             best = results.best_merge(rows)
+            caveat = sweep.selection_note(best, len(points))
+            if caveat:
+                notes.append(caveat)
             timings["sweep"] = round(time.perf_counter() - t, 2)
             extra["weight_search"] = search.as_dict() if search else None
 

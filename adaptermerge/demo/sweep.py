@@ -76,3 +76,12 @@ def sweep_points(best: dict | None, quick: bool, searched: tuple[float, ...] | N
             seen.add(p.name)
             out.append(p)
     return out
+
+
+def selection_note(best: dict | None, points: int) -> str | None:
+    """The report's caveat when the winner is a sweep row: the sweep chose it by the eval documents
+    it is scored on, so its scores are the best of a few tries there, not a held-out measurement."""
+    if not best or not best.get("sweep"):
+        return None
+    return (f"the winner {best['name']} comes from the sweep, which picked it among {points + 1} settings of its method "
+            "by the same eval documents it is scored on: its scores are the best of a few tries, not held-out ones")

@@ -88,3 +88,11 @@ def test_sweep_starts_with_task_arithmetic_at_the_searched_weights_when_they_mov
     assert points[0].name == "sweep_task_arithmetic_w1-1.2-0.85"
     unmoved = sweep.sweep_points(best, quick=False, searched=(1.0, 1.0, 1.0))
     assert [p.name for p in unmoved] == [p.name for p in sweep.sweep_points(best, quick=False)]
+
+
+def test_a_sweep_winner_carries_the_selection_caveat():
+    row = _row("regmean", False, 6, {"domain": 0.96}, 0.0)
+    assert sweep.selection_note(row, 2) is None
+    assert sweep.selection_note(None, 2) is None
+    note = sweep.selection_note({**row, "sweep": True}, 2)
+    assert row["name"] in note and "3 settings" in note and "not held-out" in note
