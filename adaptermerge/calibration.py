@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 GRAMS_VERSION = 2  # bump when what a cached Gram file holds changes
 BATCH_ROWS = 8
+PROGRESS_LABEL = "calibration Grams"  # gram_store's progress labels start with it (the demo shows them on their own bar)
 
 
 @dataclass(frozen=True)
@@ -126,7 +127,7 @@ def fold_adapter(model, adapter: Adapter) -> None:
             weight += adapter.factors(module).delta().to(weight.dtype)
 
 
-def _forward_kwargs(model, modules: list[str]) -> dict:
+def _forward_kwargs(model, named: dict, modules: list[str]) -> dict:
     """Only the layers' inputs are read, not the logits: ask for the last position's logits alone
     (a full [batch, tokens, vocab] projection is a third of a small model's forward and, at 8 x 512
     tokens and SmolLM2's 49152 words, an 800 MB float32 tensor). Not when the output head is a
@@ -134,7 +135,6 @@ def _forward_kwargs(model, modules: list[str]) -> dict:
     import inspect
 
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    named = dict(model.named_modules())
     if head is None or any(named.get(m) is head for m in modules):
         return {}
     return {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
@@ -177,7 +177,7 @@ def collect_grams(model, tokenizer, records: list[dict], modules: list[str], *, 
     tokens = 0
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     rows = sorted(_tokenized(tokenizer, records, max_length), key=lambda row: len(row[0]))  # similar lengths share a batch
-    extra = _forward_kwargs(model, modules)
+    extra = _forward_kwargs(model, named, modules)
     batches = range(0, len(rows), BATCH_ROWS)
     try:
         with torch.inference_mode():
@@ -268,7 +268,7 @@ def _save(path: Path, grams: dict, alias: dict, calib: Calibration) -> None:
 
 def gram_store(adapters: list[Adapter], calibrations: list[Calibration], base: str | None, modules: list[str], *,
                max_length: int = 512, fold: Adapter | None = None, progress=None,
-               label: str = "calibration Grams") -> GramStore:
+               label: str = PROGRESS_LABEL) -> GramStore:
     """Compute (or reuse) each adapter's Grams at `modules` on its calibration records, with the
     adapter folded into the base, or `fold` instead (a merge of them: the inputs that merge sees).
     progress(done, total, label) counts records over all adapters (reused ones count at once).

@@ -84,8 +84,10 @@ def _sequential_training(singles: dict[str, dict], config: DemoConfig, out: Path
 def _calibration_progress(progress: Progress):
     """A merge's callback that shows regmean's calibration pass (minutes: the base reads every
     adapter's records) on a bar of its own; the module loop (seconds) stays off it."""
+    from ..calibration import PROGRESS_LABEL
+
     def report(done: int, total: int, label: str) -> None:
-        if label.startswith("calibration Grams"):
+        if label.startswith(PROGRESS_LABEL):
             progress("grams", done, total, label)
     return report
 

@@ -83,5 +83,6 @@ def selection_note(best: dict | None, points: int) -> str | None:
     it is scored on, so its scores are the best of a few tries there, not a held-out measurement."""
     if not best or not best.get("sweep"):
         return None
-    return (f"the winner {best['name']} comes from the sweep, which picked it among {points + 1} settings of its method "
-            "by the same eval documents it is scored on: its scores are the best of a few tries, not held-out ones")
+    return (f"the winner {best['name']} comes from the sweep, which picked it among {points + 1} settings (the best merge "
+            f"so far and {points} sweep points) by the same eval documents it is scored on: its scores are the best of a "
+            "few tries, not held-out ones")

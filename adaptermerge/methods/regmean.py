@@ -130,13 +130,12 @@ class RegMean:
             raise AdapterMergeError(f"regmean weights weigh each adapter's inputs: expected non-negative weights, not all zero, got {plan.weights}")
         files = [f.strip() for f in plan.params.calib.split(",")] if plan.params.calib else None
         calibs = calibration.resolve(plan.adapters, files, plan.params.calib_size, plan.seed)
-        progress = getattr(plan, "progress", None)
         store = calibration.gram_store(plan.adapters, calibs, plan.base_model, plan.modules,
-                                       max_length=plan.params.calib_max_length, progress=progress)
+                                       max_length=plan.params.calib_max_length, progress=plan.progress)
         for round_ in range(int(plan.params.refine)):
             merged = self._merged_adapter(plan, store)
             store = calibration.gram_store(plan.adapters, calibs, plan.base_model, plan.modules, max_length=plan.params.calib_max_length,
-                                           fold=merged, progress=progress, label=f"calibration Grams, refine {round_ + 1}")
+                                           fold=merged, progress=plan.progress, label=f"{calibration.PROGRESS_LABEL}, refine {round_ + 1}")
         return store
 
     def _merged_adapter(self, plan, store):
