@@ -24,8 +24,10 @@ console = Console(stderr=True, width=_width())
 
 @contextmanager
 def progress_bar(description: str):
-    """Yield a callback(done, total, label) that drives one progress bar."""
-    with Progress(
+    """Yield a callback(done, total, label) that drives one progress bar. The bar is drawn at the
+    first call, so work that fails before reporting any progress (an input refused while loading)
+    prints its error alone, not under an empty bar."""
+    bar = Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
@@ -34,10 +36,18 @@ def progress_bar(description: str):
         TextColumn("{task.fields[label]}", style="dim"),
         console=console,
         transient=False,
-    ) as bar:
-        task = bar.add_task(description, total=None, label="")
+    )
+    task = None
 
-        def update(done: int, total: int, label: str = "") -> None:
-            bar.update(task, completed=done, total=total, label=label[-48:])
+    def update(done: int, total: int, label: str = "") -> None:
+        nonlocal task
+        if task is None:
+            bar.start()
+            task = bar.add_task(description, total=None, label="")
+        bar.update(task, completed=done, total=total, label=label[-48:])
 
+    try:
         yield update
+    finally:
+        if task is not None:
+            bar.stop()

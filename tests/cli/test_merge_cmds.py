@@ -70,6 +70,20 @@ def test_bad_input_is_one_line_exit_2_and_no_output(adapters, tmp_path, capsys, 
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]  # no temp folder left
 
 
+def test_an_error_prints_alone_without_an_empty_progress_bar(adapters, tmp_path):
+    """A real process (rich draws its bar where pytest's capture would hide it): an input refused
+    while loading prints its one-line error, not under a bar drawn at 0/?."""
+    import subprocess
+    import sys
+
+    bare = tmp_path / "a.safetensors"
+    save_file(load_file(adapters["a"] / "adapter_model.safetensors"), bare)
+    done = subprocess.run([sys.executable, "-m", "adaptermerge", "ties", str(bare), str(adapters["c"]), "-o", str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [f"error: {bare}: no adapter_config.json belongs to it and its metadata has no lora_alpha: pass --alpha (one value, or one per input)"]
+
+
 def test_nan_input_fails_cleanly_and_input_untouched(adapters, tmp_path, capsys):
     bad = tmp_path / "bad"
     shutil.copytree(adapters["a"], bad)
