@@ -61,7 +61,7 @@ def sparse_merge(
             for row, g in zip(values, generators):
                 row.copy_(_ops.dare(row, density, g))
         if keep is not None:
-            _kernels.trim_(values, _select.kth_largest(values.abs(), keep))
+            _kernels.trim_(values, _select.kth_largest(values, keep))
         merged = _kernels.ties_combine(values, weights) if combine == "ties" else values.sum(0)
         return merged.view(out, inp), {}
     info: dict = {}

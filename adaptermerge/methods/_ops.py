@@ -17,7 +17,7 @@ def magnitude_threshold(delta: torch.Tensor, k: int) -> torch.Tensor:
     (more only on exact ties). A radix select (`_select.kth_largest`), not a full sort."""
     from ._select import kth_largest
 
-    x = delta.abs().float().reshape(1, -1)
+    x = delta.float().reshape(1, -1)
     return kth_largest(x, min(k, x.shape[1]))[0]
 
 

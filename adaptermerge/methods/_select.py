@@ -2,11 +2,11 @@
 
 Two ways, both pure tensor functions:
 
-- `kth_largest` is exact. A radix select on the float bits: for non-negative float32 values the
-  int32 bit patterns sort in the same order, so one bincount over the top 16 bits (sign,
-  exponent, 7 mantissa bits) finds the bin holding the k-th value, and a kthvalue among the
-  entries of that one bin (a few thousand) finishes it. About 4x faster here than kthvalue over
-  the whole delta, which is a full quickselect per row.
+- `kth_largest` is exact. A radix select on the float bits: with the sign bit cleared, float32
+  bit patterns sort as |x| does, so one bincount over the top 16 bits (exponent and 7 mantissa
+  bits, read as int16 halves: no |x| pass, half the bytes) finds the bin holding the k-th value,
+  and a kthvalue among the entries of that one bin (a few thousand) finishes it. About 4x faster
+  here than kthvalue over the whole delta, which is a full quickselect per row.
 - `sampled_kth` estimates it from a stratified sample of the factors' products without forming
   the delta: every row once, each group of rows against its own random columns. Used for very
   large modules, where an exact cut needs an extra pass over the formed deltas; the realized
@@ -16,35 +16,44 @@ Two ways, both pure tensor functions:
 
 from __future__ import annotations
 
+import sys
+
 import torch
 
 _BITS = 16  # histogram on the top 16 bits: 1 sign (always 0 here) + 8 exponent + 7 mantissa
-_SHIFT = 31 - _BITS + 1
 SAMPLE_COLUMNS = 128  # sampled columns per group of rows in `stratified_sample`
 _GROUP_ROWS = 8
 
 
-def kth_largest(magnitudes: torch.Tensor, k: int) -> torch.Tensor:
-    """The k-th largest value of each row of `magnitudes` [m, N] (non-negative, finite float32),
-    exactly: `magnitudes[i] >= result[i]` keeps k entries of row i, more only on exact ties. [m]"""
-    a = magnitudes.contiguous()
+def kth_largest(values: torch.Tensor, k: int) -> torch.Tensor:
+    """The k-th largest |value| of each row of `values` [m, N] (finite float32; signs ignored),
+    exactly: `values[i].abs() >= result[i]` keeps k entries of row i, more only on exact ties. [m]"""
+    a = values.contiguous()
     m, n = a.shape
     if not 1 <= k <= n:
         raise ValueError(f"k must be in [1, {n}], got {k}")
-    bits = a.view(torch.int32)  # same order as the values; NaN-free input assumed
+    high = _high_halves(a)  # [m, N] int16: sign, exponent and 7 mantissa bits of each entry
     bins = 1 << (_BITS - 1)
-    # Reused per row: fresh 4 MB temporaries cost more in page faults than the ops themselves.
-    top = torch.empty(n, dtype=torch.int32, device=a.device)
+    # Reused per row: fresh temporaries cost more in page faults than the ops themselves.
+    top = torch.empty(n, dtype=high.dtype, device=a.device)
     in_bin = torch.empty(n, dtype=torch.bool, device=a.device)
     result = []
     for i in range(m):
-        torch.bitwise_right_shift(bits[i], _SHIFT, out=top)
+        top.copy_(high[i]).bitwise_and_(bins - 1)  # |x|'s top bits: the sign bit cleared (2 passes beat 1 strided and)
         from_top = torch.bincount(top, minlength=bins).flip(0).cumsum(0)  # entries in this bin or above
         j = int(torch.searchsorted(from_top, k))  # the first bin, from the top, reaching k entries
         above = int(from_top[j - 1]) if j else 0
-        band = a[i][torch.eq(top, bins - 1 - j, out=in_bin)]
+        band = a[i][torch.eq(top, bins - 1 - j, out=in_bin)].abs()
         result.append(band.kthvalue(band.numel() - (k - above) + 1).values)
     return torch.stack(result)
+
+
+def _high_halves(a: torch.Tensor) -> torch.Tensor:
+    """The top 16 bits of each float32 of `a` [m, N], as int16 [m, N] (a strided view where the
+    bytes are little-endian: the high half is every second int16; else shifted out of int32)."""
+    if sys.byteorder == "little":
+        return a.view(torch.int16).view(*a.shape, 2)[..., 1]
+    return torch.bitwise_right_shift(a.view(torch.int32), 16).to(torch.int16)
 
 
 def stratified_sample(B: torch.Tensor, A: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

@@ -156,3 +156,17 @@ def test_radix_select_is_exact_with_ties_and_at_the_ends():
         assert torch.equal(kth_largest(x, k), expected)
     with pytest.raises(ValueError, match="k must be"):
         kth_largest(x, 0)
+
+
+def test_radix_select_ignores_signs():
+    """The cut is of |value|: signed input (and -0.0) gives what its magnitudes give."""
+    from adaptermerge.methods._select import kth_largest
+
+    torch.manual_seed(8)
+    x = torch.randn(2, 4000)
+    x[1, :1000] = -0.0
+    x[1, 1000:1500] = -x[1, 1500:2000]  # equal magnitudes of both signs
+    for k in (1, 250, 2000, 3999, 4000):
+        expected = x.abs().topk(k, dim=1).values[:, -1]
+        assert torch.equal(kth_largest(x, k), expected)
+        assert torch.equal(kth_largest(x.abs(), k), expected)
