@@ -67,7 +67,8 @@ def _parse_steps(text: str | None) -> dict[str, int] | None:
 @click.option("--weight-search/--no-weight-search", default=False,
               help="Run the proxy weight search of task-arithmetic weights before the sweep (default: off; regmean does better).")
 @click.option("--mergekit", default=None, help="mergekit-yaml executable (default: $ADAPTERMERGE_MERGEKIT, else on PATH; else that row is skipped).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of training (initialization, data order), random merges (DARE), calibration and MMLU samples; the built-in task data is fixed.")
 @click.option("--threads", type=int, default=None, help="torch CPU threads for evaluation.")
 @dtype_option
 @click.option("--force", is_flag=True, help="Replace an existing demo folder.")

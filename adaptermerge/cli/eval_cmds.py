@@ -62,7 +62,7 @@ def _table(report):
 @click.option("--mmlu-shots", type=int, default=0, show_default=True, help="Few-shot examples from the dev split (0-5).")
 @click.option("--mmlu-format", type=click.Choice(["auto", "cloze", "letter"]), default="auto", show_default=True,
               help="auto: cloze below 1B parameters (letter format is at chance there), letter above.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the built-in eval data and the MMLU sample.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the MMLU sample (the built-in tasks' data is the one training uses).")
 @click.option("--batch-size", type=int, default=32, show_default=True, help="Generation batch size.")
 @click.option("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice).")
 @click.option("--workers", type=click.IntRange(1, 2), default=None,

@@ -141,12 +141,12 @@ def eval_task_name(task: str, config: DemoConfig) -> str:
     return task if n is None else f"{task}_first{n}"
 
 
-def subset_records(task: str, n: int, seed: int) -> list[dict]:
-    """The first n records of a task's eval split; for safety, half harmful and half benign, so
-    both of its rates are defined."""
-    from ..train.data import build_records
+def subset_records(task: str, n: int) -> list[dict]:
+    """The first n records of a task's eval split (of the data the adapters train on, whatever the
+    demo's --seed); for safety, half harmful and half benign, so both of its rates are defined."""
+    from ..train.data import DATA_SEED, build_records
 
-    records = build_records(task, "eval", seed)
+    records = build_records(task, "eval", DATA_SEED)
     if task != "safety":
         return records[:n]
     harmful = [r for r in records if r["meta"]["harmful"]]
@@ -163,7 +163,7 @@ def gate_config(config: DemoConfig, data_dir: Path) -> gates_mod.GateConfig:
     for task in TASKS:
         name = eval_task_name(task, config)
         if name != task:
-            path = write_jsonl(subset_records(task, config.docs[task], config.seed), data_dir / f"{name}.jsonl")
+            path = write_jsonl(subset_records(task, config.docs[task]), data_dir / f"{name}.jsonl")
             out.user_tasks[name] = {"data": str(path), "metric": HEADLINE[task], "max_gen_toks": MAX_GEN_TOKS[task]}
         for metric, minimum in TASK_GATES[task]:
             out.gates.append(gates_mod.Gate(name, metric, "min", minimum))

@@ -105,15 +105,17 @@ def coordinate_search(score: Callable[[tuple[float, ...]], Point], n: int, *, fa
 # ---------------------------------------------------------------- the model side
 
 def training_rows(tokenizer, tasks: list[str], per_task: int, seed: int) -> dict[str, list]:
-    """Tokenized (ids, labels) of `per_task` seeded training records of each built-in task."""
+    """Tokenized (ids, labels) of `per_task` training records of each built-in task, drawn with
+    `seed` from the training split the adapters were trained on (never another seed's split, which
+    would hold eval items)."""
     import random
 
-    from ..train.data import build_records
+    from ..train.data import DATA_SEED, build_records
     from ..train.trainer import tokenize_record
 
     out = {}
     for task in tasks:
-        records = build_records(task, "train", seed)
+        records = build_records(task, "train", DATA_SEED)
         pick = random.Random(f"weightsearch:{seed}:{task}").sample(range(len(records)), min(per_task, len(records)))
         out[task] = [row for row in (tokenize_record(tokenizer, records[i], 1024) for i in sorted(pick)) if row is not None]
     return out

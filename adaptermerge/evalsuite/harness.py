@@ -60,7 +60,11 @@ def _config(yaml_name: str, task_name: str, docs: list[dict], **overrides) -> di
     return cfg
 
 
-def builtin_spec(task: str, seed: int = 0) -> TaskSpec:
+def builtin_spec(task: str, seed: int | None = None) -> TaskSpec:
+    """A built-in task on the eval split of the data generated with `seed` (None: the training default)."""
+    from ..train.data import DATA_SEED
+
+    seed = DATA_SEED if seed is None else seed
     docs = taskdata.builtin_docs(task, seed=seed)
     cfg = _config(f"adaptermerge_{task}", f"adaptermerge_{task}", docs)
     return TaskSpec(task, cfg, docs, chat=True, settings={"seed": seed, "generation": cfg["generation_kwargs"]})

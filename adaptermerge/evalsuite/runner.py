@@ -48,7 +48,11 @@ class EvalSettings:
     mmlu_subjects: int | None = None  # that many subjects, evenly spaced (None: all 57)
     mmlu_shots: int = 0
     mmlu_format: str = "auto"  # auto | cloze | letter
-    seed: int = 0  # built-in eval data and MMLU sampling
+    seed: int = 0  # the MMLU sample
+    # The seed the built-in tasks' data is generated with (None: train.data.DATA_SEED, what training
+    # uses). It must be the one the adapters were trained on: `evaluate` refuses an adapter whose
+    # training.json names another (its eval split would hold its own training items).
+    data_seed: int | None = None
     batch_size: int = 32  # generation batch
     context_batch: int = 8  # distinct MC contexts per forward pass
     threads: int | None = None  # torch threads (None: torch's default)
@@ -168,7 +172,7 @@ def _specs(tasks: list[str], settings: EvalSettings, config: gates_mod.GateConfi
     specs = []
     for task in tasks:
         if task in BUILTIN_TASKS:
-            specs.append(harness.builtin_spec(task, seed=settings.seed))
+            specs.append(harness.builtin_spec(task, seed=settings.data_seed))
         elif task == harness.MMLU:
             specs.append(harness.mmlu_spec(settings.mmlu_data, limit=settings.mmlu_limit, shots=settings.mmlu_shots,
                                            fmt=mmlu_format, seed=settings.seed, subjects=settings.mmlu_subjects))
@@ -209,6 +213,27 @@ def _evaluate_model(candidate, specs, settings, base_name, progress, done, total
         if event == "done":
             counter["done"] += 1
     return harness.run_specs(lm, specs, progress=tick)
+
+
+def check_data_seed(candidates: list[cand_mod.Candidate], tasks: list[str], data_seed: int | None) -> None:
+    """Refuse to score an adapter on a built-in task whose data it was trained on with another seed:
+    that seed's eval split shares items with the adapter's training split (or, for domain, asks
+    facts it never learned), so its score would mean nothing."""
+    from ..fileio import read_json_object
+    from ..train.data import DATA_SEED
+
+    seed = DATA_SEED if data_seed is None else data_seed
+    for c in candidates:
+        summary = c.path / "training.json" if c.kind == "adapter" and c.path is not None else None
+        if summary is None or not summary.is_file():
+            continue
+        data = read_json_object(summary).get("data") or {}
+        trained = data.get("seed")
+        if data.get("built_in") and data.get("task") in tasks and trained is not None and trained != seed:
+            raise AdapterMergeError(
+                f"{c.path}: trained on the built-in {data['task']} data generated with seed {trained}, but the "
+                f"evaluation uses the data of seed {seed}, whose eval split overlaps that training split: "
+                f"evaluate it with data_seed={trained}")
 
 
 def _plan(tasks: list[str] | None, gates: gates_mod.GateConfig | None, settings: EvalSettings, base_name: str | None):
@@ -270,6 +295,7 @@ def _evaluate(candidates, tasks, gates, settings, progress, helper) -> EvalRepor
                               if c.kind == "adapter" else c for c in resolved if c.kind != "base"])
     reference = cand_mod.base_candidate(base_name)
     settings, task_names, mmlu_format, notes = _plan(tasks, gates, settings, base_name)
+    check_data_seed(resolved, task_names, settings.data_seed)
     if helper is not None and helper.spec_args != (task_names, settings, gates, mmlu_format):
         raise AdapterMergeError("evaluate: the helper was started for other tasks, gates or settings")
     specs = _specs(task_names, settings, gates, mmlu_format)

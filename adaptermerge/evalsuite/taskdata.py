@@ -47,10 +47,12 @@ def record_to_doc(record: dict, index: int, *, task: str, scorer: str, where: st
     }
 
 
-def builtin_docs(task: str, seed: int = 0) -> list[dict]:
-    """Documents of a built-in task's eval split (the split the training preset never shows)."""
-    from ..train.data import build_records
+def builtin_docs(task: str, seed: int | None = None) -> list[dict]:
+    """Documents of a built-in task's eval split (the split the training preset never shows), of
+    the data generated with `seed` (None: train.data.DATA_SEED, the one training uses)."""
+    from ..train.data import DATA_SEED, build_records
 
+    seed = DATA_SEED if seed is None else seed
     if task not in BUILTIN_TASKS:
         raise AdapterMergeError(f"unknown built-in task {task!r}: expected one of {', '.join(BUILTIN_TASKS)}")
     records = build_records(task, "eval", seed=seed)

@@ -64,7 +64,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     warmup_fraction: float = 0.05
     grad_clip: float = 1.0
-    data_seed: int = 0  # built-in data: the eval split is generated with the same seed
+    data_seed: int = data_mod.DATA_SEED  # built-in data: evaluate on the eval split of the same seed (train.data.DATA_SEED)
     anchor_fraction: float | None = None  # share of anchor rows (train/data/anchor.py); None: the preset's
     anchor_tasks: tuple[str, ...] | None = None  # built-in tasks whose prompts join the anchors; None: the preset's
     # Distinct general anchor prompts at most (None: ANCHOR_UNIQUE). The demo's --quick runs, a

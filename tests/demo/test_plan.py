@@ -45,3 +45,22 @@ def test_default_anchor_unique_leaves_the_cache_key_as_it_was(monkeypatch):
     capped = adapters.train_config("structured", base=None, seed=0, quick=True)
     capped.max_steps = cfg.resolved().max_steps
     assert adapters.cache_key(capped) != before  # an explicit cap is a different training set
+
+
+def test_the_quick_eval_subsets_do_not_move_with_the_demo_seed(tmp_path):
+    """--seed changes training and sampling, never which items the adapters are scored on: a
+    subset drawn from another seed's eval split would hold their training items."""
+    from adaptermerge.train.data import DATA_SEED, TASKS, build_records
+
+    written = {}
+    for seed in (0, 7):
+        folder = tmp_path / f"seed{seed}"
+        folder.mkdir()
+        config = plan.gate_config(plan.DemoConfig(output=folder, quick=True, docs=dict(plan.QUICK_DOCS), seed=seed), folder)
+        written[seed] = {t: Path(config.user_tasks[t]["data"]).read_text() for t in config.user_tasks}
+    assert written[0] == written[7] and len(written[0]) == len(TASKS)
+    eval_prompts = {r["messages"][0]["content"] for t in TASKS for r in build_records(t, "eval", DATA_SEED)}
+    for text in written[7].values():
+        import json
+
+        assert all(json.loads(line)["messages"][0]["content"] in eval_prompts for line in text.splitlines())

@@ -33,3 +33,37 @@ def test_explicit_dtype_is_kept_and_unknown_is_refused():
     assert candidates.resolve_dtype("float32") == "float32"
     with pytest.raises(AdapterMergeError, match="float16.*auto, float32, bfloat16"):
         candidates.resolve_dtype("float16")
+
+
+def test_an_adapter_is_never_scored_on_another_data_seeds_eval_split(adapters, tmp_path):
+    """Built-in data of another seed splits its items differently: seed 1's safety eval split holds
+    prompts of seed 0's training split. An adapter whose training.json names one seed is refused on
+    another's data, by name; the seed it trained on, or a task it did not train on, is fine."""
+    import json
+    import shutil
+
+    from adaptermerge.evalsuite.runner import check_data_seed
+    from adaptermerge.train.data import DATA_SEED, build_records
+
+    def prompts(split, seed):
+        return {r["messages"][0]["content"] for r in build_records("safety", split, seed)}
+
+    assert prompts("eval", DATA_SEED).isdisjoint(prompts("train", DATA_SEED))
+    assert prompts("eval", DATA_SEED + 1) & prompts("train", DATA_SEED)  # why the check exists
+
+    folder = tmp_path / "safety_adapter"
+    shutil.copytree(adapters["a"], folder)
+    (folder / "training.json").write_text(json.dumps({"task": "safety", "data": {"built_in": True, "task": "safety", "split": "train", "seed": 1}}))
+    adapter = candidates.resolve_candidate(str(folder))
+    with pytest.raises(AdapterMergeError, match=r"safety_adapter: trained on the built-in safety data generated with seed 1.*data_seed=1"):
+        check_data_seed([adapter], ["domain", "safety"], None)
+    check_data_seed([adapter], ["safety"], 1)
+    check_data_seed([adapter], ["domain", "mmlu"], None)
+
+
+def test_the_eval_seed_moves_the_mmlu_sample_not_the_built_in_data():
+    from adaptermerge.evalsuite import harness
+    from adaptermerge.evalsuite.runner import EvalSettings, _specs
+
+    docs = [_specs(["safety"], EvalSettings(seed=s), None, "cloze")[0].docs for s in (0, 5)]
+    assert docs[0] == docs[1] == harness.builtin_spec("safety").docs
