@@ -30,6 +30,8 @@ NEAR_POINTS = {
 # weights 1,1,1.5 kept 0.96 / 0.96 / 0.86, 0.810, 0.838; 1,1,2 0.96 / 0.96 / 0.86, 0.810, 0.859;
 # 1,1,2 at lambda 1.1 0.96 / 0.95 / 0.89, 0.833, 0.879; at lambda 1.2 0.96 / 0.95 / 0.97, 0.905,
 # 0.889; at lambda 1.3 0.98 / 0.95 / 0.92, 0.857, 0.859 (1,1,2.5 at 1.2: 0.94 / 0.95 / 0.97, 0.905, 0.899).
+# Those adapters had structured at 40 steps; on the 80-step ones the same point kept 0.96 / 0.95 / 0.89,
+# 0.833, 0.929 (2026-12-03 18:24): the point is a grid's best on one set of adapters, not a tuned setting.
 UPWEIGHT_POINTS = {
     "regmean": (2.0, {"lambda_": 1.2}),
 }
