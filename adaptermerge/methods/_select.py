@@ -20,7 +20,7 @@ import sys
 
 import torch
 
-_BITS = 16  # histogram on the top 16 bits: 1 sign (always 0 here) + 8 exponent + 7 mantissa
+_BITS = 16  # histogram on the top 16 bits: 1 sign (cleared) + 8 exponent + 7 mantissa
 SAMPLE_COLUMNS = 128  # sampled columns per group of rows in `stratified_sample`
 _GROUP_ROWS = 8
 

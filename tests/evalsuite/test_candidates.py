@@ -67,3 +67,17 @@ def test_the_eval_seed_moves_the_mmlu_sample_not_the_built_in_data():
 
     docs = [_specs(["safety"], EvalSettings(seed=s), None, "cloze")[0].docs for s in (0, 5)]
     assert docs[0] == docs[1] == harness.builtin_spec("safety").docs
+
+
+def test_lm_eval_task_files_take_the_data_seed_apart_from_the_mmlu_seed():
+    """The YAML hooks lm-eval calls: its `seed` metadata moves MMLU only, as EvalSettings.seed does;
+    another data seed has to be asked for by name."""
+    from adaptermerge.evalsuite import taskdata
+    from adaptermerge.evalsuite.tasks import utils
+
+    def prompts(**metadata):
+        return utils.safety_dataset(**metadata)["test"]["prompt"]
+
+    fixed = [d["prompt"] for d in taskdata.builtin_docs("safety")]
+    assert prompts() == prompts(seed=3) == fixed
+    assert prompts(data_seed=1) != fixed

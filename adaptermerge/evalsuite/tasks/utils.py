@@ -1,7 +1,9 @@
 """Functions the task YAML files name with `!function utils.<name>` (lm-eval loads this file by path).
 
 Datasets are built in memory by the `custom_dataset` hooks, which receive lm-eval's task metadata
-as keyword arguments (`--metadata '{"seed": 0, "mmlu_limit": 10}'` on lm-eval's CLI).
+as keyword arguments (`--metadata '{"seed": 0, "mmlu_limit": 10}'` on lm-eval's CLI). `seed` moves the
+MMLU sample only; the built-in tasks read the data seed training uses unless `data_seed` names
+another (the adapters must have trained on that seed's split, see EvalSettings.data_seed).
 Scores come from adaptermerge.evalsuite.metrics: `process_results` keeps each item's full score
 dict under every metric name, and the aggregations hand the list to `metrics.aggregate`, so a
 rate defined over a subset of items (safety's refusal_rate over harmful prompts) is computed there.
@@ -15,7 +17,8 @@ from adaptermerge.evalsuite import metrics, mmlu, taskdata
 
 
 def _chat_dataset(task: str, kwargs: dict) -> dict:
-    return taskdata.as_dataset(taskdata.builtin_docs(task, seed=int(kwargs.get("seed", 0))))
+    data_seed = kwargs.get("data_seed")
+    return taskdata.as_dataset(taskdata.builtin_docs(task, seed=None if data_seed is None else int(data_seed)))
 
 
 def domain_dataset(**kwargs) -> dict:
