@@ -9,6 +9,9 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The machine's thread count as adaptermerge sees it (cputhreads.machine_threads), for training
+# and evaluation in this process and in the processes it spawns: one, like _one_thread below.
+os.environ["OMP_NUM_THREADS"] = "1"
 warnings.filterwarnings("ignore", message=".*kernels.*")
 
 import pytest  # noqa: E402

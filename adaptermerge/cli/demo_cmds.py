@@ -69,7 +69,8 @@ def _parse_steps(text: str | None) -> dict[str, int] | None:
 @click.option("--mergekit", default=None, help="mergekit-yaml executable (default: $ADAPTERMERGE_MERGEKIT, else on PATH; else that row is skipped).")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed of training (initialization, data order), random merges (DARE), calibration and MMLU samples; the built-in task data is fixed.")
-@click.option("--threads", type=int, default=None, help="torch CPU threads for evaluation.")
+@click.option("--threads", type=int, default=None,
+              help="torch CPU threads of each evaluation process (default: the machine's, shared between two).")
 @dtype_option
 @click.option("--force", is_flag=True, help="Replace an existing demo folder.")
 def demo_cmd(output, quick, base, mmlu_data, mmlu_limit, train_steps, methods, no_baselines, no_sweep, weight_search, mergekit, seed, threads, dtype,

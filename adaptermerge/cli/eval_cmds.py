@@ -64,7 +64,9 @@ def _table(report):
               help="auto: cloze below 1B parameters (letter format is at chance there), letter above.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the MMLU sample (the built-in tasks' data is the one training uses).")
 @click.option("--batch-size", type=int, default=32, show_default=True, help="Generation batch size.")
-@click.option("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice).")
+@click.option("--threads", type=int, default=None,
+              help="torch CPU threads of each evaluation process (default: the machine's, shared between the two "
+                   "processes a multi-core CPU runs). Part of the results cache key: bfloat16 scores depend on it.")
 @click.option("--workers", type=click.IntRange(1, 2), default=None,
               help="Evaluation processes: 2 lets a helper process take models from a shared queue (default on a multi-core CPU; "
                    "needs the results cache), 1 evaluates in this process only.")

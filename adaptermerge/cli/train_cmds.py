@@ -67,9 +67,12 @@ def data_build(task: str, split: str, seed: int, output: Path | None, force: boo
 @click.option("--compute-dtype", type=click.Choice(DTYPE_CHOICES), default="auto", show_default=True,
               help="The frozen base's compute dtype (LoRA factors train in float32). auto: bfloat16 where the "
                    "hardware has it natively, else float32.")
+@click.option("--threads", type=int, default=None,
+              help="torch CPU threads (default: all of this machine's). Recorded in training.json: in bfloat16 "
+                   "another count rounds differently, so it is part of what makes a run repeatable.")
 @click.option("--force", is_flag=True, help="Overwrite an existing output folder.")
 def train_cmd(task, data, base, output, max_steps, epochs, lr, rank, alpha, targets, seed, batch_size, max_length,
-              no_qlora, dora, on_top_of, anchor_fraction, anchor_tasks, compute_dtype, force) -> None:
+              no_qlora, dora, on_top_of, anchor_fraction, anchor_tasks, compute_dtype, threads, force) -> None:
     """Train a (Q)LoRA or DoRA adapter for a task preset or your own data."""
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -91,7 +94,7 @@ def train_cmd(task, data, base, output, max_steps, epochs, lr, rank, alpha, targ
         task=task, output=output, data=data, base=base, max_steps=max_steps, epochs=epochs, lr=lr, rank=rank,
         alpha=alpha, targets=names, seed=seed, batch_size=batch_size, max_length=max_length, qlora=not no_qlora,
         dora=dora, on_top_of=on_top_of, anchor_fraction=anchor_fraction, anchor_tasks=anchor_tasks,
-        compute_dtype=compute_dtype, force=force,
+        compute_dtype=compute_dtype, threads=threads, force=force,
     ).resolved()
     if output.exists() and not force:
         raise AdapterMergeError(f"{output} exists: pass --force to overwrite")

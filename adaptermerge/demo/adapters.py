@@ -75,7 +75,21 @@ def train_config(task: str, *, base: str | None, seed: int, quick: bool, steps: 
     if steps is None and quick:
         steps = max(4, round(preset(task).max_steps * QUICK_STEP_FRACTION))
     return trainer.TrainConfig(task=task, output=Path("unused"), base=base, seed=seed, max_steps=steps, on_top_of=on_top_of,
-                               anchor_unique=QUICK_ANCHOR_UNIQUE if quick else None)
+                               anchor_unique=QUICK_ANCHOR_UNIQUE if quick else None,
+                               threads=training_threads(quick, on_top_of is not None))
+
+
+def training_threads(quick: bool, on_top_of: bool) -> int:
+    """Torch threads of a demo training run, from the machine and the kind of run alone, never from
+    what is already cached: the weights depend on the count (cputhreads), so a run that trained an
+    adapter beside another and one that trained it alone must use the same.
+
+    The full presets' task adapters train two at a time when several are missing (train_workers),
+    and sequential training runs while the evaluation helper works: half the machine each. --quick's
+    task adapters train one after another (too short to pay for a second process): all of it."""
+    from .. import cputhreads
+
+    return cputhreads.machine_threads() if quick and not on_top_of else cputhreads.share(SIDE_BY_SIDE)
 
 
 def choose_config(task: str, *, base: str | None, seed: int, quick: bool, steps: int | None = None,
@@ -96,6 +110,7 @@ TasksProgress = Callable[[str, int, int, float], None]  # (task, step, steps, lo
 # costs about 10 s to start, and --quick's runs (under 10k tokens each) took 127 s side by side
 # against 105 s one after the other (2026-12-03).
 MIN_SIDE_BY_SIDE_TOKENS = 40_000
+SIDE_BY_SIDE = 2  # training processes at most
 
 
 def train_workers(estimates: list[int], workers: int | None = None) -> int:
@@ -107,7 +122,7 @@ def train_workers(estimates: list[int], workers: int | None = None) -> int:
 
     if workers is None:
         long_enough = len(estimates) >= 2 and sorted(estimates)[-2] >= MIN_SIDE_BY_SIDE_TOKENS
-        workers = 2 if (os.cpu_count() or 1) >= 2 and long_enough else 1
+        workers = SIDE_BY_SIDE if (os.cpu_count() or 1) >= 2 and long_enough else 1
     return max(1, min(workers, len(estimates)))
 
 
@@ -120,9 +135,9 @@ def _work_estimate(config: trainer.TrainConfig) -> int:
 def ensure_adapters(configs: dict[str, trainer.TrainConfig], progress: TasksProgress | None = None,
                     workers: int | None = None) -> dict[str, tuple[Path, bool]]:
     """{task: (folder, reused)}: `ensure_adapter` for each config. The adapters not yet cached train
-    in `train_workers(...)` processes at once, each with its share of this process's torch threads,
-    longest first; the weights do not depend on it beyond float rounding (training.json records
-    the threads)."""
+    in `train_workers(...)` processes at once, longest first, each with its config's threads (so
+    no more processes than the machine has threads for); the weights do not depend on how many
+    run at once."""
     out, todo = {}, {}
     for task, cfg in configs.items():
         folder, reused = _lookup(cfg)
@@ -131,6 +146,10 @@ def ensure_adapters(configs: dict[str, trainer.TrainConfig], progress: TasksProg
         else:
             todo[task] = (cfg, folder, _work_estimate(cfg))
     n = train_workers([work for _, _, work in todo.values()], workers)
+    if todo:
+        from .. import cputhreads
+
+        n = min(n, max(1, cputhreads.machine_threads() // max(cfg.resolved().threads for cfg, _, _ in todo.values())))
     if n == 1:
         for task, (cfg, folder, _) in todo.items():
             out[task] = (_train_into(cfg, folder, progress and (lambda s, total, loss, t=task: progress(t, s, total, loss))), False)
@@ -146,20 +165,17 @@ def _train_processes(todo: dict[str, tuple[trainer.TrainConfig, Path]], n: int, 
     import multiprocessing
     import queue as queue_mod
 
-    import torch
-
     from ..errors import AdapterMergeError
 
     ctx = multiprocessing.get_context("spawn")  # fork would copy torch's thread pools mid-flight
     messages = ctx.Queue()
-    threads = max(1, torch.get_num_threads() // n)
     quiet = logging.getLogger("transformers").getEffectiveLevel() >= logging.ERROR
     waiting, running, done = list(todo), {}, {}
     try:
         while waiting or running:
             while waiting and len(running) < n:
                 task = waiting.pop(0)
-                running[task] = ctx.Process(target=_train_one, args=(task, *todo[task], threads, quiet, messages), daemon=True)
+                running[task] = ctx.Process(target=_train_one, args=(task, *todo[task], quiet, messages), daemon=True)
                 running[task].start()
             try:
                 kind, task, *rest = messages.get(timeout=1.0)
@@ -183,10 +199,8 @@ def _train_processes(todo: dict[str, tuple[trainer.TrainConfig, Path]], n: int, 
     return done
 
 
-def _train_one(task: str, config: trainer.TrainConfig, folder: Path, threads: int, quiet: bool, messages) -> None:
+def _train_one(task: str, config: trainer.TrainConfig, folder: Path, quiet: bool, messages) -> None:
     """In a training process: train into `folder`, reporting each step and the outcome on `messages`."""
-    import torch
-
     from ..errors import AdapterMergeError
     from ..evalsuite.parallel import exit_with_parent
 
@@ -195,7 +209,6 @@ def _train_one(task: str, config: trainer.TrainConfig, folder: Path, threads: in
 
         quiet_third_party()
     exit_with_parent()
-    torch.set_num_threads(threads)
     try:
         path = _train_into(config, folder, lambda step, total, loss: messages.put(("step", task, step, total, loss)))
         messages.put(("done", task, str(path)))

@@ -206,7 +206,8 @@ def write_winner(row: dict, config: DemoConfig, out: Path, progress: Progress) -
 class EarlyEvaluation:
     """The evaluation helper process, started before the merges (see evalsuite/parallel.py): it
     evaluates the base, the single-task adapters and each merge as soon as it is written, while this
-    process, on one torch thread, goes on with the baselines (sequential training, mergekit, PEFT).
+    process, on the threads the helper leaves, goes on with the baselines (sequential training,
+    mergekit, PEFT).
     On 2 cores the baselines' training and model writing leave the second core partly idle, and
     the evaluation that followed them ran in two processes anyway. No helper (one core, a GPU,
     the results cache off): nothing changes."""
@@ -219,15 +220,14 @@ class EarlyEvaluation:
     def __enter__(self) -> "EarlyEvaluation":
         import torch
 
+        from .. import cputhreads
         from ..evalsuite.runner import start_helper
 
         settings = eval_settings(self.config)
-        if self.config.threads:
-            torch.set_num_threads(self.config.threads)
         self.helper = start_helper(eval_tasks(self.gate_config, self.has_mmlu), self.gate_config, settings)
         if self.helper is not None:
             self.threads = torch.get_num_threads()
-            torch.set_num_threads(1)  # the helper has the other core
+            torch.set_num_threads(max(1, cputhreads.machine_threads() - self.helper.threads))  # the helper has the rest
         return self
 
     def feed(self, entries: list[dict]) -> None:

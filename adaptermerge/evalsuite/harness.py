@@ -152,7 +152,7 @@ def _env_info_once(storage: dict) -> None:
     storage.update(_ENV_INFO)
 
 
-def _groups(specs: list[TaskSpec]) -> list[list[TaskSpec]]:
+def groups(specs: list[TaskSpec]) -> list[list[TaskSpec]]:
     """The chat tasks in one group, every other task alone. One lm-eval call per group: it hands the
     model all of a group's generation requests at once, so FastHFLM batches the tasks together."""
     chat = [s for s in specs if s.chat]
@@ -206,7 +206,7 @@ def _run_alone(lm, manager, spec: TaskSpec) -> TaskScores:
 def run_specs(lm, specs: list[TaskSpec], *, progress=None) -> dict[str, TaskScores]:
     """Evaluate `specs` with the lm-eval model `lm`; a task that raises comes back with `error` set.
 
-    The chat tasks run in one lm-eval call (see _groups). When that call fails, its tasks run again
+    The chat tasks run in one lm-eval call (see groups). When that call fails, its tasks run again
     one by one, so each error names its own task."""
     import lm_eval.evaluator
     from lm_eval.tasks import TaskManager
@@ -216,7 +216,7 @@ def run_specs(lm, specs: list[TaskSpec], *, progress=None) -> dict[str, TaskScor
 
     manager = TaskManager(include_path=str(TASKS_DIR), include_defaults=False)
     out: dict[str, TaskScores] = {}
-    for group in _groups(specs):
+    for group in groups(specs):
         if progress:
             for spec in group:
                 progress(spec.name, "start")

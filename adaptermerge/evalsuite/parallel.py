@@ -15,7 +15,6 @@ runs beside the baselines' training and merging instead of after them.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import multiprocessing
 import multiprocessing.connection
@@ -30,12 +29,20 @@ log = logging.getLogger(__name__)
 MIN_MODELS = 3
 
 
-def wanted(settings, pending: int) -> bool:
-    """Use a helper: more than one core, the CPU, the results cache on (the helper's channel)."""
+def processes(settings) -> int:
+    """Evaluation processes the settings allow: `workers` if set, else 2 on a multi-core machine
+    without CUDA with the results cache on (the helper's channel), else 1. It does not depend on
+    how many models are left, so neither does each process's thread count (runner.eval_threads)."""
     import torch
 
-    workers = settings.workers if settings.workers is not None else (2 if (os.cpu_count() or 1) >= 2 else 1)
-    return workers > 1 and pending >= MIN_MODELS and settings.use_cache and not torch.cuda.is_available()
+    if settings.workers is not None:
+        return settings.workers
+    return 2 if (os.cpu_count() or 1) >= 2 and settings.use_cache and not torch.cuda.is_available() else 1
+
+
+def wanted(settings, pending: int) -> bool:
+    """Use a helper: more than one process allowed and enough models to pay for starting it."""
+    return processes(settings) > 1 and pending >= MIN_MODELS and settings.use_cache
 
 
 class Helper:
@@ -45,12 +52,13 @@ class Helper:
     def __init__(self, spec_args: tuple, settings, base_name):
         ctx = multiprocessing.get_context("spawn")  # fork would copy torch's thread pools mid-flight
         self.spec_args = spec_args
+        self.threads = settings.threads  # its torch threads: resolved by the caller
         self.names: set[str] = set()  # submitted
         self.todo = ctx.Queue()
         self.reports = ctx.Queue()
         # A spawned process starts with default warning filters and log levels: it is as quiet as this one.
         quiet = logging.getLogger("transformers").getEffectiveLevel() >= logging.ERROR
-        self.process = ctx.Process(target=_work, args=(self.todo, self.reports, spec_args, dataclasses.replace(settings, threads=1), base_name, quiet),
+        self.process = ctx.Process(target=_work, args=(self.todo, self.reports, spec_args, settings, base_name, quiet),
                                    daemon=True)
         self.process.start()
 
@@ -117,14 +125,14 @@ def _work(todo, reports, spec_args, settings, base_name, quiet=False) -> None:
 
         quiet_third_party()
     exit_with_parent()
-    torch.set_num_threads(1)
+    torch.set_num_threads(settings.threads)  # resolved by the caller: the same count as its own
     specs = runner._specs(*spec_args)
     while (candidate := todo.get()) is not None:
         started = time.perf_counter()
         try:
             model_hash = runner.cand_mod.content_hash(candidate)
-            keys = {s.name: runner.cache_key(model_hash, s, settings) for s in specs}
-            missing = [s for s in specs if runner._cache_read(keys[s.name]) is None]
+            keys = {s.name: runner.cache_key(model_hash, s, settings, specs) for s in specs}
+            missing = runner.to_compute(specs, {s.name for s in specs if runner._cache_read(keys[s.name]) is None})
             if not missing:  # cached before: the main process reports it as such
                 reports.put((candidate.name, None))
                 continue

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Callable
 
 from .. import base as base_mod
+from .. import cputhreads
 from ..errors import AdapterMergeError
 from ..fileio import write_text_atomic
 from . import candidates as cand_mod
@@ -55,7 +56,10 @@ class EvalSettings:
     data_seed: int | None = None
     batch_size: int = 32  # generation batch
     context_batch: int = 8  # distinct MC contexts per forward pass
-    threads: int | None = None  # torch threads (None: torch's default)
+    # torch threads of each evaluation process (None: this machine's threads shared among the
+    # processes that parallel.processes allows, whether or not a helper ends up starting). bfloat16
+    # scores depend on it (cputhreads), so it is resolved before any work and is part of the cache key.
+    threads: int | None = None
     # auto | float32 | bfloat16. auto: bfloat16 on hardware with native bf16 (about 2x faster on the
     # CPU; scores shift slightly), else float32. The report and cache key hold the resolved dtype.
     dtype: str = "auto"
@@ -113,10 +117,29 @@ def _cache_path(key: str):
     return base_mod.cache_dir() / "eval" / "results" / f"{key}.json"
 
 
-def cache_key(model_hash: str, spec: harness.TaskSpec, settings: EvalSettings) -> str:
+def cache_key(model_hash: str, spec: harness.TaskSpec, settings: EvalSettings, specs: list[harness.TaskSpec]) -> str:
+    """The key of `spec`'s result for a model, among the tasks `specs` it is run with. Besides the
+    model, the task and its documents, it holds what changes float rounding and so, now and then,
+    a greedy token: the dtype, the resolved threads, the batch sizes, and the tasks batched with
+    this one (harness.groups runs the chat tasks in one call, so their requests share batches)."""
+    group = next(g for g in harness.groups(specs) if spec.name in {x.name for x in g})
     parts = {"model": model_hash, "task": spec.name, "docs": spec.digest, "task_settings": spec.settings,
-             "dtype": settings.dtype, "suite": SUITE_VERSION, "lm_eval": versions()["lm_eval"]}
+             "dtype": settings.dtype, "threads": settings.threads, "batch_size": settings.batch_size,
+             "context_batch": settings.context_batch, "batched_with": sorted((s.name, s.digest) for s in group),
+             "suite": SUITE_VERSION, "lm_eval": versions()["lm_eval"]}
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+def to_compute(specs: list[harness.TaskSpec], missing: set[str]) -> list[harness.TaskSpec]:
+    """The specs to run when `missing` are not cached: each missing one's whole group, so a result
+    is always computed with the batch mates its key names."""
+    return [s for g in harness.groups(specs) if any(x.name in missing for x in g) for s in g]
+
+
+def eval_threads(settings: EvalSettings) -> int:
+    """`settings.threads`, else this machine's threads shared among parallel.processes(settings)."""
+    cputhreads.check(settings.threads, "threads")
+    return settings.threads or cputhreads.share(parallel.processes(settings))
 
 
 def _cache_read(key: str) -> harness.TaskScores | None:
@@ -238,7 +261,7 @@ def check_data_seed(candidates: list[cand_mod.Candidate], tasks: list[str], data
 
 def _plan(tasks: list[str] | None, gates: gates_mod.GateConfig | None, settings: EvalSettings, base_name: str | None):
     """(settings with the dtype resolved, task names, MMLU format, notes)."""
-    settings = dataclasses.replace(settings, dtype=cand_mod.resolve_dtype(settings.dtype))
+    settings = dataclasses.replace(settings, dtype=cand_mod.resolve_dtype(settings.dtype), threads=eval_threads(settings))
     task_names = list(tasks) if tasks else (list(gates.tasks) if gates and gates.tasks else list(DEFAULT_TASKS))
     notes = []
     mmlu_format = settings.mmlu_format
@@ -252,8 +275,8 @@ def start_helper(tasks: list[str] | None = None, gates: gates_mod.GateConfig | N
                  settings: EvalSettings | None = None) -> parallel.Helper | None:
     """A helper process to feed models (`helper.submit(candidate)`) before `evaluate` is called with
     it, so that evaluation runs beside other work; None where a helper is not used (parallel.wanted).
-    `evaluate` must then get the same tasks, gates and settings. While it runs it takes one core:
-    keep this process to one torch thread until `evaluate` returns."""
+    `evaluate` must then get the same tasks, gates and settings. While it runs it takes
+    `helper.threads` torch threads: keep this process to the rest until `evaluate` returns."""
     settings = settings or EvalSettings()
     settings, task_names, mmlu_format, _ = _plan(tasks, gates, settings, settings.base)
     if not parallel.wanted(settings, parallel.MIN_MODELS):
@@ -285,10 +308,6 @@ def evaluate(
 
 def _evaluate(candidates, tasks, gates, settings, progress, helper) -> EvalReport:
     settings = settings or EvalSettings()
-    if settings.threads:
-        import torch
-
-        torch.set_num_threads(settings.threads)
     resolved = [c if isinstance(c, cand_mod.Candidate) else cand_mod.resolve_candidate(c, settings.base) for c in candidates]
     base_name = settings.base or next((c.base for c in resolved if c.kind == "adapter" and c.base), None)
     resolved = _unique_names([cand_mod.Candidate(c.name, c.kind, c.path, c.base or base_name, c.task, c.on_top_of)
@@ -313,16 +332,11 @@ def _evaluate(candidates, tasks, gates, settings, progress, helper) -> EvalRepor
     everyone = [reference, *resolved]
     total = len(everyone) * len(specs)
     hashes = {c.name: cand_mod.content_hash(c) for c in everyone}
-    keys = {c.name: {spec.name: cache_key(hashes[c.name], spec, settings) for spec in specs} for c in everyone}
+    keys = {c.name: {spec.name: cache_key(hashes[c.name], spec, settings, specs) for spec in specs} for c in everyone}
     pending = [c for c in everyone if not settings.use_cache or any(_cache_read(k) is None for k in keys[c.name].values())]
-    threads = None
     if helper is None and parallel.wanted(settings, len(pending)):
         helper = parallel.Helper((task_names, settings, gates, mmlu_format), settings, base_name)
     if helper is not None:
-        import torch
-
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)  # the helper takes the other core
         for candidate in pending:
             helper.submit(candidate)
     scores: dict[str, dict[str, harness.TaskScores]] = {}
@@ -337,7 +351,7 @@ def _evaluate(candidates, tasks, gates, settings, progress, helper) -> EvalRepor
                 hit = _cache_read(keys[candidate.name][spec.name])
                 if hit is not None:
                     mine[spec.name] = hit
-        missing = [spec for spec in specs if spec.name not in mine]
+        missing = to_compute(specs, {spec.name for spec in specs if spec.name not in mine})
         state["done"] += len(specs) - len(missing)
         if missing:
             try:
@@ -367,25 +381,23 @@ def _evaluate(candidates, tasks, gates, settings, progress, helper) -> EvalRepor
             progress(state["done"], total, f"{candidate.name}: done")
 
     by_name = {c.name: c for c in everyone}
-    try:
+    with cputhreads.using(settings.threads):  # the count in the keys (the helper's too)
+        try:
+            for candidate in everyone:
+                if helper is None or candidate.name not in helper.names:
+                    visit(candidate)
+            # Then take queued models in turn with the helper, until none is left.
+            while helper is not None and (taken := helper.take()) is not None:
+                if taken.name in by_name and taken.name not in scores:  # not asked for here: skipped
+                    visit(by_name[taken.name])
+        except BaseException:
+            if helper is not None:  # one started here (a caller's is also closed by `evaluate`)
+                helper.close()
+            raise
+        helper_done = helper.finish() if helper is not None else {}
         for candidate in everyone:
-            if helper is None or candidate.name not in helper.names:
-                visit(candidate)
-        # Then take queued models in turn with the helper, until none is left.
-        while helper is not None and (taken := helper.take()) is not None:
-            if taken.name in by_name and taken.name not in scores:  # not asked for here: skipped
-                visit(by_name[taken.name])
-    except BaseException:
-        if helper is not None:  # one started here (a caller's is also closed by `evaluate`)
-            helper.close()
-        raise
-    finally:
-        if threads is not None:
-            torch.set_num_threads(threads)
-    helper_done = helper.finish() if helper is not None else {}
-    for candidate in everyone:
-        if candidate.name not in scores:  # the helper's: from the cache now (or evaluated here if it failed)
-            visit(candidate, helper_done.get(candidate.name))
+            if candidate.name not in scores:  # the helper's: from the cache now (or evaluated here if it failed)
+                visit(candidate, helper_done.get(candidate.name))
     rows = [rows[c.name] for c in everyone]
 
     if gates:

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Callable
 
 from .. import base as base_mod
+from .. import cputhreads
 from .. import provenance
 from ..errors import AdapterMergeError
 from ..fileio import atomic_dir, check_output, write_text_atomic
@@ -73,12 +74,18 @@ class TrainConfig:
     # The frozen base's compute dtype (the LoRA factors always train in float32). auto: bfloat16 where
     # the hardware has it natively (QLoRA's usual setting; ~30 % faster per step on these CPUs), else float32.
     compute_dtype: str = "auto"
+    # torch CPU threads for the run (None: cputhreads.machine_threads()). Part of the config because
+    # bfloat16 training rounds differently with another count: the weights depend on it.
+    threads: int | None = None
 
     def resolved(self) -> "TrainConfig":
         """A copy with preset defaults filled in and every value checked."""
         p = preset(self.task)
         cfg = TrainConfig(**{**asdict(self), "output": Path(self.output)})
         cfg.compute_dtype = base_mod.resolve_dtype(cfg.compute_dtype)
+        cputhreads.check(cfg.threads, "--threads")
+        if cfg.threads is None:
+            cfg.threads = cputhreads.machine_threads()
         for name in ("lr", "rank", "alpha", "batch_size", "max_length", "anchor_fraction", "anchor_tasks"):
             if getattr(cfg, name) is None:
                 setattr(cfg, name, getattr(p, name))
@@ -362,11 +369,17 @@ ProgressFn = Callable[[int, int, float], None]
 def train(config: TrainConfig, progress: ProgressFn | None = None) -> Path:
     """Train an adapter as `config` says and write it to `config.output`; returns that path.
 
-    `progress(step, total_steps, loss)` is called after every optimizer step.
+    `progress(step, total_steps, loss)` is called after every optimizer step. The run uses
+    `config.threads` torch threads and restores the caller's count afterwards.
     """
+    cfg = config.resolved()
+    with cputhreads.using(cfg.threads):
+        return _train(cfg, progress)
+
+
+def _train(cfg: TrainConfig, progress: ProgressFn | None) -> Path:
     import torch
 
-    cfg = config.resolved()
     out = Path(cfg.output)
     check_output(out, cfg.force)  # before the data and the base are loaded
     started, cpu_started = time.time(), time.process_time()
@@ -451,7 +464,7 @@ def train(config: TrainConfig, progress: ProgressFn | None = None) -> Path:
             "wall_time_s": round(time.time() - started, 2),
             # CPU seconds of this process (all threads): a contention-free measure of the work.
             "cpu_time_s": round(time.process_time() - cpu_started, 2),
-            "threads": torch.get_num_threads(),
+            "threads": cfg.threads,
             "versions": provenance.package_versions(),
         }
         (tmp / "training.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -63,3 +63,25 @@ def test_the_presets_train_side_by_side_and_quick_runs_do_not():
     estimates = {quick: [A._work_estimate(A.train_config(t, base=None, seed=0, quick=quick)) for t in ("domain", "structured", "safety")]
                  for quick in (False, True)}
     assert sorted(estimates[False])[-2] >= A.MIN_SIDE_BY_SIDE_TOKENS > sorted(estimates[True])[-2]
+
+
+def test_no_more_training_processes_than_the_configs_threads_allow(monkeypatch, tmp_path):
+    """Runs that each take every thread train one after another even when two workers are asked
+    for: side by side they would share the cores and change the weights' rounding."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    monkeypatch.setattr(A, "_lookup", lambda cfg: (tmp_path / cfg.task, False))
+    monkeypatch.setattr(A, "_work_estimate", lambda cfg: 10 * A.MIN_SIDE_BY_SIDE_TOKENS)
+    done = []
+    monkeypatch.setattr(A, "_train_into", lambda cfg, folder, progress: done.append(cfg.threads) or folder)
+
+    def processes(todo, n, progress):
+        done.append(("processes", n))
+        return {task: folder for task, (_, folder) in todo.items()}
+
+    monkeypatch.setattr(A, "_train_processes", processes)
+    configs = {t: A.train_config(t, base=None, seed=0, quick=False) for t in TASKS}
+    A.ensure_adapters({t: replace(c, threads=2) for t, c in configs.items()}, workers=2)
+    assert done == [2, 2]  # in this process, one at a time
+    done.clear()
+    A.ensure_adapters(configs, workers=2)  # the presets' own: one thread each of two
+    assert done == [("processes", 2)]

@@ -1,4 +1,5 @@
-"""The demo's settings: what --quick changes, and that defaults keep earlier adapter cache keys."""
+"""The demo's settings: what --quick changes, that defaults keep earlier adapter cache keys, and
+that training threads come from the machine, never from what is cached."""
 
 from __future__ import annotations
 
@@ -36,7 +37,8 @@ def test_default_anchor_unique_leaves_the_cache_key_as_it_was(monkeypatch):
 
     monkeypatch.setattr(trainer, "base_fingerprint", lambda base: {"sha256": "b"})
     cfg = adapters.train_config("structured", base=None, seed=0, quick=False)
-    # The key as computed before anchor_unique existed: adapters cached then are still found.
+    # The key as computed before anchor_unique existed: adapters cached then are still found (those
+    # from before `threads` joined the config were left behind on purpose: see cputhreads).
     settings = {k: v for k, v in asdict(cfg.resolved()).items() if k not in ("output", "force", "anchor_unique")}
     settings["data"] = trainer.load_records(cfg.resolved())[1]["sha256"]
     settings["base"] = "b"
@@ -64,3 +66,18 @@ def test_the_quick_eval_subsets_do_not_move_with_the_demo_seed(tmp_path):
         import json
 
         assert all(json.loads(line)["messages"][0]["content"] in eval_prompts for line in text.splitlines())
+
+
+def test_training_threads_come_from_the_machine_and_enter_the_key(monkeypatch):
+    """Full runs take half the machine (two train side by side, or one beside the evaluation
+    helper) even when only one is missing; --quick's task runs, one at a time, take all of it."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "4")
+    monkeypatch.setattr("adaptermerge.train.trainer.base_fingerprint", lambda base: {"sha256": "b"})
+    full = adapters.train_config("domain", base=None, seed=0, quick=False)
+    quick = adapters.train_config("domain", base=None, seed=0, quick=True)
+    chain = adapters.train_config("safety", base=None, seed=0, quick=True, on_top_of=Path("prev"))
+    assert (full.threads, quick.threads, chain.threads) == (2, 4, 2)
+    assert full.resolved().threads == 2
+    other = adapters.train_config("domain", base=None, seed=0, quick=False)
+    other.threads = 1
+    assert adapters.cache_key(other) != adapters.cache_key(full)

@@ -55,4 +55,4 @@ def test_a_failing_task_is_found_and_named(lm_and_data):
 def test_groups():
     chat = [harness.TaskSpec(n, {}, [], chat=True) for n in ("a", "b")]
     plain = harness.TaskSpec("mmlu", {}, [], chat=False)
-    assert [[s.name for s in g] for g in harness._groups([chat[0], plain, chat[1]])] == [["a", "b"], ["mmlu"]]
+    assert [[s.name for s in g] for g in harness.groups([chat[0], plain, chat[1]])] == [["a", "b"], ["mmlu"]]

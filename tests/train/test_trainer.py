@@ -56,6 +56,17 @@ def test_two_steps_write_a_loadable_adapter(tiny_chat_base, data_file, tmp_path,
     assert not list(tmp_path.glob(".tmp-*")), "temporary folder left behind"
 
 
+def test_the_run_uses_its_configs_threads_and_records_them(tiny_chat_base, data_file, tmp_path, monkeypatch):
+    """bfloat16 training rounds differently with another thread count, so the count is part of
+    the config: used for the whole run, recorded, and the caller's count restored after."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert _config(tiny_chat_base, data_file, tmp_path / "x").resolved().threads == 3  # default: the machine's
+    before, seen = torch.get_num_threads(), []
+    out = train(_config(tiny_chat_base, data_file, tmp_path / "ad", threads=2), lambda *a: seen.append(torch.get_num_threads()))
+    assert seen == [2, 2] and torch.get_num_threads() == before
+    assert json.loads((out / "training.json").read_text())["threads"] == 2
+
+
 def test_dora_writes_magnitudes_and_refuses_overwrite(tiny_chat_base, data_file, tmp_path):
     out = train(_config(tiny_chat_base, data_file, tmp_path / "dora", dora=True, qlora=False, targets=("q_proj", "v_proj")))
     keys = load_file(out / "adapter_model.safetensors").keys()
@@ -93,6 +104,8 @@ def test_bad_config(tiny_chat_base, data_file, tmp_path):
         train(_config(tiny_chat_base, data_file, tmp_path / "x").__class__(**{**_config(tiny_chat_base, data_file, tmp_path / "x").__dict__, "lr": -1}))
     with pytest.raises(AdapterMergeError, match="--anchor-tasks poetry: expected built-in tasks"):
         train(_config(tiny_chat_base, data_file, tmp_path / "x", anchor_tasks=("poetry",)))
+    with pytest.raises(AdapterMergeError, match="--threads must be a positive integer"):
+        train(_config(tiny_chat_base, data_file, tmp_path / "x", threads=0))
     with pytest.raises(AdapterMergeError, match="names the task being trained"):
         TrainConfig(task="domain", output=tmp_path / "x", anchor_tasks=("domain",)).resolved()
     assert not (tmp_path / "x").exists()
