@@ -32,19 +32,22 @@ MIN_MODELS = 2
 
 
 def processes(settings) -> int:
-    """Evaluation processes the settings allow: `workers` if set, else 2 on a multi-core machine
-    without CUDA with the results cache on (the helper's channel), else 1. It does not depend on
-    how many models are left, so neither does each process's thread count (runner.eval_threads)."""
+    """Evaluation processes the settings allow: 1 with the results cache off (the helper's
+    channel), else `workers` if set, else 2 on a multi-core machine without CUDA. It does not
+    depend on how many models are left, so neither does each process's thread count
+    (runner.eval_threads)."""
     import torch
 
+    if not settings.use_cache:
+        return 1
     if settings.workers is not None:
         return settings.workers
-    return 2 if (os.cpu_count() or 1) >= 2 and settings.use_cache and not torch.cuda.is_available() else 1
+    return 2 if (os.cpu_count() or 1) >= 2 and not torch.cuda.is_available() else 1
 
 
 def wanted(settings, pending: int) -> bool:
     """Use a helper: more than one process allowed and enough models to pay for starting it."""
-    return processes(settings) > 1 and pending >= MIN_MODELS and settings.use_cache
+    return processes(settings) > 1 and pending >= MIN_MODELS
 
 
 class Helper:
