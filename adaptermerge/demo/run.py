@@ -7,6 +7,7 @@ output in one rename at the end. An approach that fails becomes a row with its e
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import platform
@@ -215,19 +216,16 @@ class EarlyEvaluation:
     def __init__(self, config: DemoConfig, gate_config, has_mmlu: bool):
         self.config, self.gate_config, self.has_mmlu = config, gate_config, has_mmlu
         self.helper = None
-        self.threads: int | None = None
+        self._threads = contextlib.ExitStack()  # this process's thread count while the helper runs
 
     def __enter__(self) -> "EarlyEvaluation":
-        import torch
-
         from .. import cputhreads
         from ..evalsuite.runner import start_helper
 
         settings = eval_settings(self.config)
         self.helper = start_helper(eval_tasks(self.gate_config, self.has_mmlu), self.gate_config, settings)
-        if self.helper is not None:
-            self.threads = torch.get_num_threads()
-            torch.set_num_threads(max(1, cputhreads.machine_threads() - self.helper.threads))  # the helper has the rest
+        if self.helper is not None:  # the helper has its threads; this process the rest
+            self._threads.enter_context(cputhreads.using(max(1, cputhreads.machine_threads() - self.helper.threads)))
         return self
 
     def feed(self, entries: list[dict]) -> None:
@@ -247,12 +245,9 @@ class EarlyEvaluation:
         return helper
 
     def __exit__(self, *exc) -> None:
-        import torch
-
         if self.helper is not None:  # never handed over: an error on the way
             self.helper.close()
-        if self.threads is not None:
-            torch.set_num_threads(self.threads)
+        self._threads.close()
 
 
 # ---------------------------------------------------------------- the run
