@@ -306,6 +306,25 @@ def evaluate(
         raise
 
 
+def _lacking(specs: list[harness.TaskSpec], keys: dict[str, str], use_cache: bool) -> list[tuple[str, ...]]:
+    """The task groups of one model with a result missing from the cache (all of them with it off)."""
+    missing = {s.name for s in specs if not use_cache or _cache_read(keys[s.name]) is None}
+    return [tuple(s.name for s in g) for g in harness.groups(to_compute(specs, missing))]
+
+
+def _row(candidate, roles: dict, model_hash: str, specs, computed: set[str], seconds: float, by_helper: dict) -> dict:
+    """The report's row of a candidate: who evaluated what, how long it took, what came from the cache.
+    `by_helper`: {task group (None: the whole model): seconds} of what the helper process finished."""
+    row = {**candidate.to_dict(), "role": roles.get(candidate.name, "candidate"), "hash": model_hash,
+           "cached": [s.name for s in specs if s.name not in computed]}
+    if None in by_helper:  # the whole model: this process only read its results back
+        return {**row, "seconds": by_helper[None], "evaluated_by": "helper process"}
+    if by_helper:  # split: groups in each process, at the same time
+        helped = [t for group in by_helper for t in group]
+        return {**row, "seconds": round(max(seconds, *by_helper.values()), 2), "evaluated_by": f"helper process ({', '.join(helped)}) and this one"}
+    return {**row, "seconds": round(seconds, 2)}
+
+
 def _evaluate(candidates, tasks, gates, settings, progress, helper) -> EvalReport:
     settings = settings or EvalSettings()
     resolved = [c if isinstance(c, cand_mod.Candidate) else cand_mod.resolve_candidate(c, settings.base) for c in candidates]
@@ -333,29 +352,35 @@ def _evaluate(candidates, tasks, gates, settings, progress, helper) -> EvalRepor
     total = len(everyone) * len(specs)
     hashes = {c.name: cand_mod.content_hash(c) for c in everyone}
     keys = {c.name: {spec.name: cache_key(hashes[c.name], spec, settings, specs) for spec in specs} for c in everyone}
-    pending = [c for c in everyone if not settings.use_cache or any(_cache_read(k) is None for k in keys[c.name].values())]
-    if helper is None and parallel.wanted(settings, len(pending)):
+    lacking = {c.name: _lacking(specs, keys[c.name], settings.use_cache) for c in everyone}
+    work = parallel.units([(c, lacking[c.name]) for c in everyone if lacking[c.name]], parallel.processes(settings))
+    if helper is None and parallel.wanted(settings, len(work)):
         helper = parallel.Helper((task_names, settings, gates, mmlu_format), settings, base_name)
     if helper is not None:
-        for candidate in pending:
-            helper.submit(candidate)
+        for unit in work:
+            helper.submit(unit.candidate, unit.tasks)
     scores: dict[str, dict[str, harness.TaskScores]] = {}
-    rows: dict[str, dict] = {}
-    state = {"done": 0}
+    finished: set[tuple[str, str]] = set()  # (candidate, task) pairs scored or read, for progress
+    # Per candidate: tasks computed in this call and seconds spent, by this process and by the helper.
+    computed: dict[str, set[str]] = {c.name: set() for c in everyone}
+    seconds_here: dict[str, float] = {c.name: 0.0 for c in everyone}
+    by_helper: dict[str, dict[tuple, float]] = {c.name: {} for c in everyone}
 
-    def visit(candidate, helper_seconds: float | None = None):
+    def run(candidate, only: tuple[str, ...] | None = None) -> dict[str, harness.TaskScores]:
+        """Scores of `candidate` on the specs (`only`: those tasks), from the cache or computed now."""
         started = time.perf_counter()
+        wanted = [s for s in specs if only is None or s.name in only]
         mine: dict[str, harness.TaskScores] = {}
         if settings.use_cache:
-            for spec in specs:
+            for spec in wanted:
                 hit = _cache_read(keys[candidate.name][spec.name])
                 if hit is not None:
                     mine[spec.name] = hit
-        missing = to_compute(specs, {spec.name for spec in specs if spec.name not in mine})
-        state["done"] += len(specs) - len(missing)
+        missing = to_compute(specs, {spec.name for spec in wanted if spec.name not in mine})
+        finished.update((candidate.name, s.name) for s in wanted if s.name in mine)
         if missing:
             try:
-                fresh = _evaluate_model(candidate, missing, settings, base_name, progress, state["done"], total)
+                fresh = _evaluate_model(candidate, missing, settings, base_name, progress, len(finished), total)
             except AdapterMergeError:
                 raise
             except Exception as exc:  # the model did not load: every task of it errors
@@ -368,17 +393,16 @@ def _evaluate(candidates, tasks, gates, settings, progress, helper) -> EvalRepor
                 mine[name] = result
                 if result.error is None:
                     _cache_write(keys[candidate.name][name], result)
-            state["done"] += len(missing)
-        scores[candidate.name] = {spec.name: mine[spec.name] for spec in specs}
-        by_helper = helper_seconds is not None
-        rows[candidate.name] = {
-            **candidate.to_dict(), "role": roles.get(candidate.name, "candidate"), "hash": hashes[candidate.name],
-            "seconds": helper_seconds if by_helper else round(time.perf_counter() - started, 2),
-            "cached": [] if by_helper else [s.name for s in specs if s.name not in {m.name for m in missing}],
-            **({"evaluated_by": "helper process"} if by_helper else {}),
-        }
+            computed[candidate.name].update(fresh)
+            finished.update((candidate.name, name) for name in fresh)
+        seconds_here[candidate.name] += time.perf_counter() - started
         if progress:
-            progress(state["done"], total, f"{candidate.name}: done")
+            progress(len(finished), total, f"{candidate.name}: done" if only is None else f"{candidate.name}: {', '.join(only)} done")
+        return mine
+
+    def visit(candidate):
+        mine = run(candidate)
+        scores[candidate.name] = {spec.name: mine[spec.name] for spec in specs}
 
     by_name = {c.name: c for c in everyone}
     with cputhreads.using(settings.threads):  # the count in the keys (the helper's too)
@@ -386,18 +410,27 @@ def _evaluate(candidates, tasks, gates, settings, progress, helper) -> EvalRepor
             for candidate in everyone:
                 if helper is None or candidate.name not in helper.names:
                     visit(candidate)
-            # Then take queued models in turn with the helper, until none is left.
+            # Then take queued units in turn with the helper, until none is left.
             while helper is not None and (taken := helper.take()) is not None:
-                if taken.name in by_name and taken.name not in scores:  # not asked for here: skipped
-                    visit(by_name[taken.name])
+                name = taken.candidate.name
+                if name in by_name and name not in scores:  # not asked for here: skipped
+                    if taken.tasks is None:
+                        visit(by_name[name])
+                    else:
+                        run(by_name[name], taken.tasks)
         except BaseException:
             if helper is not None:  # one started here (a caller's is also closed by `evaluate`)
                 helper.close()
             raise
-        helper_done = helper.finish() if helper is not None else {}
+        for (name, tasks), secs in (helper.finish() if helper is not None else {}).items():
+            if name in by_helper:
+                by_helper[name][tasks] = secs
+                computed[name].update(tasks or (s.name for s in specs))
         for candidate in everyone:
-            if candidate.name not in scores:  # the helper's: from the cache now (or evaluated here if it failed)
-                visit(candidate, helper_done.get(candidate.name))
+            if candidate.name not in scores:  # the helper's (in part or whole): from the cache now
+                visit(candidate)
+    rows = {c.name: _row(c, roles, hashes[c.name], specs, computed[c.name], seconds_here[c.name], by_helper[c.name])
+            for c in everyone}
     rows = [rows[c.name] for c in everyone]
 
     if gates:

@@ -143,19 +143,54 @@ def test_task_yaml_through_lm_eval_loader(tiny_model_dir, tiny_adapter_dir, mmlu
 def test_a_helper_process_gives_the_same_scores(tiny_model_dir, tiny_adapter_dir, merged_dir, mmlu_dir, tmp_path, monkeypatch):
     settings = EvalSettings(base=str(tiny_model_dir), mmlu_data=str(mmlu_dir), mmlu_limit=1, batch_size=64)
     tasks = ["domain", "mmlu"]
-    runs = {}
-    for workers in (1, 2):
-        monkeypatch.setenv("ADAPTERMERGE_CACHE", str(tmp_path / f"cache{workers}"))  # nothing cached
-        runs[workers] = evaluate([str(tiny_adapter_dir), str(merged_dir)], tasks, None, dataclasses.replace(settings, workers=workers))
-    one, two = runs[1], runs[2]
-    assert not one.errors and not two.errors
+    monkeypatch.setenv("ADAPTERMERGE_CACHE", str(tmp_path / "cache1"))  # nothing cached
+    one = evaluate([str(tiny_adapter_dir), str(merged_dir)], tasks, None, dataclasses.replace(settings, workers=1))
+    monkeypatch.setenv("ADAPTERMERGE_CACHE", str(tmp_path / "cache2"))
+    # Two models with work left: whole models on the shared queue.
+    from adaptermerge.evalsuite import parallel
+
+    queued, submit = [], parallel.Helper.submit
+
+    def spy(helper, candidate, tasks=None):
+        queued.append((candidate.name, tasks))
+        return submit(helper, candidate, tasks)
+
+    monkeypatch.setattr(parallel.Helper, "submit", spy)
+    whole = evaluate([str(tiny_adapter_dir)], tasks, None, dataclasses.replace(settings, workers=2))
+    assert queued == [("base", None), ("domain", None)]
+    queued.clear()
+    # Then one (the base and the adapter cached): its task groups are split between the processes.
+    split = evaluate([str(tiny_adapter_dir), str(merged_dir)], tasks, None, dataclasses.replace(settings, workers=2))
+    assert not one.errors and not whole.errors and not split.errors
     for name in ("base", "domain", "merged"):
         for task in tasks:
-            assert two.scores[name][task].items == one.scores[name][task].items, (name, task)
+            assert split.scores[name][task].items == one.scores[name][task].items, (name, task)
     # The two processes share one queue: which model each took depends on timing, but every model
     # was evaluated once (nothing was read back from the cache as if evaluated before).
     assert not any(c.get("evaluated_by") for c in one.candidates)
-    assert all(c["cached"] == [] for c in two.candidates)
+    assert all(c["cached"] == [] for c in whole.candidates)
+    rows = {c["name"]: c for c in split.candidates}
+    assert rows["base"]["cached"] == tasks and rows["domain"]["cached"] == tasks
+    assert queued == [("merged", ("domain",)), ("merged", ("mmlu",))]
+    assert rows["merged"]["cached"] == []
+    # This process takes the first group (chat) at once; the helper, up about 10 s later, takes the
+    # second if this process has not finished the first by then (the tiny model often has).
+    assert rows["merged"].get("evaluated_by") in (None, "helper process (mmlu) and this one")
+
+
+def test_models_of_a_last_partial_round_are_split_by_task_group():
+    from types import SimpleNamespace
+
+    from adaptermerge.evalsuite.parallel import units
+
+    m, n, o = (SimpleNamespace(name=x) for x in "mno")
+    chat, mmlu = ("domain", "safety"), ("mmlu",)
+    assert [u.key for u in units([(m, [chat, mmlu])], 2)] == [("m", chat), ("m", mmlu)]
+    assert [u.key for u in units([(m, [mmlu])], 2)] == [("m", None)]  # one group: nothing to split
+    assert [u.key for u in units([(m, [chat, mmlu]), (n, [mmlu])], 2)] == [("m", None), ("n", None)]
+    assert [u.key for u in units([(m, [chat, mmlu]), (n, [chat]), (o, [chat, mmlu])], 2)] == [
+        ("m", None), ("n", None), ("o", chat), ("o", mmlu)]
+    assert [u.key for u in units([(m, [chat, mmlu])], 1)] == [("m", None)]
 
 
 def test_a_helper_started_early_evaluates_what_it_is_fed(tiny_model_dir, tiny_adapter_dir, merged_dir, mmlu_dir, tmp_path, monkeypatch):
