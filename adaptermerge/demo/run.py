@@ -307,14 +307,15 @@ def run_demo(config: DemoConfig, progress: Progress | None = None) -> DemoResult
             best_method = results.best_merge([r for r in rows if (r.get("approach") or {}).get("kind") == "method"])
             search = _search_weights(singles, config, progress, notes) if config.weight_search else None
             points = sweep.sweep_points(best_method, config.quick, search.best.weights if search else None)
-            for i, approach in enumerate(points):
-                progress("sweep", i, len(points), approach.name)
-                entry = run_approach(approach, singles, config, tmp / "merges", work, progress)
-                entry["sweep"] = True
-                entries.append(entry)
-            evaluated = evaluate_entries(entries, config, gate_config, has_mmlu, progress)
-            rows = results.build_rows(entries, evaluated.scores, gate_config, eval_names, has_mmlu)
+            evaluated, rows = _sweep_round(points, entries, singles, config, gate_config, has_mmlu, eval_names, tmp, work, progress)
             best = results.best_merge(rows)
+            if not config.quick and not (best and best["passed"]):  # one step further from the best so far
+                best_method = results.best_merge([r for r in rows if (r.get("approach") or {}).get("kind") == "method"])
+                further = [p for p in sweep.further_points(best_method) if p.name not in {e["name"] for e in entries}]
+                if further:
+                    evaluated, rows = _sweep_round(further, entries, singles, config, gate_config, has_mmlu, eval_names, tmp, work, progress)
+                    best = results.best_merge(rows)
+                    points += further
             caveat = sweep.selection_note(best, len(points))
             if caveat:
                 notes.append(caveat)
@@ -340,6 +341,17 @@ def run_demo(config: DemoConfig, progress: Progress | None = None) -> DemoResult
         data.update(extra)
         report.write(data, tmp)
     return DemoResult(output, data["candidates"], winner["name"] if winner else None, data, best["name"] if best else None)
+
+
+def _sweep_round(points, entries, singles, config, gate_config, has_mmlu, eval_names, tmp, work, progress):
+    """Merge and evaluate sweep `points` (appended to `entries`); (evaluation, rows) of everything so far."""
+    for i, approach in enumerate(points):
+        progress("sweep", i, len(points), approach.name)
+        entry = run_approach(approach, singles, config, tmp / "merges", work, progress)
+        entry["sweep"] = True
+        entries.append(entry)
+    evaluated = evaluate_entries(entries, config, gate_config, has_mmlu, progress)
+    return evaluated, results.build_rows(entries, evaluated.scores, gate_config, eval_names, has_mmlu)
 
 
 def _search_weights(singles: dict[str, dict], config: DemoConfig, progress: Progress, notes: list[str]):

@@ -81,6 +81,23 @@ def test_sweep_moves_a_method_with_a_near_point_there_and_keeps_its_settings():
     assert [p.method for p in sweep.sweep_points(_row("ties", False, 6, {"domain": 0.9}, 0.0), quick=False)][0] == "task_arithmetic"
 
 
+def test_the_second_step_goes_further_from_the_best_merge_the_same_way():
+    best = {**_row("sweep_regmean_lambda1.2_w1-1-2", False, 5, {"domain": 0.96, "structured": 0.97, "safety": 0.89}, 0.0),
+            "approach": {"kind": "method", "method": "regmean", "params": {"lambda_": 1.2}, "weights": [1.0, 1.0, 2.0]}}
+    (point,) = sweep.further_points(best)
+    assert point.method == "regmean" and point.weights == (1.0, 1.0, 2.0 * sweep.FURTHER_FACTOR)
+    assert point.params == {"lambda_": 1.3, "calib_size": 128}  # calib_size: twice regmean's default 64
+    assert point.name == "sweep_regmean_lambda1.3_calib_size-128_w1-1-2.5"
+    # From there, the least-retained task now structured: its weight goes up, settings move on again.
+    again = {**best, "retention": {"domain": 0.98, "structured": 0.949, "safety": 0.97},
+             "approach": {**best["approach"], "params": point.params, "weights": list(point.weights)}}
+    (next_point,) = sweep.further_points(again)
+    assert next_point.weights == (1.0, 1.25, 2.5) and next_point.params == {"lambda_": 1.4, "calib_size": 256}
+    assert sweep.further_points(_row("ties", False, 6, {"domain": 0.9}, 0.0)) == []  # no step for ties
+    assert sweep.further_points({**best, "retention": {"domain": 1.0, "structured": 1.2, "safety": 1.0}}) == []
+    assert sweep.further_points(None) == []
+
+
 def test_sweep_starts_with_task_arithmetic_at_the_searched_weights_when_they_moved():
     best = _row("ties", False, 6, {"domain": 0.9, "structured": 0.4, "safety": 0.8}, 0.0)
     points = sweep.sweep_points(best, quick=False, searched=(1.0, 1.2, 0.85))
