@@ -303,15 +303,12 @@ def run_demo(config: DemoConfig, progress: Progress | None = None) -> DemoResult
         best = results.best_merge(rows)
         if config.sweep and not (best and best["passed"]):
             t = time.perf_counter()
-            # Up-weighting starts from the best merge the tool itself can re-run with new weights.
-            best_method = results.best_merge([r for r in rows if (r.get("approach") or {}).get("kind") == "method"])
             search = _search_weights(singles, config, progress, notes) if config.weight_search else None
-            points = sweep.sweep_points(best_method, config.quick, search.best.weights if search else None)
+            points = sweep.sweep_points(_best_method(rows), config.quick, search.best.weights if search else None)
             evaluated, rows = _sweep_round(points, entries, singles, config, gate_config, has_mmlu, eval_names, tmp, work, progress)
             best = results.best_merge(rows)
             if not config.quick and not (best and best["passed"]):  # one step further from the best so far
-                best_method = results.best_merge([r for r in rows if (r.get("approach") or {}).get("kind") == "method"])
-                further = [p for p in sweep.further_points(best_method) if p.name not in {e["name"] for e in entries}]
+                further = [p for p in sweep.further_points(_best_method(rows)) if p.name not in {e["name"] for e in entries}]
                 if further:
                     evaluated, rows = _sweep_round(further, entries, singles, config, gate_config, has_mmlu, eval_names, tmp, work, progress)
                     best = results.best_merge(rows)
@@ -341,6 +338,11 @@ def run_demo(config: DemoConfig, progress: Progress | None = None) -> DemoResult
         data.update(extra)
         report.write(data, tmp)
     return DemoResult(output, data["candidates"], winner["name"] if winner else None, data, best["name"] if best else None)
+
+
+def _best_method(rows: list[dict]) -> dict | None:
+    """The best merge of a registered method: the one the sweep can re-run with new weights and settings."""
+    return results.best_merge([r for r in rows if (r.get("approach") or {}).get("kind") == "method"])
 
 
 def _sweep_round(points, entries, singles, config, gate_config, has_mmlu, eval_names, tmp, work, progress):

@@ -92,8 +92,7 @@ class Helper:
         ctx = multiprocessing.get_context("spawn")  # fork would copy torch's thread pools mid-flight
         self.spec_args = spec_args
         self.threads = settings.threads  # its torch threads: resolved by the caller
-        self.names: set[str] = set()  # models submitted, whole or in part
-        self._submitted: set[tuple] = set()
+        self._submitted: set[tuple] = set()  # Unit.key of everything queued
         self.todo = ctx.Queue()
         self.reports = ctx.Queue()
         # A spawned process starts with default warning filters and log levels: it is as quiet as this one.
@@ -109,8 +108,12 @@ class Helper:
         if (candidate.name, None) in self._submitted or unit.key in self._submitted:
             return
         self._submitted.add(unit.key)
-        self.names.add(candidate.name)
         self.todo.put(unit)
+
+    @property
+    def names(self) -> set[str]:
+        """The models submitted, whole or in part."""
+        return {name for name, _ in self._submitted}
 
     def take(self) -> Unit | None:
         """The next queued unit for this process to evaluate itself, or None when none is left."""

@@ -405,10 +405,11 @@ def _evaluate(candidates, tasks, gates, settings, progress, helper) -> EvalRepor
         scores[candidate.name] = {spec.name: mine[spec.name] for spec in specs}
 
     by_name = {c.name: c for c in everyone}
+    queued = helper.names if helper is not None else set()
     with cputhreads.using(settings.threads):  # the count in the keys (the helper's too)
         try:
             for candidate in everyone:
-                if helper is None or candidate.name not in helper.names:
+                if candidate.name not in queued:
                     visit(candidate)
             # Then take queued units in turn with the helper, until none is left.
             while helper is not None and (taken := helper.take()) is not None:
@@ -429,9 +430,7 @@ def _evaluate(candidates, tasks, gates, settings, progress, helper) -> EvalRepor
         for candidate in everyone:
             if candidate.name not in scores:  # the helper's (in part or whole): from the cache now
                 visit(candidate)
-    rows = {c.name: _row(c, roles, hashes[c.name], specs, computed[c.name], seconds_here[c.name], by_helper[c.name])
-            for c in everyone}
-    rows = [rows[c.name] for c in everyone]
+    rows = [_row(c, roles, hashes[c.name], specs, computed[c.name], seconds_here[c.name], by_helper[c.name]) for c in everyone]
 
     if gates:
         gates = _named_references(gates, resolved)
