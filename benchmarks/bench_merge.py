@@ -237,6 +237,28 @@ def print_table(rows: list[dict]) -> None:
         print(f"{r['case']:<36} {r['tool']:<13} {r['method']:<9} {r['time_s']:>9.2f} {scaled:>9} {r['peak_rss_mb']:>12.0f} {r['rel_error']:>9.4f} {r['worst_module_rel_error']:>9.4f}")
 
 
+def target_lines(rows: list[dict]) -> list[str]:
+    """The issue's targets read off this run's rows: (a) TIES at least 20x faster than PEFT
+    `ties_svd` with no larger error; (b) under 60 s and 3 GB peak RSS."""
+    ok = [r for r in rows if "error" not in r]
+
+    def pick(case, tool, method):
+        return next((r for r in ok if r["case"].startswith(case) and r["tool"] == tool and r["method"] == method), None)
+
+    lines = []
+    ours, peft = pick("a:", "adaptermerge", "ties"), pick("a:", "peft", "ties_svd")
+    if ours and peft:
+        speedup = peft["time_s"] / ours["time_s"]
+        no_worse = ours["rel_error"] <= peft["rel_error"] + 5e-5  # the table's 4 decimals
+        lines.append(f"(a) ties {speedup:.1f}x faster than PEFT ties_svd (target 20x: {'met' if speedup >= 20 else 'not met'}); "
+                     f"error {ours['rel_error']:.6f} against {peft['rel_error']:.6f} ({'no larger' if no_worse else 'larger'} at 4 decimals)")
+    ours_b = pick("b:", "adaptermerge", "ties")
+    if ours_b:
+        met = ours_b["time_s"] < 60 and ours_b["peak_rss_mb"] < 3072
+        lines.append(f"(b) ties {ours_b['time_s']:.1f} s, peak RSS {ours_b['peak_rss_mb'] / 1024:.2f} GB (targets 60 s and 3 GB: {'met' if met else 'not met'})")
+    return lines
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--case", choices=["a", "b", "both"], default="both")
@@ -264,6 +286,8 @@ def main() -> None:
         if args.case in ("b", "both"):
             rows += case_b(Path(tmp), args.device, args.peft_layers)
     print_table(rows)
+    for line in target_lines(rows):
+        print(line)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
 
