@@ -109,4 +109,7 @@ def demo_cmd(output, quick, base, mmlu_data, mmlu_limit, train_steps, methods, n
     else:
         met = "meets every target" if best["passed"] else "misses a target (see the gates column)"
         click.echo(f"best merge: {best['name']}, {met}" + ("" if result.winner else "; writing it failed (see report.md, Notes)"))
+        for g in best.get("gates") or []:
+            if not g["passed"]:
+                click.echo(f"  missed {g['rule']}: {g['detail']}")
     return 0

@@ -87,6 +87,7 @@ def to_markdown(data: dict) -> str:
               "", (f"Winner: **{winner['name']}** (PEFT adapter in `winner/{winner['adapter']}`, NF4 model in `winner/nf4`)" if winner else "Winner: none")
               + ": a merge that passes every gate, else the nearest miss (the smallest shortfall of its worst gate, "
               "as a fraction of the value that gate needs), then the most gates passed.", ""]
+    lines += winner_gates(data)
     if data["eval_tasks"] and any(k != v for k, v in data["eval_tasks"].items()):
         lines += ["Evaluation subsets: " + ", ".join(f"{k} -> {v}" for k, v in data["eval_tasks"].items()), ""]
     lines += ["![scores](chart.png)", "", "## Approaches", ""]
@@ -113,6 +114,18 @@ def to_markdown(data: dict) -> str:
     if data["notes"]:
         lines += ["## Notes", "", *[f"- {n}" for n in data["notes"]], ""]
     return "\n".join(lines)
+
+
+def winner_gates(data: dict) -> list[str]:
+    """The winner's gates, one row each with its detail: why the nearest miss misses, in items."""
+    winner = data["winner"]
+    row = next((c for c in data["candidates"] if winner and c["name"] == winner["name"]), None)
+    if not row or not row.get("gates"):
+        return []
+    lines = [f"## The winner's gates ({row['name']})", "", "| gate | value | passed | detail |", "|---|---|---|---|"]
+    for g in row["gates"]:
+        lines.append(f"| {g['rule']} | {_fmt(g['value'])} | {'yes' if g['passed'] else '**no**'} | {g['detail']} |")
+    return lines + [""]
 
 
 def _proxy(point: dict) -> str:

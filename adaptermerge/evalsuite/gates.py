@@ -186,7 +186,8 @@ def check_gate(gate: Gate, candidate: str, results: dict, reference: str = "base
         return GateResult(gate, candidate, False, None, error)
     if gate.kind == "min":
         passed = value >= gate.threshold
-        return GateResult(gate, candidate, passed, value, f"{value:.3f} {'>=' if passed else '<'} {gate.threshold:g}")
+        detail = f"{value:.3f} {'>=' if passed else '<'} {gate.threshold:g}"
+        return GateResult(gate, candidate, passed, value, detail + ("" if passed else _short(items, gate.threshold)))
     if gate.kind == "max_drop":
         ref_name = gate.reference or reference
         ref_value, ref_items, error = _metric(results, ref_name, gate.task, gate.metric)
@@ -203,9 +204,9 @@ def check_gate(gate: Gate, candidate: str, results: dict, reference: str = "base
 
 def check_retention(gate: Gate, candidate: str, single: str, results: dict, reference: str = "base") -> GateResult:
     """(candidate - reference) / (single - reference) on gate.task; fails when undefined."""
-    values = {}
+    values, items = {}, {}
     for name in (candidate, single, reference):
-        values[name], _, error = _metric(results, name, gate.task, gate.metric)
+        values[name], items[name], error = _metric(results, name, gate.task, gate.metric)
         if error:
             return GateResult(gate, candidate, False, None, f"{name}: {error}")
     gain_single = values[single] - values[reference]
@@ -214,8 +215,20 @@ def check_retention(gate: Gate, candidate: str, single: str, results: dict, refe
                           f"undefined: the single adapter {single} does not beat {reference} ({gain_single:+.3f})")
     ratio = (values[candidate] - values[reference]) / gain_single
     passed = ratio >= gate.threshold
-    return GateResult(gate, candidate, passed, ratio,
-                      f"{ratio:.3f} = ({values[candidate]:.3f} - {values[reference]:.3f}) / ({values[single]:.3f} - {values[reference]:.3f})")
+    detail = f"{ratio:.3f} = ({values[candidate]:.3f} - {values[reference]:.3f}) / ({values[single]:.3f} - {values[reference]:.3f})"
+    # Against the single adapter on the same items: is the lost gain more than the items' noise?
+    pair = stats.paired(items[candidate], items[single])
+    detail += f"; vs {single} paired {pair.diff:+.3f} +/- {pair.stderr:.3f}, n={pair.n}: {'within' if pair.within_noise else 'beyond'} noise"
+    if not passed:
+        detail += _short(items[candidate], values[reference] + gate.threshold * gain_single)
+    return GateResult(gate, candidate, passed, ratio, detail, pair.to_dict())
+
+
+def _short(items: dict, target: float) -> str:
+    """'; k more of n items needed' for a failed gate on 0/1 items (a reviewer reads a miss in
+    items, not in a third decimal); '' where the items are fractional."""
+    k = stats.items_short(list(items.values()), target)
+    return f"; {k} more of {len(items)} items needed" if k else ""
 
 
 def check_all(config: GateConfig, results: dict, gated: list[str], singles: dict[str, str], reference: str = "base") -> list[GateResult]:

@@ -38,6 +38,15 @@ def mean_stderr(values: list[float]) -> tuple[float, float]:
     return mean, math.sqrt(var / n)
 
 
+def items_short(values: list[float], target: float) -> int | None:
+    """How many more of 0/1-valued `values` must score 1 for their mean to reach `target` (0 when
+    it does); None when the values are not all 0 or 1 (a mean of fractions has no item count)."""
+    if not values or any(v not in (0.0, 1.0) for v in values):
+        return None
+    # 1e-9: 0.95 * 60 is 57.00000000000001 in floats, and 57 of 60 items do reach 0.95
+    return max(0, math.ceil(target * len(values) - 1e-9) - int(sum(values)))
+
+
 @dataclass(frozen=True)
 class Paired:
     """candidate - reference on the items both cover."""

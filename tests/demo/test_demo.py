@@ -97,6 +97,12 @@ def test_report_json_structure(demo_run):
     assert len(search["best"]["weights"]) == 3 and search["points"] == len(search["trace"]) >= 1
     assert search["best"]["worst"] >= search["start"]["worst"]
     assert "## Weight search" in (result.output / "report.md").read_text()
+    # The winner's gates are listed with their details; a miss on 0/1 items says how many it needs.
+    report = (result.output / "report.md").read_text()
+    winner_row = next(c for c in data["candidates"] if c["name"] == data["winner"]["name"])
+    assert f"## The winner's gates ({winner_row['name']})" in report
+    for g in winner_row["gates"]:
+        assert f"| {g['rule']} |" in report
 
 
 def test_evaluation_starts_beside_the_merges(demo_run):

@@ -137,3 +137,35 @@ def test_check_all_gates_candidates_and_retention_per_task():
     assert {g.candidate for g in out} == {"merged"}
     kinds = sorted((g.gate.task, g.gate.kind, g.passed) for g in out)
     assert kinds == [("domain", "min", True), ("domain", "retention", True), ("structured", "min", True)]
+
+
+def test_items_short_counts_the_items_a_failed_gate_needs():
+    assert stats.items_short([1.0] * 56 + [0.0] * 4, 0.95) == 1  # 0.933: one more of 60
+    assert stats.items_short([1.0] * 57 + [0.0] * 3, 0.95) == 0  # 0.95 * 60 rounds above 57 in floats
+    assert stats.items_short([1.0] * 88 + [0.0] * 11, 0.90) == 2  # 89.1 needs 90 of 99
+    assert stats.items_short([0.5, 1.0], 0.9) is None  # fractional items (field accuracy)
+    assert stats.items_short([], 0.5) is None
+
+
+def test_failed_min_gate_says_how_many_items_it_needs():
+    results = {"m": {"structured": scores("structured", "schema_valid", [1.0] * 50 + [0.0] * 10)}}
+    r = check_gate(Gate("structured", "schema_valid", "min", 0.9), "m", results)
+    assert not r.passed and r.detail == "0.833 < 0.9; 4 more of 60 items needed"
+    assert check_gate(Gate("structured", "schema_valid", "min", 0.8), "m", results).detail == "0.833 >= 0.8"
+
+
+def test_retention_is_paired_against_the_single_adapter():
+    single = [1.0] * 59 + [0.0]
+    merged = [1.0] * 56 + [0.0] * 4  # loses 3 of the single adapter's items: 56/59 = 0.949 of its gain
+    results = {
+        "base": {"structured": scores("structured", "schema_valid", [0.0] * 60)},
+        "single": {"structured": scores("structured", "schema_valid", single)},
+        "merged": {"structured": scores("structured", "schema_valid", merged)},
+    }
+    r = check_retention(Gate("structured", "schema_valid", "retention", 0.95), "merged", "single", results)
+    assert not r.passed and r.value == pytest.approx(56 / 59)
+    assert r.paired["n"] == 60 and r.paired["diff"] == pytest.approx(-3 / 60)
+    assert r.paired["within_noise"]  # 3 flips in 60 items: 0.05 against 1.96 * 0.029
+    assert r.detail.endswith("within noise; 1 more of 60 items needed")  # 57 / 59 = 0.966 passes
+    passing = check_retention(Gate("structured", "schema_valid", "retention", 0.9), "merged", "single", results)
+    assert passing.passed and "items needed" not in passing.detail
