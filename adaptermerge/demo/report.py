@@ -94,7 +94,7 @@ def to_markdown(data: dict) -> str:
     for c in data["candidates"]:
         a = c.get("approach")
         if a:
-            what = a["describe"] + (f" ({c['seconds']} s)" if "seconds" in c else "")
+            what = a["describe"] + (f" ({c['seconds']} s)" if "seconds" in c else "") + _lowrank_text(c.get("lowrank"))
             if c.get("same_as"):
                 what += (f"; the same weights as {c['same_as']} (probe difference {c['probe_difference']:.0e}), "
                          "so its scores are that row's, not a second evaluation")
@@ -114,6 +114,15 @@ def to_markdown(data: dict) -> str:
     if data["notes"]:
         lines += ["## Notes", "", *[f"- {n}" for n in data["notes"]], ""]
     return "\n".join(lines)
+
+
+def _lowrank_text(lowrank: dict | None) -> str:
+    if not lowrank or "ranks" not in lowrank:
+        return ""
+    ranks = "/".join(str(r) for r in lowrank["ranks"])
+    if lowrank.get("all_exact"):
+        return f"; exact at rank {ranks}"
+    return f"; truncated to rank {ranks}, relative error {lowrank['mean_rel_error']:.3f} on average (max {lowrank['max_rel_error']:.3f})"
 
 
 def winner_gates(data: dict) -> list[str]:

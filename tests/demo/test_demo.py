@@ -103,6 +103,12 @@ def test_report_json_structure(demo_run):
     assert f"## The winner's gates ({winner_row['name']})" in report
     for g in winner_row["gates"]:
         assert f"| {g['rule']} |" in report
+    # Each registered method's row records its output ranks and truncation error: exact for the
+    # linear combinations, truncated (error > 0) for the sparse merges, whose rows are the adapter's.
+    rows = {c["name"]: c for c in data["candidates"]}
+    assert rows["linear"]["lowrank"]["all_exact"] and rows["linear"]["lowrank"]["mean_rel_error"] < 1e-5
+    assert not rows["ties"]["lowrank"]["all_exact"] and rows["ties"]["lowrank"]["mean_rel_error"] > 0
+    assert "- ties: method:ties" in report and "truncated to rank" in report and "exact at rank" in report
 
 
 def test_evaluation_starts_beside_the_merges(demo_run):
