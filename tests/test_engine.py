@@ -212,3 +212,30 @@ def test_sequential_single_dora_adapter_comes_back_unchanged_and_chain_is_low_ra
     w0 = plan.base_weights.weight(m)
     f = chain.factors(m)
     torch.testing.assert_close(_ops.dora_weight(w0, f.delta(), f.magnitude), plan.merged_weight(m), atol=1e-5, rtol=1e-4)
+
+
+def test_dora_without_normalize_adds_the_changes_of_magnitude_and_direction(tiny_base, adapters):
+    """normalize=false is task arithmetic on DoRA's parts: m = b + sum w_i (m_i - b) and
+    V = V0 + sum w_i (V_i - V0), with b = ||W0||_row and V0 = W0 / b (a sum of the magnitudes
+    themselves would scale every row by the weights' sum)."""
+    from safetensors import safe_open
+
+    d1, d2 = load_adapter(adapters["dora"]), load_adapter(adapters["dora2"])
+    weights = [0.3, 0.4]  # not summing to 1: the base keeps a share of 0.3
+    plan = MergePlan([d1, d2], "dora", weights, base=str(tiny_base), normalize=False)
+    m = "model.layers.0.self_attn.q_proj"
+    with safe_open(str(tiny_base / "model.safetensors"), "pt") as f:
+        w0 = f.get_tensor(m + ".weight")
+    b = _ops.row_norm(w0)
+    f1, f2 = d1.factors(m), d2.factors(m)
+    v0 = w0 / b[:, None]
+    v1 = (w0 + f1.delta()) / _ops.row_norm(w0 + f1.delta())[:, None]
+    v2 = (w0 + f2.delta()) / _ops.row_norm(w0 + f2.delta())[:, None]
+    direction = v0 + weights[0] * (v1 - v0) + weights[1] * (v2 - v0)
+    magnitude = b + weights[0] * (f1.magnitude - b) + weights[1] * (f2.magnitude - b)
+    expect = magnitude[:, None] * direction / _ops.row_norm(direction)[:, None]
+    torch.testing.assert_close(plan.merged_weight(m), expect, atol=1e-5, rtol=1e-4)
+    # These random fixtures' deltas are larger than the base weights: at weights 1, 1 the summed
+    # direction changes outweigh V0, which no W0 + delta can express; that is an error, not a flip.
+    with pytest.raises(AdapterMergeError, match=r"dora, module .*past zero"):
+        merge([d1, d2], "dora", [1.0, 1.0], base=str(tiny_base), normalize=False)

@@ -1,14 +1,15 @@
-"""Does the output rank cost the sparse merges in the demo? TIES and DARE-TIES of the demo's three
-adapters at output rank 48, 192 and untruncated (a full model merged onto the original base
-weights, as the adapter rows are evaluated on them), evaluated exactly as `adaptermerge demo`
-evaluates (same tasks, MMLU sample, threads and results cache, so the base and the single adapters
-come from the demo's cache when it ran first).
+"""Evaluate merges of the demo's adapters beyond the demo's own rows, exactly as the demo evaluates
+(same tasks, MMLU sample, threads and results cache: the base and the single adapters come from the
+demo's cache when it ran first). Each point is METHOD[:key=value,...]; `rank=N` sets the output
+rank, `rank=full` writes an untruncated full model (merged onto the original base weights, on which
+the adapter rows are evaluated too); other keys are the method's parameters.
 
-    adaptermerge demo -o demo/ --seed 1                  # trains and caches the adapters
-    python benchmarks/demo_output_rank.py OUT --seed 1   # then this
+    adaptermerge demo -o demo/ --seed 1          # trains and caches the adapters
+    python benchmarks/demo_points.py OUT --seed 1 ties:rank=48 ties:rank=192 ties:rank=full
+    python benchmarks/demo_points.py OUT --seed 1 dora:inner=ties dora:normalize=false
 
-Prints each model's headline scores, retention and gates passed, and the truncation's relative
-error per adapter output; writes OUT/rows.json.
+Prints each model's headline scores, retention and gates passed (and an adapter's truncation
+error); writes OUT/rows.json.
 """
 
 from __future__ import annotations
@@ -18,7 +19,19 @@ import json
 import time
 from pathlib import Path
 
-POINTS = [(method, rank) for method in ("ties", "dare_ties") for rank in (48, 192, None)]  # None: untruncated
+
+def parse_point(text: str) -> tuple[str, str, dict]:
+    """'ties:rank=48,density=0.3' -> (name, method, {rank: 48, density: 0.3}); values as JSON where they parse."""
+    method, _, rest = text.partition(":")
+    params = {}
+    for item in filter(None, rest.split(",")):
+        key, _, value = item.partition("=")
+        try:
+            params[key] = json.loads(value)
+        except json.JSONDecodeError:
+            params[key] = value
+    name = method + "".join(f"_{k}{v}" for k, v in params.items())
+    return name, method, params
 
 
 def main() -> None:
@@ -29,6 +42,7 @@ def main() -> None:
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("out", type=Path)
+    ap.add_argument("points", nargs="+", help="METHOD[:key=value,...]")
     ap.add_argument("--seed", type=int, default=0, help="the demo's --seed (adapters and MMLU sample)")
     ap.add_argument("--mmlu-data", default=None, help="local MMLU CSV folder (default: the demo's)")
     args = ap.parse_args()
@@ -39,20 +53,21 @@ def main() -> None:
     paths = [singles[t]["path"] for t in TASKS]
     entries = [{"name": "base", "kind": "base", "approach": None, "path": None, "error": None}]
     entries += [{"name": t, "kind": "adapter", "approach": None, "path": singles[t]["path"], "error": None} for t in TASKS]
-    for method, rank in POINTS:
-        name = f"{method}_rank{rank or '_full'}"
+    for name, method, params in map(parse_point, args.points):
         target = args.out / name
         started = time.perf_counter()
         adapters = [load_adapter(p) for p in paths]
-        if rank is None:
-            merge_to_model(adapters, target, method=method, weights=[1.0] * 3, seed=config.seed, merge_onto="original", force=True)
+        rank = params.pop("rank", None)
+        if rank == "full":
+            merge_to_model(adapters, target, method=method, weights=[1.0] * 3, seed=config.seed, merge_onto="original",
+                           force=True, **params)
             note = "untruncated"
         else:
-            merge(adapters, method, [1.0] * 3, rank=rank, seed=config.seed).save(target, force=True)
-            errors = [m["rel_error"] for m in json.loads((target / "adaptermerge.json").read_text())["modules"].values()]
-            note = f"truncation error {sum(errors) / len(errors):.3f} on average, max {max(errors):.3f}"
+            merge(adapters, method, [1.0] * 3, rank=rank, seed=config.seed, **params).save(target, force=True)
+            summary = json.loads((target / "adaptermerge.json").read_text())["summary"]
+            note = f"rank {summary['ranks']}, truncation error {summary['mean_rel_error']:.3f} on average, max {summary['max_rel_error']:.3f}"
         entries.append({"name": name, "kind": "merge", "approach": None, "path": target,
-                        "model": "full" if rank is None else "adapter", "error": None})
+                        "model": "full" if rank == "full" else "adapter", "error": None})
         print(f"{name}: merged in {time.perf_counter() - started:.1f} s, {note}", flush=True)
     gate_config = plan.gate_config(config, args.out / "eval-data")
     evaluated = evaluate_entries(entries, config, gate_config, config.mmlu_data is not None, lambda *a, **k: None)
@@ -60,7 +75,7 @@ def main() -> None:
                               config.mmlu_data is not None)
     for r in rows:
         scores, kept = r.get("scores", {}), r.get("retention") or {}
-        print(f"{r['name']:<22}", " ".join(f"{t} {scores.get(t, float('nan')):.3f}" for t in (*TASKS, "mmlu")),
+        print(f"{r['name']:<26}", " ".join(f"{t} {scores.get(t, float('nan')):.3f}" for t in (*TASKS, "mmlu")),
               " retention " + "/".join("-" if kept.get(t) is None else f"{kept[t]:.2f}" for t in TASKS) if kept else "",
               f" gates {r['gates_passed']}/{r['gates_total']}")
     (args.out / "rows.json").write_text(json.dumps(rows, indent=1, default=str))
