@@ -63,8 +63,9 @@ def main() -> None:
                            force=True, **params)
             note = "untruncated"
         else:
-            merge(adapters, method, [1.0] * 3, rank=rank, seed=config.seed, **params).save(target, force=True)
-            summary = json.loads((target / "adaptermerge.json").read_text())["summary"]
+            merged = merge(adapters, method, [1.0] * 3, rank=rank, seed=config.seed, **params)
+            merged.save(target, force=True)
+            summary = merged.metadata["summary"]
             note = f"rank {summary['ranks']}, truncation error {summary['mean_rel_error']:.3f} on average, max {summary['max_rel_error']:.3f}"
         entries.append({"name": name, "kind": "merge", "approach": None, "path": target,
                         "model": "full" if rank == "full" else "adapter", "error": None})

@@ -8,7 +8,6 @@ output in one rename at the end. An approach that fails becomes a row with its e
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import platform
@@ -109,7 +108,7 @@ def run_approach(approach: Approach, singles: dict[str, dict], config: DemoConfi
             merged = merge([load_adapter(p) for p in paths.values()], approach.method, list(approach.weights),
                            base=config.base, seed=config.seed, progress=_calibration_progress(progress), **approach.params)
             merged.save(out)
-            entry["lowrank"] = _lowrank_summary(out)
+            entry["lowrank"] = _lowrank_summary(merged.metadata)
         elif approach.kind == "peft":
             baselines.peft_merge(paths, out, approach.method, base=config.base, weights=list(approach.weights),
                                  density=approach.params["density"], seed=config.seed, work=work / "peft")
@@ -134,10 +133,11 @@ def run_approach(approach: Approach, singles: dict[str, dict], config: DemoConfi
     return entry
 
 
-def _lowrank_summary(folder: Path) -> dict:
-    """Output ranks and the truncation's relative error over the modules (from adaptermerge.json):
-    a sparse merge's row is that of its rank-truncated adapter, not of the dense merge."""
-    summary = json.loads((folder / "adaptermerge.json").read_text()).get("summary") or {}
+def _lowrank_summary(provenance: dict) -> dict:
+    """Output ranks and the truncation's relative error over the modules (the merge's provenance,
+    as written to adaptermerge.json): a sparse merge's row is that of its rank-truncated adapter,
+    not of the dense merge."""
+    summary = provenance.get("summary") or {}
     return {k: summary[k] for k in ("ranks", "all_exact", "mean_rel_error", "max_rel_error") if k in summary}
 
 

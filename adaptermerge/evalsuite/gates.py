@@ -197,6 +197,7 @@ def check_gate(gate: Gate, candidate: str, results: dict, reference: str = "base
         pair = stats.paired(items, ref_items)
         passed = drop <= gate.threshold + 1e-12
         noise = "within noise" if pair.within_noise else "beyond noise"
+        # 0.0 - diff, not -diff: a zero difference must print +0.000, not -0.000
         detail = f"drop {drop:+.3f} vs {ref_name} (paired {0.0 - pair.diff:+.3f} +/- {pair.stderr:.3f}, n={pair.n}: {noise})"
         return GateResult(gate, candidate, passed, drop, detail, pair.to_dict())
     raise AdapterMergeError(f"gate kind {gate.kind!r} is checked by check_retention")
