@@ -4,22 +4,34 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import importlib.metadata
 import platform
+import sys
 
 
 def package_versions(names=("adaptermerge", "torch", "safetensors", "transformers", "peft", "bitsandbytes", "numpy")) -> dict:
     out = {"python": platform.python_version()}
     for name in names:
-        try:
-            out[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            out[name] = None
+        out[name] = _version(name)
     if out.get("adaptermerge", 0) is None:  # running from a source tree
         from . import __version__
 
         out["adaptermerge"] = __version__
     return out
+
+
+@functools.lru_cache(maxsize=None)
+def _version(name: str) -> str | None:
+    # An imported module's own __version__ first: a metadata lookup scans every sys.path entry
+    # (zip files included), 60 ms for these seven here, a twentieth of a small model's TIES merge.
+    version = getattr(sys.modules.get(name), "__version__", None)
+    if isinstance(version, str):
+        return str(version)
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 def _summary(modules: dict) -> dict:
