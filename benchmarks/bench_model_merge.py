@@ -190,7 +190,7 @@ def main() -> None:
     finally:
         shutil.rmtree(root, ignore_errors=True)
     print_table(rows)
-    print(f"\n{os.cpu_count()} CPUs, torch threads default; load average {os.getloadavg()[0]:.1f} at the end (other jobs share the CPU)")
+    print(f"\n{os.cpu_count()} CPUs, torch threads default; load average {os.getloadavg()[0]:.1f} at the end (the tools just run count in it; more than the CPUs means other jobs shared them)")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
 
