@@ -315,6 +315,9 @@ def _check_config(path: Path, config: dict) -> None:
         raise AdapterMergeError(f"{path}: lora_bias=true is not supported")
     if "lora_alpha" not in config:
         raise AdapterMergeError(f"{path}: adapter_config has no lora_alpha")
+    alphas = [config["lora_alpha"], *(config.get("alpha_pattern") or {}).values()]
+    if not all(isinstance(a, (int, float)) and not isinstance(a, bool) and math.isfinite(a) for a in alphas):
+        raise AdapterMergeError(f"{path}: lora_alpha and alpha_pattern must be finite numbers, got {alphas}")
 
 
 def _config_belongs(config: dict, grouped: dict, shapes: dict) -> bool:
@@ -382,6 +385,9 @@ def load_adapter(path: str | Path, *, alpha: float | None = None, name: str | No
             config = candidate
         else:
             log.info("%s: ignoring %s beside it (its ranks/targets do not fit the file)", weights, config_path)
+    if alpha is not None and not (isinstance(alpha, (int, float)) and math.isfinite(alpha) and alpha > 0):
+        # zero would silently drop the adapter and a negative one flip its sign
+        raise AdapterMergeError(f"{weights}: --alpha must be a positive finite number, got {alpha!r}")
     if config is None:
         file_alpha = _alpha_from_metadata(meta)
         if file_alpha is None and alpha is None:
@@ -390,7 +396,7 @@ def load_adapter(path: str | Path, *, alpha: float | None = None, name: str | No
             )
         config = {"peft_type": "LORA", "lora_alpha": alpha if alpha is not None else file_alpha, "base_model_name_or_path": meta.get("base_model_name_or_path")}
     elif alpha is not None:
-        log.info("%s: --alpha ignored, the adapter_config gives lora_alpha", weights)
+        log.warning("%s: --alpha ignored: its adapter_config.json gives lora_alpha", weights)
     _check_config(weights, config)
 
     specs = _module_specs(weights, name, shapes, grouped, config)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
+import os
 import re
 import time
 from pathlib import Path
@@ -44,7 +46,8 @@ def natural_key(name: str):
 
 def make_params(method, overrides: dict):
     """Build the method's Params from keyword overrides; unknown names are an error."""
-    names = {f.name for f in dataclasses.fields(method.Params)}
+    defaults = {f.name: f.default for f in dataclasses.fields(method.Params)}
+    names = set(defaults)
     clean = {}
     for key, value in overrides.items():
         if value is None:
@@ -53,11 +56,40 @@ def make_params(method, overrides: dict):
         if field is None:
             known = ", ".join(n.rstrip("_") for n in names) or "none"
             raise AdapterMergeError(f"method {method.name} has no parameter {key!r} (its parameters: {known})")
-        clean[field] = value
+        clean[field] = _typed(method.name, field, value, defaults[field])
     try:
         return method.Params(**clean)
     except TypeError as exc:
         raise AdapterMergeError(f"method {method.name}: {exc}") from None
+
+
+def _typed(method: str, field: str, value, default):
+    """`value` as the type of the parameter's default, or a one-line error naming it: the Python
+    API gets no help from a command-line parser, and a string "no" for a bool would be true."""
+    name = field.rstrip("_")
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise AdapterMergeError(f"method {method}: {name} must be true or false, got {value!r}")
+        return value
+    if isinstance(default, (int, float)):
+        try:
+            if isinstance(value, bool):
+                raise ValueError
+            number = float(value)
+        except (TypeError, ValueError):
+            raise AdapterMergeError(f"method {method}: {name} must be a number, got {value!r}") from None
+        if not math.isfinite(number):
+            raise AdapterMergeError(f"method {method}: {name} must be a finite number, got {value!r}")
+        if isinstance(default, int):
+            if number != int(number):
+                raise AdapterMergeError(f"method {method}: {name} must be an integer, got {value!r}")
+            return int(number)
+        return number
+    if isinstance(default, str) and isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(default, str) and not isinstance(value, str):
+        raise AdapterMergeError(f"method {method}: {name} must be a string, got {value!r}")
+    return value
 
 
 class MergePlan:
@@ -84,10 +116,12 @@ class MergePlan:
         self.method = METHODS.get(method)
         self.params = make_params(self.method, params)
         self.weights = self._weights(weights)
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise AdapterMergeError(f"seed must be an integer, got {seed!r}")
         self.seed = seed
         self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise AdapterMergeError("--device cuda: no CUDA device is available here")
+            raise AdapterMergeError("device cuda (--device cuda): no CUDA device is available here")
         if not self.method.accepts_dora:
             for a in adapters:
                 if a.is_dora:
@@ -112,7 +146,10 @@ class MergePlan:
         n = len(self.adapters)
         if weights is None:
             return [1.0] * n
-        weights = [float(w) for w in weights]
+        try:
+            weights = [float(w) for w in weights]
+        except (TypeError, ValueError):
+            raise AdapterMergeError(f"weights must be a list of numbers, one per adapter, got {weights!r}") from None
         if len(weights) != n:
             raise AdapterMergeError(f"{len(weights)} weights given for {n} adapters: give one weight per adapter")
         if not all(torch.isfinite(torch.tensor(weights))):
@@ -120,15 +157,17 @@ class MergePlan:
         return weights
 
     def _base_name(self, base, check_base):
+        if base is not None and str(base).startswith(("/", "./", "../", "~")) and not Path(base).expanduser().exists():
+            raise AdapterMergeError(f"base {base} (--base): no such folder (expected a local model folder or a Hugging Face id)")
         recorded = [(a.name, a.base_model) for a in self.adapters if a.base_model]
         if check_base:
             names = {canonical_base(b) for _, b in recorded}
             if len(names) > 1:
                 listing = ", ".join(f"{n}: {b}" for n, b in recorded)
-                raise AdapterMergeError(f"the adapters were trained on different base models ({listing}); pass --ignore-base-mismatch to merge anyway")
+                raise AdapterMergeError(f"the adapters were trained on different base models ({listing}); pass --ignore-base-mismatch (check_base=False in Python) to merge anyway")
             if base is not None and names and canonical_base(base) not in names:
                 raise AdapterMergeError(
-                    f"--base {base} differs from the adapters' base model {recorded[0][1]}; pass --ignore-base-mismatch if it is the same model"
+                    f"base {base} (--base) differs from the adapters' base model {recorded[0][1]}; pass --ignore-base-mismatch (check_base=False) if it is the same model"
                 )
         if base is not None:
             return base
@@ -208,8 +247,8 @@ class MergePlan:
 
     # -- outputs ---------------------------------------------------------------------------
     def to_adapter(self, rank: int | None = None, progress: Progress | None = None, name: str = "merged") -> Adapter:
-        if rank is not None and rank < 1:
-            raise AdapterMergeError(f"--rank must be a positive integer, got {rank}")
+        if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
+            raise AdapterMergeError(f"rank (--rank) must be a positive integer, got {rank!r}")
         if rank is not None and self.method.name == "cat":
             raise AdapterMergeError("cat keeps every factor (rank = sum of ranks); use linear for an exact merge at a chosen --rank")
         start = time.time()

@@ -44,6 +44,7 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private (0600); an output is an ordinary file
     try:
         yield Path(tmp)
         os.replace(tmp, path)
@@ -63,8 +64,19 @@ def check_output(path: str | Path, force: bool) -> Path:
     """Fail early, before any work, when the output exists and force is off."""
     path = Path(path).expanduser()
     if path.exists() and not force:
-        raise AdapterMergeError(f"output {path} already exists: pass --force to replace it")
+        raise AdapterMergeError(f"output {path} already exists: pass --force (force=True in Python) to replace it")
     return path
+
+
+def check_not_an_input(out: str | Path, inputs) -> None:
+    """Refuse an output that is or holds one of the inputs, or sits inside an input folder: with
+    --force, writing it would delete or change an input, and inputs are never modified. (Beside a
+    bare .safetensors input, in the same folder, is fine.)"""
+    target = Path(out).expanduser().resolve()
+    for given in inputs:
+        source = Path(given).expanduser().resolve()
+        if source.is_relative_to(target) or (source.is_dir() and target.is_relative_to(source)):
+            raise AdapterMergeError(f"output {out} would overwrite or write into input {given}: choose another output folder")
 
 
 @contextmanager
@@ -76,10 +88,14 @@ def atomic_dir(path: str | Path, *, force: bool = False) -> Iterator[Path]:
     rename fails, the previous output is put back rather than leaving none.
     """
     path = check_output(path, force)
+    if path.exists() and not path.is_dir():
+        raise AdapterMergeError(f"output {path} exists and is not a folder: --force replaces folders only")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private (0700); an output is an ordinary folder
     try:
         yield tmp
+        _ordinary_modes(tmp)
         old = None
         if path.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
@@ -95,3 +111,26 @@ def atomic_dir(path: str | Path, *, force: bool = False) -> Iterator[Path]:
                 shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _read_umask() -> int:
+    mask = os.umask(0)  # reading the umask means setting it: put it straight back
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()  # once, at import: os.umask is process-wide, and writers run on threads
+
+
+def _umask() -> int:
+    return _UMASK
+
+
+def _ordinary_modes(root: Path) -> None:
+    """Files and folders under `root` as the umask makes them: writers that go through a private
+    temp file (safetensors' does) leave 0600, which other users of a shared output could not read."""
+    for folder, dirs, files in os.walk(root):
+        for d in dirs:
+            os.chmod(os.path.join(folder, d), 0o777 & ~_UMASK)
+        for f in files:
+            os.chmod(os.path.join(folder, f), 0o666 & ~_UMASK)

@@ -27,7 +27,7 @@ import yaml
 from .adapter import load_adapter
 from .engine import MergePlan, Progress
 from .errors import AdapterMergeError
-from .fileio import check_output
+from .fileio import check_not_an_input, check_output
 
 _TOP_KEYS = {"merge_method", "method", "base_model", "base", "models", "adapters", "parameters", "output", "rank", "seed", "out", "output_path", "device", "shard_size", "force", "check_base", "dtype", "requantize", "compute_dtype", "merge_onto"}
 
@@ -53,6 +53,15 @@ class MergeJob:
     compute_dtype: str = "float32"
 
 
+def _number(path, index: int, key: str, value) -> float:
+    try:
+        if isinstance(value, bool):
+            raise ValueError
+        return float(value)
+    except (TypeError, ValueError):
+        raise AdapterMergeError(f"{path}: models[{index}] {key} must be a number, got {value!r}") from None
+
+
 def _alpha_for(alphas, i, n):
     if alphas is None:
         return None
@@ -70,6 +79,7 @@ def check_job(job: MergeJob) -> None:
     if job.output not in ("adapter", "model"):
         raise AdapterMergeError(f"output must be adapter or model, got {job.output!r}")
     check_output(job.out, job.force)
+    check_not_an_input(job.out, job.inputs)
 
     if job.output != "model":
         for flag, value in (("--requantize", job.requantize), ("--merge-onto", job.merge_onto)):
@@ -170,8 +180,8 @@ def load_merge_config(path: str | Path) -> MergeJob:
         inputs=inputs,
         out=root / out,
         method=str(method),
-        weights=None if weights[0] is None else [float(w) for w in weights],
-        alphas=None if all(a is None for a in alphas) else [float(a) if a is not None else None for a in alphas],
+        weights=None if weights[0] is None else [_number(path, i, "weight", w) for i, w in enumerate(weights)],
+        alphas=None if all(a is None for a in alphas) else [_number(path, i, "alpha", a) if a is not None else None for i, a in enumerate(alphas)],
         params=dict(data.get("parameters") or {}),
         rank=data.get("rank"),
         base=base,

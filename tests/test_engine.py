@@ -170,12 +170,26 @@ def test_dare_is_reproducible_and_seed_dependent(adapters):
         (dict(method="linear", weights=[1.0]), "1 weights given for 2 adapters"),
         (dict(method="linear", density=0.5), "method linear has no parameter 'density'"),
         (dict(method="dora", inner="median"), "inner must be one of linear, ties"),
+        # the Python API's values are checked against each parameter's type, as the CLI's parser does
+        (dict(method="task_arithmetic", lambda_=float("nan")), "lambda must be a finite number, got nan"),
+        (dict(method="linear", normalize="no"), "normalize must be true or false, got 'no'"),
+        (dict(method="ties", density="dense"), "density must be a number, got 'dense'"),
+        (dict(method="linear", weights=1.0), "weights must be a list of numbers, one per adapter"),
+        (dict(method="linear", weights=["a", 1]), "weights must be a list of numbers"),
+        (dict(method="linear", seed="x"), "seed must be an integer, got 'x'"),
+        (dict(method="ties", rank=2.5), r"rank \(--rank\) must be a positive integer, got 2.5"),
+        (dict(method="linear", base="/no/such/base"), "base /no/such/base .*: no such folder"),
     ],
 )
 def test_bad_parameters_are_clear_errors(adapters, kwargs, message):
     a, b = load_adapter(adapters["a"]), load_adapter(adapters["c"])
     with pytest.raises(AdapterMergeError, match=message):
         merge([a, b], **kwargs)
+
+
+def test_numeric_strings_are_taken_as_numbers(adapters):
+    a, b = load_adapter(adapters["a"]), load_adapter(adapters["c"])
+    assert MergePlan([a, b], "ties", density="0.5").params.density == 0.5
 
 
 def test_dora_inputs_refused_by_delta_methods(adapters):

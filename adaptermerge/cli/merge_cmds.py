@@ -19,7 +19,7 @@ def _floats(text: str | None, what: str) -> list[float] | None:
     if text is None:
         return None
     try:
-        return [float(x) for x in text.split(",") if x.strip()]
+        return [float(x) for x in text.split(",")]  # an empty entry ("1,,2") is an error, not skipped
     except ValueError:
         raise AdapterMergeError(f"--{what} {text!r}: expected comma-separated numbers such as 0.6,0.4") from None
 

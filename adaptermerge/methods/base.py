@@ -102,7 +102,7 @@ def normalized(weights: list[float], normalize: bool) -> list[float]:
         return list(weights)
     total = sum(weights)
     if total == 0:
-        raise AdapterMergeError("weights sum to 0 and cannot be normalized: pass --no-normalize or other weights")
+        raise AdapterMergeError("weights sum to 0 and cannot be normalized: pass --no-normalize (normalize=False in Python) or other weights")
     return [w / total for w in weights]
 
 

@@ -27,6 +27,30 @@ def test_ties_on_bare_files_with_alpha(adapters, tmp_path, capsys):
     assert load_adapter(out).modules
 
 
+@pytest.mark.parametrize("alpha", ["nan,8", "0,8", "-8,8"])
+def test_alpha_must_be_positive_and_finite(adapters, tmp_path, capsys, alpha):
+    for key in ("a", "c"):
+        save_file(load_file(adapters[key] / "adapter_model.safetensors"), tmp_path / f"{key}.safetensors")
+    out = tmp_path / "merged"
+    assert run(["linear", tmp_path / "a.safetensors", tmp_path / "c.safetensors", "-o", out, "--alpha", alpha]) == 2
+    err = capsys.readouterr().err
+    assert "a.safetensors: --alpha must be a positive finite number" in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_outputs_get_the_umask_permissions(adapters, tmp_path):
+    import os
+    import stat
+
+    out = tmp_path / "o"
+    assert run(["linear", adapters["a"], "-o", out]) == 0
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o777 & ~mask
+    for f in out.iterdir():
+        assert stat.S_IMODE(f.stat().st_mode) == 0o666 & ~mask, f.name
+
+
 def test_linear_with_weights_is_exact(adapters, tmp_path):
     out = tmp_path / "lin"
     assert run(["linear", adapters["a"], adapters["b"], "--weights", "0.6,0.4", "-o", out]) == 0
@@ -58,6 +82,9 @@ def test_output_is_never_overwritten_without_force(adapters, tmp_path, capsys):
         (["linear", "{missing}", "-o", "{out}"], "no such file or folder"),
         (["ties", "{a}", "{dora}", "-o", "{out}"], "would drop its magnitudes"),
         (["cat", "{a}", "{c}", "-o", "{out}", "--rank", "2"], "cat keeps every factor"),
+        (["linear", "{a}", "{c}", "-o", "{out}", "--weights", "1,,2"], "expected comma-separated numbers"),
+        (["linear", "{a}", "{c}", "-o", "{a}", "--force"], "would overwrite or write into input"),
+        (["linear", "{a}", "{c}", "-o", "{a}/sub"], "would overwrite or write into input"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_no_output(adapters, tmp_path, capsys, argv, message):
@@ -95,6 +122,14 @@ def test_nan_input_fails_cleanly_and_input_untouched(adapters, tmp_path, capsys)
     assert "model.layers.0.self_attn.v_proj lora_A contains NaN or Inf" in capsys.readouterr().err
     assert (bad / "adapter_model.safetensors").read_bytes() == before
     assert not (tmp_path / "out").exists()
+
+
+def test_yaml_weight_must_be_a_number(adapters, tmp_path, capsys):
+    cfg = tmp_path / "merge.yaml"
+    cfg.write_text(f"merge_method: linear\nmodels:\n  - model: {adapters['a']}\n    parameters: {{weight: abc}}\nout: m\n")
+    assert run(["merge", cfg]) == 2
+    err = capsys.readouterr().err
+    assert "merge.yaml: models[0] weight must be a number, got 'abc'" in err and "Traceback" not in err
 
 
 def test_merge_from_yaml_config(adapters, tmp_path, tiny_base):
