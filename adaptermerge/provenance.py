@@ -70,6 +70,7 @@ def provenance(plan, *, output: str, modules: dict | None = None, wall_s: float 
                 "base_model": a.base_model,
                 "dora": a.is_dora,
                 "ranks": sorted({s.rank for s in a.specs.values()}),
+                "alphas": sorted({s.alpha for s in a.specs.values()}),  # a bare file's --alpha included: the merge can be redone
                 "modules": len(a.specs),
             }
             for a in plan.adapters

@@ -24,6 +24,7 @@ def test_ties_on_bare_files_with_alpha(adapters, tmp_path, capsys):
     assert run(["ties", tmp_path / "a.safetensors", tmp_path / "c.safetensors", "-o", out, "--density", "0.2", "--alpha", "8,2"]) == 0
     meta = json.loads((out / "adaptermerge.json").read_text())
     assert meta["method"] == "ties" and [i["name"] for i in meta["inputs"]] == ["a", "c"]
+    assert [i["alphas"] for i in meta["inputs"]] == [[8.0], [2.0]]  # the --alpha used is recorded
     assert load_adapter(out).modules
 
 
