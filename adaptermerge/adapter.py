@@ -137,6 +137,11 @@ class Adapter:
         first = next(iter(self.specs.values()))
         return self._read(first.keys["A"]).dtype
 
+    def _label(self) -> str:
+        """How errors name this adapter: by its file or folder where it has one (names are made
+        unique with #N suffixes, which a user would not recognize)."""
+        return f"adapter {self.name} ({self.source})" if self.source else f"adapter {self.name}"
+
     def factors(self, module: str, device: str | torch.device = "cpu") -> LoraFactors:
         """Read one module's factors and check them (finite values, consistent shapes)."""
         spec = self.specs[module]
@@ -144,10 +149,10 @@ class Adapter:
         mag = self._read(spec.keys["magnitude"]) if spec.keys.get("magnitude") else None
         for label, t in (("lora_A", A), ("lora_B", B), ("lora_magnitude_vector", mag)):
             if t is not None and not torch.isfinite(t).all():
-                raise AdapterMergeError(f"adapter {self.name}: module {module} {label} contains NaN or Inf values")
+                raise AdapterMergeError(f"{self._label()}: module {module} {label} contains NaN or Inf values")
         if mag is not None and tuple(mag.shape) != (spec.shape[0],):
             raise AdapterMergeError(
-                f"adapter {self.name}: module {module} lora_magnitude_vector has shape {tuple(mag.shape)}, expected ({spec.shape[0]},)"
+                f"{self._label()}: module {module} lora_magnitude_vector has shape {tuple(mag.shape)}, expected ({spec.shape[0]},)"
             )
         return LoraFactors(A, B, spec.alpha, spec.scale, mag).to(device)
 

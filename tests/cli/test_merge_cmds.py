@@ -120,7 +120,9 @@ def test_nan_input_fails_cleanly_and_input_untouched(adapters, tmp_path, capsys)
     save_file(tensors, bad / "adapter_model.safetensors")
     before = (bad / "adapter_model.safetensors").read_bytes()
     assert run(["linear", adapters["c"], bad, "-o", tmp_path / "out"]) == 2
-    assert "model.layers.0.self_attn.v_proj lora_A contains NaN or Inf" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "model.layers.0.self_attn.v_proj lora_A contains NaN or Inf" in err
+    assert str(bad) in err  # the error names the input's path, not only its short name
     assert (bad / "adapter_model.safetensors").read_bytes() == before
     assert not (tmp_path / "out").exists()
 
