@@ -60,7 +60,11 @@ def main(argv: list[str] | None = None) -> None:
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)
-    except click.ClickException as exc:  # usage errors: already one line
+    except click.UsageError as exc:  # one line, as for bad input, instead of click's usage block
+        where = exc.ctx.command_path if exc.ctx is not None else "adaptermerge"
+        click.echo(f"error: {exc.format_message()} (see {where} --help)", err=True)
+        sys.exit(2)
+    except click.ClickException as exc:
         exc.show()
         sys.exit(2)
     except SystemExit:

@@ -86,6 +86,8 @@ def test_output_is_never_overwritten_without_force(adapters, tmp_path, capsys):
         (["linear", "{a}", "{c}", "-o", "{out}", "--weights", "1,,2"], "expected comma-separated numbers"),
         (["linear", "{a}", "{c}", "-o", "{a}", "--force"], "would overwrite or write into input"),
         (["linear", "{a}", "{c}", "-o", "{a}/sub"], "would overwrite or write into input"),
+        (["ties", "{a}", "{c}", "-o", "{out}", "--density", "abc"], "'abc' is not a valid float"),
+        (["linear", "{a}", "{c}", "-o", "{out}", "--density", "0.5"], "No such option '--density'"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_no_output(adapters, tmp_path, capsys, argv, message):
@@ -94,6 +96,7 @@ def test_bad_input_is_one_line_exit_2_and_no_output(adapters, tmp_path, capsys, 
     err = capsys.readouterr().err.strip()
     assert code == 2
     assert message in err and "Traceback" not in err
+    assert len(err.splitlines()) == 1 and err.startswith("error: "), err  # usage errors included
     assert not (tmp_path / "out").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]  # no temp folder left
 
