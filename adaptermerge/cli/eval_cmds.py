@@ -63,7 +63,9 @@ def _table(report):
 @click.option("--mmlu-format", type=click.Choice(["auto", "cloze", "letter"]), default="auto", show_default=True,
               help="auto: cloze below 1B parameters (letter format is at chance there), letter above.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the MMLU sample (the built-in tasks' data is the one training uses).")
-@click.option("--batch-size", type=int, default=32, show_default=True, help="Generation batch size.")
+@click.option("--data-seed", type=int, default=None,
+              help="Seed the built-in tasks' data is generated with (default: the one training uses); an adapter trained on another seed's data is evaluated on that seed's.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True, help="Generation batch size.")
 @click.option("--threads", type=int, default=None,
               help="torch CPU threads of each evaluation process (default: the machine's, shared between the two "
                    "processes a multi-core CPU runs). Part of the results cache key: bfloat16 scores depend on it.")
@@ -75,7 +77,7 @@ def _table(report):
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=None, help="Report folder (report.json, report.md, chart.png).")
 @click.option("--force", is_flag=True, help="Overwrite an existing report folder.")
 @click.option("--print-include-path", is_flag=True, help="Print the folder of the lm-eval task YAML files and exit.")
-def eval_cmd(candidates, gates_path, tasks, base, mmlu_data, mmlu_limit, mmlu_shots, mmlu_format, seed, batch_size, threads,
+def eval_cmd(candidates, gates_path, tasks, base, mmlu_data, mmlu_limit, mmlu_shots, mmlu_format, seed, data_seed, batch_size, threads,
              workers, dtype, no_cache, output, force, print_include_path) -> int:
     """Evaluate CANDIDATES (adapter folders, merged model folders; the base is always the reference)
     on the built-in tasks, user tasks and MMLU, and check the gates.
@@ -105,7 +107,7 @@ def eval_cmd(candidates, gates_path, tasks, base, mmlu_data, mmlu_limit, mmlu_sh
         check_output(output, force)
     config = gates_mod.load_gates(gates_path) if gates_path else None
     task_list = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else None
-    settings = EvalSettings(base=base, mmlu_data=mmlu_data, mmlu_limit=mmlu_limit, mmlu_shots=mmlu_shots, mmlu_format=mmlu_format,
+    settings = EvalSettings(base=base, data_seed=data_seed, mmlu_data=mmlu_data, mmlu_limit=mmlu_limit, mmlu_shots=mmlu_shots, mmlu_format=mmlu_format,
                             seed=seed, batch_size=batch_size, threads=threads, dtype=dtype,
                             use_cache=not no_cache, workers=workers)
     with progress_bar("evaluating") as update:

@@ -101,10 +101,14 @@ def _number(value, where: str) -> float:
     return float(value)
 
 
-def parse_gates(data: dict, where: str = "gates") -> GateConfig:
-    """A GateConfig from the parsed YAML mapping; `where` names the file in error messages."""
-    if not isinstance(data, dict) or not set(data) <= {"tasks", "retention"}:
+def parse_gates(data: dict, where: str = "gates", root: Path | None = None) -> GateConfig:
+    """A GateConfig from the parsed YAML mapping; `where` names the file in error messages, and
+    relative `data:` paths are taken from `root` (the gates file's folder) when given."""
+    if not isinstance(data, dict):
         raise AdapterMergeError(f"{where}: expected a mapping with `tasks:` and optionally `retention:`")
+    unknown_top = sorted(set(map(str, data)) - {"tasks", "retention"})
+    if unknown_top:
+        raise AdapterMergeError(f"{where}: unknown key(s) {', '.join(unknown_top)}: expected `tasks:` and optionally `retention:`")
     tasks = data.get("tasks") or {}
     if not isinstance(tasks, dict):
         raise AdapterMergeError(f"{where}: `tasks` must map task names to gate settings")
@@ -121,9 +125,14 @@ def parse_gates(data: dict, where: str = "gates") -> GateConfig:
             if task in (*BUILTIN_TASKS, MMLU):
                 raise AdapterMergeError(f"{at}: `data` is for user tasks; {task!r} is built in")
             data_path = Path(str(spec["data"])).expanduser()
+            if root is not None and not data_path.is_absolute():
+                data_path = root / data_path
             config.user_tasks[task] = {"data": str(data_path), "metric": metric,
                                        "max_gen_toks": int(spec.get("max_gen_toks", 64))}
-        allowed = task_metrics(task, config.user_tasks)
+        try:
+            allowed = task_metrics(task, config.user_tasks)
+        except AdapterMergeError as exc:
+            raise AdapterMergeError(f"{where}: {exc}") from None
         metric = spec.get("metric", DEFAULT_METRIC.get(task) or config.user_tasks.get(task, {}).get("metric"))
         if metric not in allowed:
             raise AdapterMergeError(f"{at}.metric: {metric!r} is not a metric of {task}: expected one of {', '.join(allowed)}")
@@ -160,7 +169,7 @@ def load_gates(path: str | Path) -> GateConfig:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise AdapterMergeError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    return parse_gates(data, str(path))
+    return parse_gates(data, str(path), root=path.parent)
 
 
 # ---------------------------------------------------------------- checking

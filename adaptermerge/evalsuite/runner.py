@@ -256,7 +256,7 @@ def check_data_seed(candidates: list[cand_mod.Candidate], tasks: list[str], data
             raise AdapterMergeError(
                 f"{c.path}: trained on the built-in {data['task']} data generated with seed {trained}, but the "
                 f"evaluation uses the data of seed {seed}, whose eval split overlaps that training split: "
-                f"evaluate it with data_seed={trained}")
+                f"evaluate it with --data-seed {trained} (data_seed={trained} in Python)")
 
 
 def _plan(tasks: list[str] | None, gates: gates_mod.GateConfig | None, settings: EvalSettings, base_name: str | None):

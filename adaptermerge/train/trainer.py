@@ -83,6 +83,9 @@ class TrainConfig:
         p = preset(self.task)
         cfg = TrainConfig(**{**asdict(self), "output": Path(self.output)})
         cfg.compute_dtype = base_mod.resolve_dtype(cfg.compute_dtype)
+        if cfg.base and Path(cfg.base).expanduser().is_dir():
+            # recorded in the adapter: a relative folder would only resolve from this directory
+            cfg.base = str(Path(cfg.base).expanduser().resolve())
         cputhreads.check(cfg.threads, "--threads")
         if cfg.threads is None:
             cfg.threads = cputhreads.machine_threads()

@@ -48,6 +48,8 @@ def test_parse_issue_example():
     ("tasks: {nonsense: {min: 0.5}}", "nonsense"),
     ("tasks: {domain: {min: 0.5}}\nretention: 0.9", "retention"),
     ("gates: {}", "tasks"),
+    ("tasks: {domain: {min: 0.5}}\nretension: {min: 0.9}", "unknown key.s. retension"),
+    ("tasks: {domian: {min: 0.5}}", "g.yaml: unknown task 'domian'"),
 ])
 def test_parse_errors_name_the_key(text, needle):
     with pytest.raises(AdapterMergeError, match=needle):
@@ -59,6 +61,7 @@ def test_user_task_and_file(tmp_path):
     path.write_text("tasks:\n  faq: {data: faq.jsonl, metric: exact_match, min: 0.5, max_gen_toks: 16}\n")
     config = load_gates(path)
     assert config.user_tasks["faq"]["metric"] == "exact_match" and config.user_tasks["faq"]["max_gen_toks"] == 16
+    assert config.user_tasks["faq"]["data"] == str(tmp_path / "faq.jsonl")  # from the gates file's folder, not the cwd
     assert config.gates == [Gate("faq", "exact_match", "min", 0.5)]
     with pytest.raises(AdapterMergeError, match="does not exist"):
         load_gates(tmp_path / "missing.yaml")

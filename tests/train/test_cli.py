@@ -29,6 +29,7 @@ def test_data_build(tmp_path, capsys):
         (["train", "--task", "poetry", "-o", "x"], "unknown task 'poetry'"),
         (["train", "--task", "custom", "-o", "x"], "needs --data"),
         (["train", "--task", "custom", "--data", "missing.jsonl", "-o", "x"], "missing.jsonl does not exist"),
+        (["eval", "x", "--batch-size", "0"], "'--batch-size': 0 is not in the range x>=1"),
     ],
 )
 def test_bad_input_is_one_line_exit_2(argv, message, capsys):

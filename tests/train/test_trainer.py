@@ -56,6 +56,11 @@ def test_two_steps_write_a_loadable_adapter(tiny_chat_base, data_file, tmp_path,
     assert not list(tmp_path.glob(".tmp-*")), "temporary folder left behind"
 
 
+def test_a_relative_base_folder_is_recorded_absolute(tiny_chat_base, data_file, tmp_path, monkeypatch):
+    monkeypatch.chdir(tiny_chat_base.parent)  # adapters move: a relative folder would resolve only from here
+    assert _config(tiny_chat_base.name, data_file, tmp_path / "x").resolved().base == str(tiny_chat_base.resolve())
+
+
 def test_the_run_uses_its_configs_threads_and_records_them(tiny_chat_base, data_file, tmp_path, monkeypatch):
     """bfloat16 training rounds differently with another thread count, so the count is part of
     the config: used for the whole run, recorded, and the caller's count restored after."""
