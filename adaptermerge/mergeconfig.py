@@ -81,6 +81,8 @@ def check_job(job: MergeJob) -> None:
     check_output(job.out, job.force)
     check_not_an_input(job.out, job.inputs)
 
+    if job.compute_dtype != "float32" and job.requantize is None:
+        raise AdapterMergeError(f"--compute-dtype {job.compute_dtype} applies to --requantize (the quantized model's compute dtype); without it the model is written in float32")
     if job.output != "model":
         for flag, value in (("--requantize", job.requantize), ("--merge-onto", job.merge_onto)):
             if value is not None:
@@ -108,6 +110,10 @@ def run_job(job: MergeJob, progress: Progress | None = None, quantize_progress=N
     for i, a in enumerate(adapters):  # two inputs named alike (a/adapter_model.safetensors, b/...) stay distinguishable
         if names.count(a.name) > 1:
             a.name = f"{a.name}#{i + 1}"
+    # the base folder is an input too (--force onto it would replace the base with the merge);
+    # checked before the plan, whose preparation (regmean's Grams) can take minutes
+    bases = [job.base] if job.base is not None else [a.base_model for a in adapters if a.base_model]
+    check_not_an_input(job.out, [b for b in bases if Path(str(b)).expanduser().is_dir()])
     plan = MergePlan(
         adapters,
         job.method,

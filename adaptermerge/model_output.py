@@ -25,6 +25,13 @@ _SKIP_NAMES = {"model.safetensors.index.json", "adaptermerge.json", "adaptermerg
 
 
 def parse_size(size: str | int) -> int:
+    value = _size(size)
+    if value < 1:
+        raise AdapterMergeError(f"--shard-size {size!r}: expected a positive size such as 2GB or 500MB")
+    return value
+
+
+def _size(size: str | int) -> int:
     if isinstance(size, int):
         return size
     text = str(size).strip().upper()

@@ -1,6 +1,7 @@
 """`--output model` with --requantize and --merge-onto, from flags and from a YAML config."""
 
 import json
+import shutil
 import sys
 
 import pytest
@@ -46,6 +47,8 @@ def test_yaml_config_takes_merge_onto_and_requantize(quant_base, quant_adapters,
         (["--output", "model", "--merge-onto", "quantized"], "--merge-onto 'quantized': expected one of original, dequantized"),
         (["--requantize", "nf4"], "--requantize applies to --output model"),
         (["--merge-onto", "dequantized"], "--merge-onto applies to --output model"),
+        (["--output", "model", "--compute-dtype", "bfloat16"], "--compute-dtype bfloat16 applies to --requantize"),
+        (["--output", "model", "--shard-size", "0"], "--shard-size '0': expected a positive size"),
     ],
 )
 def test_bad_model_options_are_one_line_errors_with_no_output(quant_base, quant_adapters, tmp_path, capsys, extra, message):
@@ -75,3 +78,12 @@ def test_missing_bitsandbytes_is_a_one_line_error(quant_base, quant_adapters, tm
     err = capsys.readouterr().err.strip()
     assert "bitsandbytes is needed" in err and "\n" not in err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_base_folder_is_never_the_output(tiny_base, adapters, tmp_path, capsys):
+    base = tmp_path / "base"
+    shutil.copytree(tiny_base, base)
+    before = (base / "model.safetensors").read_bytes()
+    assert run(["linear", adapters["a"], "--base", base, "--ignore-base-mismatch", "--output", "model", "-o", base, "--force"]) == 2
+    assert "would overwrite or write into input" in capsys.readouterr().err
+    assert (base / "model.safetensors").read_bytes() == before
