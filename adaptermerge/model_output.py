@@ -7,6 +7,7 @@ Peak memory: one module's tensors, whatever the model's or the shards' size (see
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import tempfile
 import time
@@ -97,7 +98,8 @@ def write_model(plan: MergePlan, out: str | Path, *, shard_size: str | int = "2G
                     weight_map[key] = name
                     del tensor
         total = len(shards)
-        total_size = sum((tmp / f).stat().st_size for f in set(weight_map.values()))
+        # the tensors' bytes, as transformers writes it (the files also hold their headers)
+        total_size = sum(math.prod(shape) * DTYPES[dtype].itemsize for _, dtype, shape in layout)
         (tmp / "model.safetensors.index.json").write_text(
             json.dumps({"metadata": {"total_size": total_size}, "weight_map": weight_map}, indent=2)
         )

@@ -73,7 +73,7 @@ def choose_merge_onto(adapters, merge_onto: str | None, requantize: str | None =
     if scheme not in ("nf4", "int8"):
         scheme = "nf4"
     if asked is not None:
-        choice, reason = asked, "asked for (--merge-onto)"
+        choice, reason = asked, "asked for with --merge-onto"
     elif recorded and all(recorded.values()):
         choice = QLORA_REQUANTIZED_DEFAULT if requantize else QLORA_DEFAULT
         output = "a re-quantized" if requantize else "a full-precision"

@@ -43,6 +43,14 @@ def test_model_output_generates_what_peft_merge_and_unload_generates(tiny_base, 
     assert meta["merge_onto"]["merge_onto"] == "original"
 
 
+def test_index_total_size_counts_tensor_bytes_only(tiny_base, adapters, tmp_path):
+    merge_to_model([load_adapter(adapters["a"])], tmp_path / "full", "linear", base=str(tiny_base), shard_size="100KB")
+    index = json.loads((tmp_path / "full" / "model.safetensors.index.json").read_text())
+    tensors = state(tmp_path / "full")
+    assert len(set(index["weight_map"].values())) > 1  # sharded
+    assert index["metadata"]["total_size"] == sum(t.numel() * t.element_size() for t in tensors.values())
+
+
 def test_quantizable_modules_are_the_linears_bitsandbytes_quantizes(quant_base):
     from transformers import AutoModelForCausalLM
 
