@@ -369,6 +369,10 @@ def load_adapter(path: str | Path, *, alpha: float | None = None, name: str | No
     if path.is_dir():
         weights, config_path = path / WEIGHTS_NAME, path / CONFIG_NAME
         if not config_path.is_file():
+            if (path / "config.json").is_file():
+                # a full model, e.g. the output of --output model: its adaptermerge.json says what was merged
+                raise AdapterMergeError(f"{path}: a full model folder (config.json), not a LoRA adapter: expected a PEFT adapter folder"
+                                        + ("; its adaptermerge.json records the merge that made it" if (path / "adaptermerge.json").is_file() else ""))
             raise AdapterMergeError(f"{path}: no {CONFIG_NAME} (expected a PEFT adapter folder, or pass the .safetensors file itself)")
         if not weights.is_file():
             has_bin = (path / "adapter_model.bin").is_file()

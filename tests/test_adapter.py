@@ -63,6 +63,8 @@ def test_bare_file_uses_config_beside_it_only_when_it_belongs(adapters, tmp_path
         (lambda d: (d / "adapter_model.safetensors").write_bytes(b"garbage"), "not a readable safetensors"),
         (lambda d: (d / "adapter_model.safetensors").write_bytes((d / "adapter_model.safetensors").read_bytes()[:200]), "not a readable safetensors"),
         (lambda d: (d / "adapter_config.json").write_text("{not json"), "not valid JSON"),
+        (lambda d: ((d / "adapter_config.json").rename(d / "config.json"), (d / "adaptermerge.json").write_text("{}")),
+         "a full model folder .config.json., not a LoRA adapter.*adaptermerge.json records the merge"),
     ],
 )
 def test_bad_inputs_name_the_file(adapters, tmp_path, mutate, message):
