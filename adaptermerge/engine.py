@@ -85,10 +85,11 @@ def _typed(method: str, field: str, value, default):
                 raise AdapterMergeError(f"method {method}: {name} must be an integer, got {value!r}")
             return int(number)
         return number
-    if isinstance(default, str) and isinstance(value, os.PathLike):
-        return os.fspath(value)
-    if isinstance(default, str) and not isinstance(value, str):
-        raise AdapterMergeError(f"method {method}: {name} must be a string, got {value!r}")
+    if isinstance(default, str):
+        if isinstance(value, os.PathLike):
+            return os.fspath(value)
+        if not isinstance(value, str):
+            raise AdapterMergeError(f"method {method}: {name} must be a string, got {value!r}")
     return value
 
 

@@ -44,7 +44,7 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
     os.close(fd)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private (0600); an output is an ordinary file
+    os.chmod(tmp, _FILE_MODE)  # mkstemp makes it private (0600); an output is an ordinary file
     try:
         yield Path(tmp)
         os.replace(tmp, path)
@@ -92,7 +92,6 @@ def atomic_dir(path: str | Path, *, force: bool = False) -> Iterator[Path]:
         raise AdapterMergeError(f"output {path} exists and is not a folder: --force replaces folders only")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private (0700); an output is an ordinary folder
     try:
         yield tmp
         _ordinary_modes(tmp)
@@ -119,18 +118,18 @@ def _read_umask() -> int:
     return mask
 
 
-_UMASK = _read_umask()  # once, at import: os.umask is process-wide, and writers run on threads
-
-
-def _umask() -> int:
-    return _UMASK
+# Read once, at import: os.umask is process-wide, and writers run on threads.
+_UMASK = _read_umask()
+_FILE_MODE, _DIR_MODE = 0o666 & ~_UMASK, 0o777 & ~_UMASK
 
 
 def _ordinary_modes(root: Path) -> None:
-    """Files and folders under `root` as the umask makes them: writers that go through a private
-    temp file (safetensors' does) leave 0600, which other users of a shared output could not read."""
+    """`root` and everything under it as the umask makes them: mkdtemp leaves the folder 0700, and
+    writers that go through a private temp file (safetensors' does) leave 0600, which other users
+    of a shared output could not read."""
+    os.chmod(root, _DIR_MODE)
     for folder, dirs, files in os.walk(root):
         for d in dirs:
-            os.chmod(os.path.join(folder, d), 0o777 & ~_UMASK)
+            os.chmod(os.path.join(folder, d), _DIR_MODE)
         for f in files:
-            os.chmod(os.path.join(folder, f), 0o666 & ~_UMASK)
+            os.chmod(os.path.join(folder, f), _FILE_MODE)
