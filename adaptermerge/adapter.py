@@ -142,19 +142,30 @@ class Adapter:
         unique with #N suffixes, which a user would not recognize)."""
         return f"adapter {self.name} ({self.source})" if self.source else f"adapter {self.name}"
 
-    def factors(self, module: str, device: str | torch.device = "cpu") -> LoraFactors:
-        """Read one module's factors and check them (finite values, consistent shapes)."""
+    def factors(self, module: str, device: str | torch.device = "cpu", *, check: bool = True) -> LoraFactors:
+        """Read one module's factors and check them (finite values, consistent shapes).
+        check=False leaves the finiteness check to the caller (`check_finite`), e.g. to a merge
+        worker, so that the thread that reads does nothing else."""
         spec = self.specs[module]
         A, B = self._read(spec.keys["A"]), self._read(spec.keys["B"])
         mag = self._read(spec.keys["magnitude"]) if spec.keys.get("magnitude") else None
-        for label, t in (("lora_A", A), ("lora_B", B), ("lora_magnitude_vector", mag)):
-            if t is not None and not torch.isfinite(t).all():
-                raise AdapterMergeError(f"{self._label()}: module {module} {label} contains NaN or Inf values")
         if mag is not None and tuple(mag.shape) != (spec.shape[0],):
             raise AdapterMergeError(
                 f"{self._label()}: module {module} lora_magnitude_vector has shape {tuple(mag.shape)}, expected ({spec.shape[0]},)"
             )
-        return LoraFactors(A, B, spec.alpha, spec.scale, mag).to(device)
+        f = LoraFactors(A, B, spec.alpha, spec.scale, mag).to(device)
+        if check:
+            self.check_finite(module, f)
+        return f
+
+    def check_finite(self, module: str, f: LoraFactors) -> None:
+        """Refuse factors with a NaN or Inf entry, naming this adapter and the module."""
+        for label, t in (("lora_A", f.A), ("lora_B", f.B), ("lora_magnitude_vector", f.magnitude)):
+            # A NaN or Inf entry makes the sum NaN or Inf, and a float64 sum of finite float32 (or
+            # narrower) values cannot overflow: one reduction, where isfinite(t).all() writes a
+            # bool mask first.
+            if t is not None and not torch.isfinite(t.sum(dtype=torch.float64)):
+                raise AdapterMergeError(f"{self._label()}: module {module} {label} contains NaN or Inf values")
 
     def __repr__(self) -> str:
         kind = "DoRA" if self.is_dora else "LoRA"

@@ -201,7 +201,8 @@ class MergePlan:
     def read_inputs(self, module: str) -> tuple[list[LoraFactors | None], torch.Tensor | None]:
         """One module's factors from every adapter (None where one lacks it) and its base weight
         when needed (float32). Reads happen on the calling thread."""
-        inputs = [a.factors(module, self.device) if module in a.specs else None for a in self.adapters]
+        # Checked for NaN/Inf in module_result, on the worker: reading is the one serial step.
+        inputs = [a.factors(module, self.device, check=False) if module in a.specs else None for a in self.adapters]
         w0 = self.base_weights.weight(module, self.device).float() if self.base_weights is not None else None
         return inputs, w0
 
@@ -209,6 +210,9 @@ class MergePlan:
         """The merged update of one module, and the base weight when it was needed (float32).
         `read`: what `read_inputs(module)` returned, when already read."""
         inputs, w0 = read if read is not None else self.read_inputs(module)
+        for adapter, f in zip(self.adapters, inputs):
+            if f is not None:
+                adapter.check_finite(module, f)
         ctx = MergeContext(module, self.seed, self.device, self.prepared)
         result = self.method.merge_module(inputs, self.weights, w0, self.params, ctx)
         for label, t in (("delta", result.dense), ("magnitude", result.magnitude)):

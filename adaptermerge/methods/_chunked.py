@@ -1,12 +1,13 @@
 """Sparse merges computed from the factors.
 
 A module whose stacked deltas fit in 64 MB (every module of a 1B model, the attention of an 8B
-one) is formed once, cut exactly (radix select, `_select.kth_largest`) and combined in place:
-one formation, a handful of float passes, no bool masks (their eager kernels are 3-5x slower).
+one) is formed once, cut exactly (radix select, `_select.kth_largest`) and trimmed and combined
+in one pass of the fused C loop (`_native`; where it cannot be built, a handful of eager float
+passes with no bool masks, whose eager kernels are 3-5x slower).
 
 A larger one (a 14336 x 4096 MLP projection: 235 MB per delta) is never held whole: each row
 block (`B[rows] @ A`, ~4 MB per adapter, into one reused buffer) is formed, cut and combined at
-once, and only the merged result is stored. Its cut is found before that pass, one of two ways:
+once (the same C loop, written straight into the merged rows), and only the merged result is stored. Its cut is found before that pass, one of two ways:
 - "sampled" (the default there): a stratified sample of the products (`_select.sampled_kth`)
   estimates it without forming anything; the entries actually kept are counted in the merge pass
   and recorded per module (`density_kept`), so the approximation is reported, never silent.
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from . import _kernels, _ops, _select
+from . import _kernels, _native, _ops, _select
 
 BLOCK_ENTRIES = 1 << 20
 DENSE_MAX = 1 << 24  # stacked entries (64 MB) up to which a module's deltas are formed at once
@@ -60,6 +61,10 @@ def sparse_merge(
         if sparsify == "dare":
             for row, g in zip(values, generators):
                 row.copy_(_ops.dare(row, density, g))
+        lib = _native.library() if combine == "ties" and _native.usable(values) else None
+        if lib is not None:  # the same trim and combine, fused into one pass
+            cuts = _select.kth_largest(values, keep) if keep is not None else torch.zeros(len(Bs))
+            return _native.ties_combine(lib, values, cuts, weights)[0].view(out, inp), {}
         if keep is not None:
             _kernels.trim_(values, _select.kth_largest(values, keep))
         merged = _kernels.ties_combine(values, weights) if combine == "ties" else values.sum(0)
@@ -85,7 +90,8 @@ def _blocked(B_stack, A_stack, weights, cuts, trim, density, sparsify, combine, 
     device = B_stack.device
     blocks = row_blocks(out, inp)
     buffer = torch.empty(k * (blocks[0].stop - blocks[0].start) * inp, device=device)
-    fused = _kernels.kernel(_kernels.ties_block, out * inp) if combine == "ties" and trim else None
+    native = _native.library() if combine == "ties" and _native.usable(buffer) else None
+    fused = _kernels.kernel(_kernels.ties_block, out * inp) if combine == "ties" and trim and native is None else None
     cuts3, w3 = cuts.view(-1, 1, 1), _abs(weights, device).view(-1, 1, 1)
     kept = torch.zeros(k, dtype=torch.long, device=device)
     merged = torch.empty(out, inp, dtype=torch.float32, device=device)
@@ -94,6 +100,9 @@ def _blocked(B_stack, A_stack, weights, cuts, trim, density, sparsify, combine, 
         values = torch.bmm(B_stack[:, rs], A_stack, out=buffer[: k * rows * inp].view(k, rows, inp))
         if sparsify == "dare":
             values = torch.stack([_ops.dare(v, density, g) for v, g in zip(values, generators)])
+        if native is not None:  # trim (a zero cut keeps every nonzero entry) and combine in one pass
+            kept += _native.ties_combine(native, values.view(k, -1), cuts, weights, out=merged[rs])[1]
+            continue
         if fused is not None and fused is not _kernels.ties_block:
             kept += fused(values, cuts3, w3, merged[rs])
             continue

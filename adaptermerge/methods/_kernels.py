@@ -1,10 +1,11 @@
-"""Block kernels of the sparse merges, fused with torch.compile when it pays.
+"""Eager kernels of the sparse merges, and the torch.compile fusion of the TIES block.
 
-Eager PyTorch runs a TIES block as a dozen separate passes over [k, rows, in] tensors; the merge
-of large modules is memory-bound, and fusing those passes into one loop (torch.compile's C++/
-OpenMP code on the CPU, Triton on CUDA) makes it ~7x faster here. Compilation costs tens of
-seconds once per machine (cached on disk afterwards), so it is used only for large modules, and
-any failure to compile falls back to the identical eager code. ADAPTERMERGE_COMPILE=0 turns it off.
+On the CPU the trim and TIES combination run as one C loop (`_native`) where a C compiler works;
+the eager functions here are its reference twins and the path everywhere else. Eager PyTorch runs
+a TIES block as a dozen separate passes over [k, rows, in] tensors; on a GPU, fusing those passes
+into one loop (torch.compile, Triton) pays for large modules. Compilation costs tens of seconds
+once per machine (cached on disk afterwards), so it is used only for large modules, and any
+failure to compile falls back to the identical eager code. ADAPTERMERGE_COMPILE=0 turns it off.
 """
 
 from __future__ import annotations
@@ -64,17 +65,29 @@ def ties_combine(values: torch.Tensor, weights: list[float]) -> torch.Tensor:
     """Sign election and disjoint weighted mean of trimmed, weighted deltas `values` [k, N]
     (clobbered). Float ops only (eager bool masks cost 3-5x more here): with s = sign(sum_i v_i),
     relu(v_i s) is |v_i| where adapter i agrees and 0 elsewhere, so its sum times s is the sum of
-    the agreeing entries and its sign marks them. Equal to `ties_block` up to the rounding of the divisor."""
-    sign = values.sum(0).sign_()
-    agree = torch.mul(values, sign, out=values).clamp_min_(0)
-    num = agree.sum(0).mul_(sign)
+    the agreeing entries and its sign marks them. Equal to `ties_block` up to the rounding of the divisor.
+
+    Sums over the adapters are row by row into preallocated rows, and the sign is applied row by
+    row: a reduction over dim 0 or a broadcast multiply costs about twice as much in eager
+    PyTorch (1536 x 576 x 3 at one thread: 4.5 ms in all against 7.3 ms)."""
+    sign = _row_sum(values, torch.empty_like(values[0])).sign_()
+    for row in values:
+        row.mul_(sign)
+    agree = values.clamp_min_(0)
+    num = _row_sum(agree, torch.empty_like(sign)).mul_(sign)
     agree.sign_()
     w = [abs(x) for x in weights]
-    if len(set(w)) == 1:
-        den = agree.sum(0).mul_(w[0])
-    else:
-        den = torch.matmul(torch.tensor(w, dtype=values.dtype, device=values.device), agree)
+    den = agree[0].mul_(w[0]) if w[0] != 1.0 else agree[0]  # accumulated in place: rows 1.. are read once
+    for row, x in zip(agree[1:], w[1:]):
+        den.add_(row, alpha=x)
     return num.div_(den.clamp_min_(1e-30))
+
+
+def _row_sum(rows: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    torch.add(rows[0], rows[1], out=out) if len(rows) > 1 else out.copy_(rows[0])
+    for row in rows[2:]:
+        out.add_(row)
+    return out
 
 
 def band_block(values: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

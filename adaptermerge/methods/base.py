@@ -54,10 +54,13 @@ class MergeContext:
     device: torch.device
     prepared: object = None  # what the method's optional `prepare(plan)` returned (e.g. calibration Grams)
 
+    def seed_for(self, index: int) -> int:
+        """The seed of adapter `index` (-1: the module's own) at this module: the same whatever the module order."""
+        return zlib.crc32(f"{self.seed}:{self.module}:{index}".encode())
+
     def generator(self, index: int) -> torch.Generator:
-        """A generator for adapter `index` at this module: the same bits whatever the module order."""
-        seed = zlib.crc32(f"{self.seed}:{self.module}:{index}".encode())
-        return torch.Generator(device=self.device).manual_seed(seed)
+        """A generator seeded with `seed_for(index)`."""
+        return torch.Generator(device=self.device).manual_seed(self.seed_for(index))
 
 
 class MergeMethod(Protocol):

@@ -85,6 +85,6 @@ class Dora:
         Bs = [f.scaled_B() * (common / n)[:, None] for f, _, n in present]
         As = [f.A.float() for f, _, _ in present]
         merged, info = sparse_merge(
-            Bs, As, [w for _, w, _ in present], density=params.density, sparsify="trim", combine="ties", seed=ctx.generator(-1).initial_seed()
+            Bs, As, [w for _, w, _ in present], density=params.density, sparsify="trim", combine="ties", seed=ctx.seed_for(-1)
         )
         return ModuleResult(dense=merged, magnitude=magnitude, sketch=torch.cat(As, 0), info=info)

@@ -50,9 +50,9 @@ class _Sparse:
             density=params.density,
             sparsify=self.sparsify,
             combine=self.combine,
-            generators=[ctx.generator(i) for i, _, _ in picked],
+            generators=[ctx.generator(i) for i, _, _ in picked] if self.sparsify == "dare" else None,
             threshold=getattr(params, "threshold", "auto"),
-            seed=ctx.generator(-1).initial_seed(),  # the cut's sample: per module, reproducible
+            seed=ctx.seed_for(-1),  # the cut's sample: per module, reproducible
         )
         if params.lambda_ != 1.0:
             merged.mul_(params.lambda_)

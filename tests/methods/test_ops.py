@@ -120,6 +120,7 @@ def test_compiled_kernels_equal_eager(monkeypatch, weights):
     from adaptermerge.methods import _chunked, _kernels
 
     monkeypatch.setattr(_chunked, "DENSE_MAX", 0)  # the blocked path, where the fused kernel runs
+    monkeypatch.setenv("ADAPTERMERGE_NATIVE", "0")  # else the C loops run there instead (tests/methods/test_native.py)
     torch.manual_seed(4)
     Bs = [torch.randn(600, 4) for _ in weights]
     As = [torch.randn(4, 4000) for _ in weights]
