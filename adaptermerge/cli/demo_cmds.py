@@ -86,7 +86,7 @@ def demo_cmd(output, quick, base, mmlu_data, mmlu_limit, train_steps, methods, n
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from ..demo import DemoConfig, run_demo
-    from .progress import console
+    from .progress import console, results
 
     config = DemoConfig(output=output, base=base, quick=quick, force=force, mmlu_data=mmlu_data, mmlu_limit=mmlu_limit,
                         train_steps=_parse_steps(train_steps), seed=seed, threads=threads, sweep=not no_sweep,
@@ -101,7 +101,7 @@ def demo_cmd(output, quick, base, mmlu_data, mmlu_limit, train_steps, methods, n
             bar.update(tasks[stage], completed=done, total=total or None, label=label[-60:])
 
         result = run_demo(config, progress)
-    console.print(_table(result.report))
+    results.print(_table(result.report))
     click.echo(f"wrote {result.output}/report.md, report.json" + (f", winner/ ({result.winner})" if result.winner else ""))
     best = next((r for r in result.rows if r["name"] == result.best), None)
     if best is None:

@@ -95,7 +95,7 @@ def eval_cmd(candidates, gates_path, tasks, base, mmlu_data, mmlu_limit, mmlu_sh
     from ..evalsuite.report import write_report
     from ..fileio import check_output
     from ..evalsuite.runner import EvalSettings, evaluate
-    from .progress import console, progress_bar
+    from .progress import console, progress_bar, results
 
     if print_include_path:
         click.echo(str(TASKS_DIR))
@@ -112,15 +112,15 @@ def eval_cmd(candidates, gates_path, tasks, base, mmlu_data, mmlu_limit, mmlu_sh
                             use_cache=not no_cache, workers=workers)
     with progress_bar("evaluating") as update:
         report = evaluate(list(candidates), task_list, config, settings, progress=update)
-    console.print(_table(report))
+    results.print(_table(report))
     for note in report.notes:
-        console.print(f"[dim]{note}[/]")
+        results.print(f"[dim]{note}[/]")
     for g in report.gates:
         if not g.passed:
-            console.print(f"[red]FAIL[/] {g.candidate}: {g.gate.describe()}: {g.detail}")
+            results.print(f"[red]FAIL[/] {g.candidate}: {g.gate.describe()}: {g.detail}")
     for error in report.errors:
         console.print(f"[yellow]error[/] {error}")
     if output is not None:
         write_report(report, output, force=force)
-        console.print(f"report -> {output}/report.md")
+        results.print(f"report -> {output}/report.md")
     return 0 if report.passed else 1

@@ -12,14 +12,15 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 LOG_WIDTH = 160
 
 
-def _width() -> int | None:
-    """Off a terminal (a CI log, `2> file`) rich assumes 80 columns, which folds the results tables
+def _width(stream) -> int | None:
+    """Off a terminal (a CI log, `> file`) rich assumes 80 columns, which folds the results tables
     (nine columns) into unreadable stacks of cell fragments; a log file can be wide. On a terminal,
     or with $COLUMNS set, rich's own choice stands."""
-    return None if sys.stderr.isatty() or "COLUMNS" in os.environ else LOG_WIDTH
+    return None if stream.isatty() or "COLUMNS" in os.environ else LOG_WIDTH
 
 
-console = Console(stderr=True, width=_width())
+console = Console(stderr=True, width=_width(sys.stderr))  # progress, warnings: beside the results
+results = Console(width=_width(sys.stdout))  # tables and verdicts on stdout, so `> file` keeps them
 
 
 @contextmanager

@@ -12,12 +12,12 @@ def test_tables_do_not_fold_in_a_log_file(monkeypatch):
     from adaptermerge.cli import progress
 
     monkeypatch.delenv("COLUMNS", raising=False)
-    monkeypatch.setattr(progress.sys, "stderr", io.StringIO())  # not a terminal
-    assert progress._width() == progress.LOG_WIDTH
+    log = io.StringIO()  # not a terminal
+    assert progress._width(log) == progress.LOG_WIDTH
     table = Table("approach", *[f"metric {i}" for i in range(8)])
     table.add_row("sweep_task_arithmetic_w0.595-1.2-1", *["0.650/0.600/0.760"] * 2, *["0.500"] * 6)
     out = io.StringIO()
-    Console(file=out, width=progress._width()).print(table)
+    Console(file=out, width=progress._width(log)).print(table)
     assert any("sweep_task_arithmetic_w0.595-1.2-1" in line for line in out.getvalue().splitlines())
     monkeypatch.setenv("COLUMNS", "100")
-    assert progress._width() is None  # the user's choice stands
+    assert progress._width(log) is None  # the user's choice stands

@@ -113,6 +113,9 @@ def test_cli_exit_codes(tiny_model_dir, merged_dir, faq_file, mmlu_dir, cache, t
     assert (tmp_path / "r1" / "report.md").is_file()
     assert run_cli(["eval", *common, "--gates", str(failing), "-o", str(tmp_path / "r2")]) == 1
     assert json.loads((tmp_path / "r2" / "report.json").read_text())["passed"] is False
+    printed = capsys.readouterr()  # results on stdout (`> file` keeps them), progress on stderr
+    assert "FAIL" in printed.out and "report ->" in printed.out and "merged" in printed.out
+    assert "FAIL" not in printed.err
     assert run_cli(["eval", *common, "--gates", str(ok), "-o", str(tmp_path / "r1")]) == 2  # exists, no --force
     assert "--force" in capsys.readouterr().err
     (tmp_path / "bad.yaml").write_text("tasks: {domain: {metric: bleu}}\n")
