@@ -9,7 +9,9 @@ from .engine import natural_key
 
 
 def delta_norm(factors) -> float:
-    """||scale * B @ A||_F without forming the dense delta: sqrt(trace((B^T B)(A A^T))) * scale."""
+    """||scale * B @ A||_F without forming the dense delta: sqrt(trace((B^T B)(A A^T))) * scale.
+    For a DoRA module this is the LoRA part only: its magnitude vector also rescales the rows of
+    W0 + delta, and that change depends on the base weights, which inspect does not read."""
     B, A = factors.B.double(), factors.A.double()
     gram = (B.T @ B) * (A @ A.T)
     return float(gram.sum().clamp_min(0).sqrt()) * abs(factors.scale)

@@ -12,7 +12,7 @@ from rich.table import Table
 from ..adapter import load_adapter
 from ..inspection import describe
 from ..methods import METHODS
-from .progress import console
+from .progress import results as console  # tables are results: stdout
 
 
 @click.command("methods")
@@ -57,6 +57,11 @@ def inspect_cmd(adapter, alpha, as_json):
         table.add_row(r["module"], str(r["rank"]), f"{r['alpha']:g}", f"{r['scale']:.4g}", f"{r['shape'][0]} x {r['shape'][1]}", f"{r['delta_norm']:.4g}", f"{r['magnitude_mean']:.4g}" if r["dora"] else "-")
     console.print(table)
     console.print(f"total ||delta||_F = {info['total_delta_norm']:.4g}")
+    if info["dora"]:
+        console.print(
+            "[dim]DoRA: delta is scale * B @ A, the update of the direction; the magnitude vector rescales "
+            "every row of W0 + delta as well, so the weight's full change needs the base weights[/]"
+        )
     return 0
 
 

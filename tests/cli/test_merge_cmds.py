@@ -173,6 +173,9 @@ def test_inspect_and_methods(adapters, capsys):
     assert run(["inspect", adapters["pattern"], "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["ranks"] == [2, 4] and info["modules"] == 14
+    assert run(["inspect", adapters["dora"]]) == 0
+    table = " ".join(capsys.readouterr().out.split())  # on stdout, however rich wraps it
+    assert "dora: DoRA" in table and "full change needs the base weights" in table
     assert run(["methods", "--json"]) == 0
     methods = {m["method"] for m in json.loads(capsys.readouterr().out)}
     assert {"linear", "task_arithmetic", "sequential", "ties", "dare_linear", "dare_ties", "dora", "cat"} <= methods
