@@ -12,7 +12,7 @@ from rich.table import Table
 from ..adapter import load_adapter
 from ..inspection import describe
 from ..methods import METHODS
-from .progress import results as console  # tables are results: stdout
+from .progress import results
 
 
 @click.command("methods")
@@ -35,7 +35,7 @@ def methods_cmd(as_json):
     for r in rows:
         params = "\n".join(f"{p['name']}={p['default']}  [dim]{p['help']}[/dim]" for p in r["parameters"]) or "-"
         table.add_row(r["method"], r["summary"], params, "yes" if r["dora_inputs"] else "no", "exact" if r["exact_adapter_output"] else "truncated SVD (--rank)")
-    console.print(table)
+    results.print(table)
     return 0
 
 
@@ -55,10 +55,10 @@ def inspect_cmd(adapter, alpha, as_json):
         table.add_column(col, justify="right" if col != "module" else "left")
     for r in info["per_module"]:
         table.add_row(r["module"], str(r["rank"]), f"{r['alpha']:g}", f"{r['scale']:.4g}", f"{r['shape'][0]} x {r['shape'][1]}", f"{r['delta_norm']:.4g}", f"{r['magnitude_mean']:.4g}" if r["dora"] else "-")
-    console.print(table)
-    console.print(f"total ||delta||_F = {info['total_delta_norm']:.4g}")
+    results.print(table)
+    results.print(f"total ||delta||_F = {info['total_delta_norm']:.4g}")
     if info["dora"]:
-        console.print(
+        results.print(
             "[dim]DoRA: delta is scale * B @ A, the update of the direction; the magnitude vector rescales "
             "every row of W0 + delta as well, so the weight's full change needs the base weights[/]"
         )

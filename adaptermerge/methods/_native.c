@@ -68,6 +68,11 @@ int am_kth_largest(const float *a, int64_t m, int64_t n, int64_t k, float *resul
     return 0;
 }
 
+/* x where |x| >= cut, else 0: the trim, as `_kernels.trim_` (hardshrink) does it. */
+static inline float trimmed(float x, float cut) {
+    return (x >= cut) | (-x >= cut) ? x : 0.0f;
+}
+
 /* v [k, n] weighted deltas (w_i * d_i); cut [k]: keep entries with |v| >= cut (trim); w [k]: |w_i|.
    out [n]: sign election and disjoint weighted mean; kept [k]: entries kept per adapter. */
 void am_ties_combine(const float *v, int64_t k, int64_t n, const float *cut, const float *w, float *out, int64_t *kept) {
@@ -80,10 +85,9 @@ void am_ties_combine(const float *v, int64_t k, int64_t n, const float *cut, con
             const float c = cut[i];
             int64_t count = 0;
             for (int64_t j = 0; j < len; j++) {
-                int keep = ((row[j] >= c) | (-row[j] >= c)) & (row[j] != 0.0f); /* as hardshrink: a zero is never kept */
-                float t = keep ? row[j] : 0.0f;
+                float t = trimmed(row[j], c);
                 total[j] = i == 0 ? t : total[j] + t;
-                count += keep;
+                count += t != 0.0f;
             }
             kept[i] += count;
         }
@@ -96,8 +100,7 @@ void am_ties_combine(const float *v, int64_t k, int64_t n, const float *cut, con
             const float *row = v + i * n + start;
             const float c = cut[i], wi = w[i];
             for (int64_t j = 0; j < len; j++) {
-                int keep = (row[j] >= c) | (-row[j] >= c);
-                float a = keep ? row[j] * sign[j] : 0.0f; /* |t| where adapter i agrees, else <= 0 */
+                float a = trimmed(row[j], c) * sign[j]; /* |t| where adapter i agrees, else <= 0 */
                 num[j] += a > 0.0f ? a : 0.0f;
                 den[j] += a > 0.0f ? wi : 0.0f;
             }
