@@ -83,6 +83,8 @@ def demo_cmd(output, quick, base, mmlu_data, mmlu_limit, train_steps, methods, n
       adaptermerge demo -o demo/
       adaptermerge demo --quick -o demo-quick/
     """
+    import os
+
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from ..demo import DemoConfig, run_demo
@@ -91,6 +93,8 @@ def demo_cmd(output, quick, base, mmlu_data, mmlu_limit, train_steps, methods, n
     config = DemoConfig(output=output, base=base, quick=quick, force=force, mmlu_data=mmlu_data, mmlu_limit=mmlu_limit,
                         train_steps=_parse_steps(train_steps), seed=seed, threads=threads, sweep=not no_sweep,
                         weight_search=weight_search, mergekit=mergekit, eval_dtype=dtype, methods=methods.split(",") if methods else None, baselines=not no_baselines)
+    # As in `eval`: datasets and lm-eval draw tqdm bars of their own between the rich bars below.
+    os.environ.setdefault("TQDM_DISABLE", "1")
     with Progress(TextColumn("[bold]{task.description:<7}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   TextColumn("{task.fields[label]}", style="dim"), console=console) as bar:
         tasks = {}

@@ -60,6 +60,8 @@ def _table(report):
 @click.option("--mmlu-data", default=None, help="Local cais/mmlu CSV folder (default: $ADAPTERMERGE_MMLU_DATA, else the hub).")
 @click.option("--mmlu-limit", type=int, default=None, help="Questions per MMLU subject (stratified, fixed seed).")
 @click.option("--mmlu-shots", type=int, default=0, show_default=True, help="Few-shot examples from the dev split (0-5).")
+@click.option("--mmlu-split", type=click.Choice(["test", "dev"]), default="test", show_default=True,
+              help="Where MMLU's questions come from: dev (5 per subject, no shots) to choose settings on questions a test score never uses.")
 @click.option("--mmlu-format", type=click.Choice(["auto", "cloze", "letter"]), default="auto", show_default=True,
               help="auto: cloze below 1B parameters (letter format is at chance there), letter above.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the MMLU sample (the built-in tasks' data is the one training uses).")
@@ -77,7 +79,7 @@ def _table(report):
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=None, help="Report folder (report.json, report.md, chart.png).")
 @click.option("--force", is_flag=True, help="Overwrite an existing report folder.")
 @click.option("--print-include-path", is_flag=True, help="Print the folder of the lm-eval task YAML files and exit.")
-def eval_cmd(candidates, gates_path, tasks, base, mmlu_data, mmlu_limit, mmlu_shots, mmlu_format, seed, data_seed, batch_size, threads,
+def eval_cmd(candidates, gates_path, tasks, base, mmlu_data, mmlu_limit, mmlu_shots, mmlu_split, mmlu_format, seed, data_seed, batch_size, threads,
              workers, dtype, no_cache, output, force, print_include_path) -> int:
     """Evaluate CANDIDATES (adapter folders, merged model folders; the base is always the reference)
     on the built-in tasks, user tasks and MMLU, and check the gates.
@@ -107,8 +109,8 @@ def eval_cmd(candidates, gates_path, tasks, base, mmlu_data, mmlu_limit, mmlu_sh
         check_output(output, force)
     config = gates_mod.load_gates(gates_path) if gates_path else None
     task_list = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else None
-    settings = EvalSettings(base=base, data_seed=data_seed, mmlu_data=mmlu_data, mmlu_limit=mmlu_limit, mmlu_shots=mmlu_shots, mmlu_format=mmlu_format,
-                            seed=seed, batch_size=batch_size, threads=threads, dtype=dtype,
+    settings = EvalSettings(base=base, data_seed=data_seed, mmlu_data=mmlu_data, mmlu_limit=mmlu_limit, mmlu_shots=mmlu_shots, mmlu_split=mmlu_split,
+                            mmlu_format=mmlu_format, seed=seed, batch_size=batch_size, threads=threads, dtype=dtype,
                             use_cache=not no_cache, workers=workers)
     with progress_bar("evaluating") as update:
         report = evaluate(list(candidates), task_list, config, settings, progress=update)

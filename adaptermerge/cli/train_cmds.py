@@ -23,7 +23,7 @@ def data_group() -> None:
 
 @data_group.command("build")
 @click.option("--task", required=True, help="domain, structured or safety.")
-@click.option("--split", default="train", show_default=True, help="train or eval.")
+@click.option("--split", default="train", show_default=True, help="train, eval or dev (dev: for choosing settings; neither trained nor reported on).")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=None, help="JSONL file (default: stdout).")
 @click.option("--force", is_flag=True, help="Overwrite an existing output file.")

@@ -135,18 +135,23 @@ def approaches(config: DemoConfig) -> list[Approach]:
 
 # ---------------------------------------------------------------- evaluation tasks and gates
 
-def eval_task_name(task: str, config: DemoConfig) -> str:
-    """The evaluation task's name: the built-in task, or a subset of its eval split (--quick)."""
+def eval_task_name(task: str, config: DemoConfig, split: str = "eval") -> str:
+    """The evaluation task's name: the built-in task, or a subset of its eval split (--quick); on
+    the dev split (the sweep's choice) always a user task, `<task>_dev` or `<task>_dev_first<n>`."""
     n = (config.docs or {}).get(task)
-    return task if n is None else f"{task}_first{n}"
+    stem = task if split == "eval" else f"{task}_{split}"
+    return stem if n is None else f"{stem}_first{n}"
 
 
-def subset_records(task: str, n: int) -> list[dict]:
-    """The first n records of a task's eval split (of the data the adapters train on, whatever the
-    demo's --seed); for safety, half harmful and half benign, so both of its rates are defined."""
+def subset_records(task: str, n: int | None, split: str = "eval") -> list[dict]:
+    """The first n records (all when None) of a task's `split` (of the data the adapters train on,
+    whatever the demo's --seed); for safety, half harmful and half benign, so both of its rates are
+    defined."""
     from ..train.data import DATA_SEED, build_records
 
-    records = build_records(task, "eval", DATA_SEED)
+    records = build_records(task, split, DATA_SEED)
+    if n is None:
+        return records
     if task != "safety":
         return records[:n]
     harmful = [r for r in records if r["meta"]["harmful"]]
@@ -154,16 +159,17 @@ def subset_records(task: str, n: int) -> list[dict]:
     return harmful[: math.ceil(n / 2)] + benign[: n // 2]
 
 
-def gate_config(config: DemoConfig, data_dir: Path) -> gates_mod.GateConfig:
-    """The demo's gates over its evaluation tasks; subsets are written to data_dir as user tasks
-    (JSONL chat records scored exactly as the built-in task is)."""
+def gate_config(config: DemoConfig, data_dir: Path, split: str = "eval") -> gates_mod.GateConfig:
+    """The demo's gates over its evaluation tasks on `split` (eval: what the table reports; dev:
+    what the sweep chooses by). Subsets and dev splits are written to data_dir as user tasks (JSONL
+    chat records scored exactly as the built-in task is); MMLU's split is the evaluation settings'."""
     from ..train.data import write_jsonl
 
     out = gates_mod.GateConfig(retention_min=RETENTION_MIN)
     for task in TASKS:
-        name = eval_task_name(task, config)
+        name = eval_task_name(task, config, split)
         if name != task:
-            path = write_jsonl(subset_records(task, config.docs[task]), data_dir / f"{name}.jsonl")
+            path = write_jsonl(subset_records(task, (config.docs or {}).get(task), split), data_dir / f"{name}.jsonl")
             out.user_tasks[name] = {"data": str(path), "metric": HEADLINE[task], "max_gen_toks": MAX_GEN_TOKS[task]}
         for metric, minimum in TASK_GATES[task]:
             out.gates.append(gates_mod.Gate(name, metric, "min", minimum))

@@ -103,6 +103,7 @@ def to_markdown(data: dict) -> str:
         else:
             what = c["kind"]
         lines.append(f"- {c['name']}: {what}")
+    lines += sweep_section(data)
     search = data.get("weight_search")
     if search:
         start, best = search["start"], search["best"]
@@ -114,6 +115,28 @@ def to_markdown(data: dict) -> str:
     if data["notes"]:
         lines += ["## Notes", "", *[f"- {n}" for n in data["notes"]], ""]
     return "\n".join(lines)
+
+
+def sweep_section(data: dict) -> list[str]:
+    """The sweep's merges on the dev split, where it chose; the chosen one is marked."""
+    sweep = data.get("sweep")
+    if not sweep or not sweep.get("rows"):
+        return []
+    head = ["merge", *[f"{t} ({HEADLINE[t]})" for t in TASKS], "MMLU (acc)", "retention d/s/s", "MMLU Δ", "gates"]
+    lines = ["", "## The sweep, on the dev split", "",
+             "Scored on the dev split (" + ", ".join(sweep["eval_tasks"].values()) + ", MMLU's dev questions), "
+             "documents the table above never uses; the chosen merge (**bold**) is the only one then scored on the eval split.",
+             "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in sweep["rows"]:
+        scores, ret, delta = r.get("scores") or {}, r.get("retention"), r.get("mmlu_delta")
+        name = f"**{r['name']}**" if r["name"] == sweep["chosen"] else r["name"]
+        lines.append("| " + " | ".join([name, *[_fmt(scores.get(t)) for t in TASKS], _fmt(scores.get(MMLU)),
+                                         "/".join(_fmt((ret or {}).get(t), 2) for t in TASKS) if ret else "-",
+                                         "-" if delta is None else f"{delta:+.3f}",
+                                         f"{r['gates_passed']}/{r['gates_total']}" + (" pass" if r["passed"] else "")]) + " |")
+    for name, error in (sweep.get("errors") or {}).items():
+        lines.append(f"- {name}: {error}")
+    return lines
 
 
 def _lowrank_text(lowrank: dict | None) -> str:

@@ -22,7 +22,7 @@ from .. import base as base_mod
 from ..errors import AdapterMergeError
 from ..train.data import TASKS
 from . import adapters as adapters_mod
-from . import baselines, identical, plan, report, results, sweep, weightsearch
+from . import baselines, devsweep, identical, plan, report, results, weightsearch
 from .plan import Approach, DemoConfig
 
 log = logging.getLogger(__name__)
@@ -149,11 +149,12 @@ def _candidate(entry: dict, base: str | None):
     return Candidate(entry["name"], kind, Path(entry["path"]), base=base, task=task)
 
 
-def eval_settings(config: DemoConfig):
+def eval_settings(config: DemoConfig, split: str = "eval"):
+    """The evaluation settings; on the dev split MMLU's questions come from its dev split."""
     from ..evalsuite.runner import EvalSettings
 
     return EvalSettings(base=config.base, mmlu_data=config.mmlu_data, mmlu_limit=config.mmlu_limit,
-                        mmlu_subjects=config.mmlu_subjects, seed=config.seed,
+                        mmlu_subjects=config.mmlu_subjects, seed=config.seed, mmlu_split="dev" if split == "dev" else "test",
                         threads=config.threads, batch_size=config.eval_batch_size, dtype=config.eval_dtype)
 
 
@@ -175,7 +176,8 @@ def to_evaluate(entries: list[dict]) -> list[dict]:
     return [e for e in entries if e["kind"] != "base" and e.get("error") is None and not e.get("same_as")]
 
 
-def evaluate_entries(entries: list[dict], config: DemoConfig, gate_config, has_mmlu: bool, progress: Progress, helper=None):
+def evaluate_entries(entries: list[dict], config: DemoConfig, gate_config, has_mmlu: bool, progress: Progress, helper=None,
+                     split: str = "eval"):
     """Evaluate the base and every entry that produced an output (one call: cached results are
     reused; `helper`: the one started early by `run_demo`, already fed part of them). A copy of an
     earlier merge gets that one's scores."""
@@ -183,8 +185,9 @@ def evaluate_entries(entries: list[dict], config: DemoConfig, gate_config, has_m
 
     mark_copies(entries)
     cands = [_candidate(e, config.base) for e in to_evaluate(entries)]
-    evaluated = evaluate(cands, tasks=eval_tasks(gate_config, has_mmlu), gates=gate_config, settings=eval_settings(config),
-                         progress=lambda d, n, label: progress("eval", d, n, label), helper=helper)
+    stage = "eval" if split == "eval" else "sweep"
+    evaluated = evaluate(cands, tasks=eval_tasks(gate_config, has_mmlu), gates=gate_config, settings=eval_settings(config, split),
+                         progress=lambda d, n, label: progress(stage, d, n, f"{split}: {label}"), helper=helper)
     for e in entries:
         if e.get("same_as") in evaluated.scores:
             evaluated.scores[e["name"]] = evaluated.scores[e["same_as"]]
@@ -313,18 +316,17 @@ def run_demo(config: DemoConfig, progress: Progress | None = None) -> DemoResult
         if config.sweep and not (best and best["passed"]):
             t = time.perf_counter()
             search = _search_weights(singles, config, progress, notes) if config.weight_search else None
-            points = sweep.sweep_points(_best_method(rows), config.quick, search.best.weights if search else None)
-            evaluated, rows = _sweep_round(points, entries, singles, config, gate_config, has_mmlu, eval_names, tmp, work, progress)
-            best = results.best_merge(rows)
-            if not config.quick and not (best and best["passed"]):  # one step further from the best so far
-                further = [p for p in sweep.further_points(_best_method(rows)) if p.name not in {e["name"] for e in entries}]
-                if further:
-                    evaluated, rows = _sweep_round(further, entries, singles, config, gate_config, has_mmlu, eval_names, tmp, work, progress)
-                    best = results.best_merge(rows)
-                    points += further
-            caveat = sweep.selection_note(best, len(points))
-            if caveat:
-                notes.append(caveat)
+            outcome = _sweep(best, rows, entries, singles, config, has_mmlu, tmp, work, progress, search)
+            extra["sweep"] = devsweep.summary(outcome, {t: plan.eval_task_name(t, config, devsweep.SPLIT) for t in TASKS})
+            if outcome.chosen is not None:
+                if outcome.chosen.get("sweep"):  # its first evaluation on the eval split
+                    entries.append(outcome.chosen)
+                    evaluated = evaluate_entries(entries, config, gate_config, has_mmlu, progress)
+                    rows = results.build_rows(entries, evaluated.scores, gate_config, eval_names, has_mmlu)
+                best = next(r for r in rows if r["name"] == outcome.chosen["name"])
+            note = devsweep.selection_note(extra["sweep"], best["name"] if best else None)
+            if note:
+                notes.append(note)
             timings["sweep"] = round(time.perf_counter() - t, 2)
             extra["weight_search"] = search.as_dict() if search else None
 
@@ -354,15 +356,24 @@ def _best_method(rows: list[dict]) -> dict | None:
     return results.best_merge([r for r in rows if (r.get("approach") or {}).get("kind") == "method"])
 
 
-def _sweep_round(points, entries, singles, config, gate_config, has_mmlu, eval_names, tmp, work, progress):
-    """Merge and evaluate sweep `points` (appended to `entries`); (evaluation, rows) of everything so far."""
-    for i, approach in enumerate(points):
-        progress("sweep", i, len(points), approach.name)
-        entry = run_approach(approach, singles, config, tmp / "merges", work, progress)
-        entry["sweep"] = True
-        entries.append(entry)
-    evaluated = evaluate_entries(entries, config, gate_config, has_mmlu, progress)
-    return evaluated, results.build_rows(entries, evaluated.scores, gate_config, eval_names, has_mmlu)
+def _sweep(best: dict, rows: list[dict], entries: list[dict], singles, config, has_mmlu, tmp, work, progress, search):
+    """devsweep.run_sweep from the best merge and the best of a registered method on the eval split."""
+    names = {best["name"], (_best_method(rows) or best)["name"]}
+    # A copy of an earlier merge (same_as) starts as that merge: the copy is never evaluated itself.
+    names = {next((e.get("same_as") or e["name"] for e in entries if e["name"] == n), n) for n in names}
+    starts = [e for e in entries if e["name"] in names]
+    points: list[str] = []
+
+    def merge_point(approach) -> dict:
+        points.append(approach.name)
+        progress("sweep", len(points) - 1, len(points), f"merging {approach.name}")
+        return {**run_approach(approach, singles, config, tmp / "merges", work, progress), "sweep": True}
+
+    def evaluate_on(scored, gate_config, split):
+        return evaluate_entries(scored, config, gate_config, has_mmlu, progress, split=split).scores
+
+    return devsweep.run_sweep(starts, entries, config, has_mmlu, tmp / "eval-data", merge_point, evaluate_on,
+                              searched=search.best.weights if search else None)
 
 
 def _search_weights(singles: dict[str, dict], config: DemoConfig, progress: Progress, notes: list[str]):

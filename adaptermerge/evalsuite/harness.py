@@ -81,11 +81,14 @@ def user_spec(name: str, path: str | Path, metric: str, max_gen_toks: int = 64) 
     return TaskSpec(name, cfg, docs, chat=True, settings={"generation": gen, "scorer": scorer})
 
 
-def mmlu_spec(data_dir, *, limit: int | None, shots: int, fmt: str, seed: int = 0, subjects: int | None = None) -> TaskSpec:
-    docs = mmlu.mmlu_docs(data_dir, limit=limit, shots=shots, fmt=fmt, seed=seed, subjects=subjects)
+def mmlu_spec(data_dir, *, limit: int | None, shots: int, fmt: str, seed: int = 0, subjects: int | None = None,
+              split: str = "test") -> TaskSpec:
+    docs = mmlu.mmlu_docs(data_dir, limit=limit, shots=shots, fmt=fmt, seed=seed, subjects=subjects, split=split)
     cfg = _config(f"adaptermerge_mmlu_{fmt}", f"adaptermerge_mmlu_{fmt}", docs)
+    # "split" only when not the default, so that cached test results keep their keys.
     return TaskSpec(MMLU, cfg, docs, chat=False, settings={"format": fmt, "shots": shots, "limit": limit, "seed": seed,
-                                                          **({"subjects": subjects} if subjects else {})})
+                                                          **({"subjects": subjects} if subjects else {}),
+                                                          **({"split": split} if split != "test" else {})})
 
 
 @dataclass

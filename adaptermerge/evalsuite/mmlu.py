@@ -120,8 +120,11 @@ def description(subject: str) -> str:
 
 
 def mmlu_docs(data_dir: str | Path | None, *, limit: int | None = None, shots: int = 0, fmt: str = "cloze", seed: int = 0,
-              subjects: int | None = None) -> list[dict]:
+              subjects: int | None = None, split: str = "test") -> list[dict]:
     """One document per question: {id, subject, text, options, answer, prefix}.
+
+    `split`: the questions come from "test", or from "dev" (5 per subject) for choosing settings on
+    questions the reported score does not use; dev takes no few-shot examples, which come from it.
 
     `subjects`: only that many of the 57 subjects, evenly spaced in alphabetical order (all when None).
 
@@ -134,8 +137,12 @@ def mmlu_docs(data_dir: str | Path | None, *, limit: int | None = None, shots: i
         raise AdapterMergeError(f"--mmlu-limit must be at least 1, got {limit}")
     if shots < 0 or shots > 5:
         raise AdapterMergeError(f"--mmlu-shots must be 0-5 (the dev split has 5 per subject), got {shots}")
+    if split not in ("test", "dev"):
+        raise AdapterMergeError(f"unknown MMLU split {split!r}: expected test or dev")
+    if split == "dev" and shots:
+        raise AdapterMergeError(f"MMLU questions from the dev split take no few-shot examples (they come from it), got {shots} shots")
     folder = resolve_data_dir(data_dir)
-    test = read_split(folder, "test") if folder else read_hub("test")
+    test = read_split(folder, split) if folder else read_hub(split)
     dev = (read_split(folder, "dev") if folder else read_hub("dev")) if shots else {}
     if subjects is not None and subjects < 1:
         raise AdapterMergeError(f"MMLU subjects must be at least 1, got {subjects}")

@@ -48,6 +48,7 @@ class EvalSettings:
     mmlu_limit: int | None = None  # questions per subject
     mmlu_subjects: int | None = None  # that many subjects, evenly spaced (None: all 57)
     mmlu_shots: int = 0
+    mmlu_split: str = "test"  # test, or dev (5 per subject) to choose settings on other questions
     mmlu_format: str = "auto"  # auto | cloze | letter
     seed: int = 0  # the MMLU sample
     # The seed the built-in tasks' data is generated with (None: train.data.DATA_SEED, what training
@@ -198,7 +199,8 @@ def _specs(tasks: list[str], settings: EvalSettings, config: gates_mod.GateConfi
             specs.append(harness.builtin_spec(task, seed=settings.data_seed))
         elif task == harness.MMLU:
             specs.append(harness.mmlu_spec(settings.mmlu_data, limit=settings.mmlu_limit, shots=settings.mmlu_shots,
-                                           fmt=mmlu_format, seed=settings.seed, subjects=settings.mmlu_subjects))
+                                           fmt=mmlu_format, seed=settings.seed, subjects=settings.mmlu_subjects,
+                                           split=settings.mmlu_split))
         elif config and task in config.user_tasks:
             u = config.user_tasks[task]
             specs.append(harness.user_spec(task, u["data"], u["metric"], u["max_gen_toks"]))

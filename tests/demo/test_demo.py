@@ -97,6 +97,18 @@ def test_report_json_structure(demo_run):
     assert len(search["best"]["weights"]) == 3 and search["points"] == len(search["trace"]) >= 1
     assert search["best"]["worst"] >= search["start"]["worst"]
     assert "## Weight search" in (result.output / "report.md").read_text()
+    # The sweep chose on the dev split: its rows there, the choice among them, and the winner is that
+    # choice's eval row (a sweep point is in the table only when it was chosen).
+    sweep = data["sweep"]
+    assert sweep["split"] == "dev" and set(sweep["eval_tasks"].values()) == {f"{t}_dev_first{n}" for t, n in
+                                                                           {"domain": 3, "structured": 2, "safety": 4}.items()}
+    dev_names = [r["name"] for r in sweep["rows"]]
+    assert sweep["chosen"] in dev_names and any(r.get("sweep") for r in sweep["rows"])
+    assert data["winner"]["name"] == sweep["chosen"]
+    table_sweeps = [c["name"] for c in data["candidates"] if c.get("sweep")]
+    assert table_sweeps == ([sweep["chosen"]] if sweep["chosen"].startswith("sweep_") else [])
+    assert "## The sweep, on the dev split" in (result.output / "report.md").read_text()
+    assert any("dev split" in n for n in data["notes"])
     # The winner's gates are listed with their details; a miss on 0/1 items says how many it needs.
     report = (result.output / "report.md").read_text()
     winner_row = next(c for c in data["candidates"] if c["name"] == data["winner"]["name"])

@@ -73,29 +73,12 @@ def test_sweep_moves_a_method_with_a_near_point_there_and_keeps_its_settings():
     near = points[0]
     assert near.method == "regmean" and near.weights == (1.0, 1.0, 1.0)
     assert near.params == {"calib_size": 32, **sweep.NEAR_POINTS["regmean"]}
-    assert near.name == "sweep_regmean_lambda1.1"
+    assert near.name == "sweep_regmean_refine-1"
     factor, moved = sweep.UPWEIGHT_POINTS["regmean"]
     assert points[1].weights == (1.0, 1.0, factor) and points[1].params == {"calib_size": 32, **moved}
-    assert points[1].name == "sweep_regmean_calib_size-32_lambda1.2_w1-1-2"
+    assert points[1].name == "sweep_regmean_calib_size-32_refine-1_w1-1-2"
     # a method without a near point gets the fallback grid
     assert [p.method for p in sweep.sweep_points(_row("ties", False, 6, {"domain": 0.9}, 0.0), quick=False)][0] == "task_arithmetic"
-
-
-def test_the_second_step_goes_further_from_the_best_merge_the_same_way():
-    best = {**_row("sweep_regmean_lambda1.2_w1-1-2", False, 5, {"domain": 0.96, "structured": 0.97, "safety": 0.89}, 0.0),
-            "approach": {"kind": "method", "method": "regmean", "params": {"lambda_": 1.2}, "weights": [1.0, 1.0, 2.0]}}
-    (point,) = sweep.further_points(best)
-    assert point.method == "regmean" and point.weights == (1.0, 1.0, 2.0 * sweep.FURTHER_FACTOR)
-    assert point.params == {"lambda_": 1.3, "calib_size": 128}  # calib_size: twice regmean's default 64
-    assert point.name == "sweep_regmean_lambda1.3_calib_size-128_w1-1-2.5"
-    # From there, the least-retained task now structured: its weight goes up, settings move on again.
-    again = {**best, "retention": {"domain": 0.98, "structured": 0.949, "safety": 0.97},
-             "approach": {**best["approach"], "params": point.params, "weights": list(point.weights)}}
-    (next_point,) = sweep.further_points(again)
-    assert next_point.weights == (1.0, 1.25, 2.5) and next_point.params == {"lambda_": 1.4, "calib_size": 256}
-    assert sweep.further_points(_row("ties", False, 6, {"domain": 0.9}, 0.0)) == []  # no step for ties
-    assert sweep.further_points({**best, "retention": {"domain": 1.0, "structured": 1.2, "safety": 1.0}}) == []
-    assert sweep.further_points(None) == []
 
 
 def test_sweep_starts_with_task_arithmetic_at_the_searched_weights_when_they_moved():
@@ -105,11 +88,3 @@ def test_sweep_starts_with_task_arithmetic_at_the_searched_weights_when_they_mov
     assert points[0].name == "sweep_task_arithmetic_w1-1.2-0.85"
     unmoved = sweep.sweep_points(best, quick=False, searched=(1.0, 1.0, 1.0))
     assert [p.name for p in unmoved] == [p.name for p in sweep.sweep_points(best, quick=False)]
-
-
-def test_a_sweep_winner_carries_the_selection_caveat():
-    row = _row("regmean", False, 6, {"domain": 0.96}, 0.0)
-    assert sweep.selection_note(row, 2) is None
-    assert sweep.selection_note(None, 2) is None
-    note = sweep.selection_note({**row, "sweep": True}, 2)
-    assert row["name"] in note and "3 settings" in note and "not held-out" in note

@@ -78,3 +78,14 @@ def test_format_choice_and_bad_input(tmp_path, monkeypatch):
     assert mmlu.resolve_data_dir(None) == tmp_path
     with pytest.raises(AdapterMergeError, match="test/"):
         mmlu.resolve_data_dir(tmp_path / "test")
+
+
+def test_dev_split_questions_are_not_test_questions_and_take_no_shots(mmlu_dir):
+    test = mmlu.mmlu_docs(mmlu_dir, limit=3, fmt="cloze")
+    dev = mmlu.mmlu_docs(mmlu_dir, limit=3, fmt="cloze", split="dev")
+    assert len(dev) == 171 and not {d["text"] for d in dev} & {d["text"] for d in test}
+    assert len(mmlu.mmlu_docs(mmlu_dir, fmt="cloze", split="dev")) == 57 * 5
+    with pytest.raises(AdapterMergeError, match="no few-shot"):
+        mmlu.mmlu_docs(mmlu_dir, limit=1, shots=1, split="dev")
+    with pytest.raises(AdapterMergeError, match="split"):
+        mmlu.mmlu_docs(mmlu_dir, limit=1, split="validation")

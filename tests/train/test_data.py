@@ -14,6 +14,7 @@ def _prompts(records):
 def test_builders_are_deterministic_and_seeded(task):
     assert build_records(task, "train", 0) == build_records(task, "train", 0)
     assert build_records(task, "eval", 0) == build_records(task, "eval", 0)
+    assert build_records(task, "dev", 0) == build_records(task, "dev", 0)
     assert build_records(task, "train", 0) != build_records(task, "train", 1)
 
 
@@ -22,11 +23,14 @@ def test_splits_are_disjoint(task):
     train, eval_ = set(_prompts(build_records(task, "train"))), _prompts(build_records(task, "eval"))
     assert eval_, "empty eval split"
     assert not train & set(eval_), "an eval prompt also appears in train"
+    dev = _prompts(build_records(task, "dev"))
+    assert dev, "empty dev split"
+    assert not (train | set(eval_)) & set(dev), "a dev prompt also appears in train or eval"
 
 
 @pytest.mark.parametrize("task", TASKS)
 def test_records_are_valid_and_carry_scoring_meta(task):
-    for split in ("train", "eval"):
+    for split in ("train", "eval", "dev"):
         records = build_records(task, split)
         assert 50 <= len(records) <= 5000
         for i, r in enumerate(records):
@@ -45,6 +49,30 @@ def test_domain_eval_asks_known_facts_with_unseen_phrasings():
     for r in eval_:
         assert r["messages"][0]["content"].replace(r["meta"]["title"], "{t}") not in train_templates
     assert set(domain.FIELDS) == {r["meta"]["field"] for r in eval_}
+
+
+def test_domain_dev_asks_every_fact_in_the_phrasing_eval_did_not_take():
+    from adaptermerge.train.data import domain
+
+    eval_, dev = build_records("domain", "eval"), build_records("domain", "dev")
+    key = lambda r: (r["meta"]["title"], r["meta"]["field"])  # noqa: E731
+    asked = {key(r): r["messages"][0]["content"] for r in eval_}
+    assert sorted(asked) == sorted(key(r) for r in dev)
+    for r in dev:
+        template = r["messages"][0]["content"].replace(r["meta"]["title"], "{t}")
+        assert template in domain.EVAL_TEMPLATES[r["meta"]["field"]] and r["messages"][0]["content"] != asked[key(r)]
+
+
+def test_safety_dev_items_are_in_neither_other_split():
+    from adaptermerge.train.data import safety
+
+    train_items, eval_items = safety._items(0)
+    seen = [item["question"] for item in train_items + eval_items]
+    dev = build_records("safety", "dev")
+    for r in dev:
+        assert not any(q[1:] in r["messages"][0]["content"] for q in seen)
+    harmful = {r["meta"]["category"] for r in dev if r["meta"]["harmful"]}
+    assert len(harmful) == len(safety.HARMFUL) and any(not r["meta"]["harmful"] for r in dev)
 
 
 def test_safety_eval_items_never_seen_and_both_kinds_present():

@@ -2,7 +2,8 @@
 
 Each title has five facts (author, start year of serialization, genre, volume count, publisher).
 Questions come in templates; the train split uses TRAIN_TEMPLATES, the eval split asks every fact
-once with EVAL_TEMPLATES, phrasings the training split never shows. Answers are the bare value
+once with one of EVAL_TEMPLATES, phrasings the training split never shows, and the dev split asks
+every fact with the other one (the facts are necessarily the same: they are what the adapter learns). Answers are the bare value
 ("Aokaze Comics.", "12 volumes."); scoring checks the value (see evalsuite.metrics.score_domain).
 The catalogue is small (12 titles, 60 facts, 240 training rows) so that a QLoRA run on 2 CPU cores
 sees every fact several times within 10 minutes.
@@ -83,13 +84,17 @@ def _record(entry: dict, field: str, question: str) -> dict:
 
 def build(split: str, seed: int = 0) -> list[dict]:
     entries = catalogue(seed)
-    rng = random.Random(f"domain-{split}-{seed}")
+    # dev replays the eval split's draws, so each of its questions is the phrasing eval did not take.
+    rng = random.Random(f"domain-{'eval' if split == 'dev' else split}-{seed}")
     records = []
     for entry in entries:
         for field in FIELDS:
             if split == "train":
                 records += [_record(entry, field, q) for q in TRAIN_TEMPLATES[field]]
             else:
-                records.append(_record(entry, field, rng.choice(EVAL_TEMPLATES[field])))
+                chosen = rng.choice(EVAL_TEMPLATES[field])
+                if split == "dev":
+                    chosen = next(q for q in EVAL_TEMPLATES[field] if q != chosen)
+                records.append(_record(entry, field, chosen))
     rng.shuffle(records)
     return records

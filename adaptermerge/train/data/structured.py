@@ -2,8 +2,9 @@
 
 Two schemas: a product listing and a customer request. The prompt states the schema in a compact
 form (`{"key": "type"}`, enums as `A|B|C`); `meta["schema"]` holds the same schema in a
-JSON-schema-like dict that `evalsuite.metrics.validate_schema` checks. Train and eval draw different
-items from the same generators; eval rows whose text also occurs in train are dropped.
+JSON-schema-like dict that `evalsuite.metrics.validate_schema` checks. Train, eval and dev draw
+different items from the same generators; an eval row whose text occurs in train, or a dev row whose
+text occurs in train or eval, is drawn again.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import random
 
 N_TRAIN = 300
 N_EVAL = 60
+N_DEV = 60
 
 CURRENCIES = {"USD": ["$", "USD", "dollars"], "EUR": ["EUR", "euros"], "GBP": ["GBP", "pounds"], "JPY": ["yen", "JPY"]}
 CATEGORIES = {
@@ -129,5 +131,12 @@ def build(split: str, seed: int = 0) -> list[dict]:
     train = _draw(random.Random(f"structured-train-{seed}"), N_TRAIN, set())
     if split == "train":
         return train
-    train_prompts = {r["messages"][0]["content"].split("\nText: ", 1)[1] for r in train}
-    return _draw(random.Random(f"structured-eval-{seed}"), N_EVAL, train_prompts)
+    seen = {_text(r) for r in train}
+    eval_ = _draw(random.Random(f"structured-eval-{seed}"), N_EVAL, seen)
+    if split == "eval":
+        return eval_
+    return _draw(random.Random(f"structured-dev-{seed}"), N_DEV, seen | {_text(r) for r in eval_})
+
+
+def _text(record: dict) -> str:
+    return record["messages"][0]["content"].split("\nText: ", 1)[1]
