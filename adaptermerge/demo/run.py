@@ -356,9 +356,10 @@ def _best_method(rows: list[dict]) -> dict | None:
     return results.best_merge([r for r in rows if (r.get("approach") or {}).get("kind") == "method"])
 
 
-def _sweep(best: dict, rows: list[dict], entries: list[dict], singles, config, has_mmlu, tmp, work, progress, search):
-    """devsweep.run_sweep from the best merge and the best of a registered method on the eval split."""
-    names = {best["name"], (_best_method(rows) or best)["name"]}
+def _sweep(best: dict | None, rows: list[dict], entries: list[dict], singles, config, has_mmlu, tmp, work, progress, search):
+    """devsweep.run_sweep from the best merge and the best of a registered method on the eval split
+    (none when no merge gave a usable result: then only the sweep's fallback points)."""
+    names = {r["name"] for r in (best, _best_method(rows)) if r is not None}
     # A copy of an earlier merge (same_as) starts as that merge: the copy is never evaluated itself.
     names = {next((e.get("same_as") or e["name"] for e in entries if e["name"] == n), n) for n in names}
     starts = [e for e in entries if e["name"] in names]

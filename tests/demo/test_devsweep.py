@@ -70,3 +70,16 @@ def test_the_sweep_chooses_by_the_dev_split_only(tmp_path: Path, point_wins: boo
     note = devsweep.selection_note(data, outcome.chosen["name"])
     assert "dev split" in note and ("a sweep point" if point_wins else "started from") in note
     assert (tmp_path / "data" / "structured_dev_first4.jsonl").is_file()
+
+
+def test_without_a_usable_merge_the_sweep_chooses_nothing(tmp_path: Path):
+    config = plan.DemoConfig(output=tmp_path / "out", quick=True, docs={"domain": 4, "structured": 4, "safety": 4}).checked()
+    entries = [_entry("base", "base")] + [_entry(t, "adapter") for t in TASKS]
+
+    def evaluate_on(scored, gate_config, split):
+        names = {t: plan.eval_task_name(t, config, split) for t in TASKS}
+        return {e["name"]: _model(names, 0.5, 0.5, 0.5, 1.0, 0.3) for e in scored}
+
+    outcome = devsweep.run_sweep([], entries, config, True, tmp_path / "data", lambda a: pytest.fail("no point to merge"), evaluate_on)
+    assert outcome.chosen is None and outcome.dev_rows == []
+    assert devsweep.selection_note(devsweep.summary(outcome, {}), None) == "the sweep produced no usable merge"
