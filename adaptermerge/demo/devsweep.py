@@ -54,10 +54,12 @@ def run_sweep(starts: list[dict], entries: list[dict], config, has_mmlu: bool, d
 
 
 def summary(outcome: SweepOutcome, names: dict[str, str]) -> dict:
-    """report.json's `sweep`: the split it chose on, its rows there (scores, retention, gates), the choice."""
+    """report.json's `sweep`: the split it chose on, its rows there (scores, retention, gates and the
+    rules each missed: the choice is the nearest miss, so which gates matter), the choice."""
     keep = ("name", "approach", "scores", "retention", "mmlu_delta", "gates_passed", "gates_total", "passed", "sweep")
     return {"split": SPLIT, "eval_tasks": names, "chosen": outcome.chosen["name"] if outcome.chosen else None,
-            "rows": [{k: r.get(k) for k in keep} for r in outcome.dev_rows],
+            "rows": [{**{k: r.get(k) for k in keep}, "missed": [g["rule"] for g in r.get("gates") or [] if not g["passed"]]}
+                     for r in outcome.dev_rows],
             "errors": {p["name"]: p["error"] for p in outcome.points if p.get("error")}}
 
 

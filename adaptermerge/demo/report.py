@@ -122,7 +122,7 @@ def sweep_section(data: dict) -> list[str]:
     sweep = data.get("sweep")
     if not sweep or not sweep.get("rows"):
         return []
-    head = ["merge", *[f"{t} ({HEADLINE[t]})" for t in TASKS], "MMLU (acc)", "retention d/s/s", "MMLU Δ", "gates"]
+    head = ["merge", *[f"{t} ({HEADLINE[t]})" for t in TASKS], "MMLU (acc)", "retention d/s/s", "MMLU Δ", "gates", "missed on dev"]
     lines = ["", "## The sweep, on the dev split", "",
              "Scored on the dev split (" + ", ".join(sweep["eval_tasks"].values()) + ", MMLU's dev questions), "
              "documents the table above never uses; the chosen merge (**bold**) is the only one then scored on the eval split.",
@@ -133,7 +133,8 @@ def sweep_section(data: dict) -> list[str]:
         lines.append("| " + " | ".join([name, *[_fmt(scores.get(t)) for t in TASKS], _fmt(scores.get(MMLU)),
                                          "/".join(_fmt((ret or {}).get(t), 2) for t in TASKS) if ret else "-",
                                          "-" if delta is None else f"{delta:+.3f}",
-                                         f"{r['gates_passed']}/{r['gates_total']}" + (" pass" if r["passed"] else "")]) + " |")
+                                         f"{r['gates_passed']}/{r['gates_total']}" + (" pass" if r["passed"] else ""),
+                                         "; ".join(r.get("missed") or []) or "-"]) + " |")
     for name, error in (sweep.get("errors") or {}).items():
         lines.append(f"- {name}: {error}")
     return lines

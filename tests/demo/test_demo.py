@@ -191,3 +191,17 @@ def test_merges_with_the_same_weights_are_evaluated_once(demo_run):
         if row.get("same_as"):
             assert row["scores"] == rows[row["same_as"]]["scores"] and row["probe_difference"] < 1e-4
     assert "sequential (= task_arithmetic)" in (result.output / "report.md").read_text()
+
+
+def test_the_verdict_tells_the_targets_from_the_preset_minimums():
+    from adaptermerge.cli.demo_cmds import _verdict
+
+    def gate(kind, passed):
+        return {"kind": kind, "passed": passed}
+
+    targets = [gate("retention", True), gate("max_drop", True)]
+    assert _verdict(targets + [gate("min", True)]) == "passes every gate"
+    missed_min = _verdict(targets + [gate("min", False)])
+    assert "retention and MMLU targets met" in missed_min and "preset minimums missed" in missed_min
+    missed_target = _verdict([gate("retention", False), gate("max_drop", True), gate("min", True)])
+    assert "targets missed" in missed_target and "preset minimums met" in missed_target

@@ -67,6 +67,9 @@ def test_the_sweep_chooses_by_the_dev_split_only(tmp_path: Path, point_wins: boo
     assert [r["name"] for r in outcome.dev_rows] == ["regmean", merged[0].name]
     data = devsweep.summary(outcome, {t: f"{t}_dev" for t in TASKS})
     assert data["split"] == "dev" and data["chosen"] == outcome.chosen["name"]
+    missed = {r["name"]: r["missed"] for r in data["rows"]}
+    assert any("safety_dev_first4.refusal_rate" in rule for rule in missed["regmean"])  # refuses 0.5 of 4
+    assert (missed[merged[0].name] == []) == point_wins
     note = devsweep.selection_note(data, outcome.chosen["name"])
     assert "dev split" in note and ("a sweep point" if point_wins else "started from") in note
     assert (tmp_path / "data" / "structured_dev_first4.jsonl").is_file()
