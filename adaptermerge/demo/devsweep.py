@@ -25,6 +25,7 @@ SPLIT = "dev"
 class SweepOutcome:
     chosen: dict | None  # the chosen merge's entry (a sweep point, or one the sweep started from)
     dev_rows: list[dict]  # the merges' rows on the dev split, in the order scored
+    eval_tasks: dict[str, str]  # task -> its evaluation task name on the dev split
     points: list[dict] = field(default_factory=list)  # the sweep points' entries (all merged, scored on dev)
 
 
@@ -50,14 +51,14 @@ def run_sweep(starts: list[dict], entries: list[dict], config, has_mmlu: bool, d
     best = results.best_merge(dev_rows)
     merges = [r for r in dev_rows if r["kind"] == "merge"]
     chosen = None if best is None else next(e for e in scored if e["name"] == best["name"])
-    return SweepOutcome(chosen, merges, points)
+    return SweepOutcome(chosen, merges, names, points)
 
 
-def summary(outcome: SweepOutcome, names: dict[str, str]) -> dict:
+def summary(outcome: SweepOutcome) -> dict:
     """report.json's `sweep`: the split it chose on, its rows there (scores, retention, gates and the
     rules each missed: the choice is the nearest miss, so which gates matter), the choice."""
     keep = ("name", "approach", "scores", "retention", "mmlu_delta", "gates_passed", "gates_total", "passed", "sweep")
-    return {"split": SPLIT, "eval_tasks": names, "chosen": outcome.chosen["name"] if outcome.chosen else None,
+    return {"split": SPLIT, "eval_tasks": outcome.eval_tasks, "chosen": outcome.chosen["name"] if outcome.chosen else None,
             "rows": [{**{k: r.get(k) for k in keep}, "missed": [g["rule"] for g in r.get("gates") or [] if not g["passed"]]}
                      for r in outcome.dev_rows],
             "errors": {p["name"]: p["error"] for p in outcome.points if p.get("error")}}

@@ -317,7 +317,7 @@ def run_demo(config: DemoConfig, progress: Progress | None = None) -> DemoResult
             t = time.perf_counter()
             search = _search_weights(singles, config, progress, notes) if config.weight_search else None
             outcome = _sweep(best, rows, entries, singles, config, has_mmlu, tmp, work, progress, search)
-            extra["sweep"] = devsweep.summary(outcome, {t: plan.eval_task_name(t, config, devsweep.SPLIT) for t in TASKS})
+            extra["sweep"] = devsweep.summary(outcome)
             if outcome.chosen is not None:
                 if outcome.chosen.get("sweep"):  # its first evaluation on the eval split
                     entries.append(outcome.chosen)
@@ -363,11 +363,9 @@ def _sweep(best: dict | None, rows: list[dict], entries: list[dict], singles, co
     # A copy of an earlier merge (same_as) starts as that merge: the copy is never evaluated itself.
     names = {next((e.get("same_as") or e["name"] for e in entries if e["name"] == n), n) for n in names}
     starts = [e for e in entries if e["name"] in names]
-    points: list[str] = []
 
     def merge_point(approach) -> dict:
-        points.append(approach.name)
-        progress("sweep", len(points) - 1, len(points), f"merging {approach.name}")
+        progress("sweep", 0, 0, f"merging {approach.name}")  # total 0: a bar without a count
         return {**run_approach(approach, singles, config, tmp / "merges", work, progress), "sweep": True}
 
     def evaluate_on(scored, gate_config, split):

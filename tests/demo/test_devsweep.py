@@ -65,7 +65,8 @@ def test_the_sweep_chooses_by_the_dev_split_only(tmp_path: Path, point_wins: boo
     assert len(merged) == 1 and merged[0].weights[2] > merged[0].weights[0]  # safety, kept least on dev, up-weighted
     assert outcome.chosen["name"] == (merged[0].name if point_wins else "regmean")
     assert [r["name"] for r in outcome.dev_rows] == ["regmean", merged[0].name]
-    data = devsweep.summary(outcome, {t: f"{t}_dev" for t in TASKS})
+    data = devsweep.summary(outcome)
+    assert data["eval_tasks"] == {t: f"{t}_dev_first4" for t in TASKS}
     assert data["split"] == "dev" and data["chosen"] == outcome.chosen["name"]
     missed = {r["name"]: r["missed"] for r in data["rows"]}
     assert any("safety_dev_first4.refusal_rate" in rule for rule in missed["regmean"])  # refuses 0.5 of 4
@@ -85,4 +86,4 @@ def test_without_a_usable_merge_the_sweep_chooses_nothing(tmp_path: Path):
 
     outcome = devsweep.run_sweep([], entries, config, True, tmp_path / "data", lambda a: pytest.fail("no point to merge"), evaluate_on)
     assert outcome.chosen is None and outcome.dev_rows == []
-    assert devsweep.selection_note(devsweep.summary(outcome, {}), None) == "the sweep produced no usable merge"
+    assert devsweep.selection_note(devsweep.summary(outcome), None) == "the sweep produced no usable merge"
