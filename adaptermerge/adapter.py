@@ -15,15 +15,18 @@ import json
 import logging
 import math
 import re
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import torch
 from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 
+from .base import EMBEDDED_ID, is_embedded
 from .errors import AdapterMergeError
-from .fileio import read_json_object, sha256_file
+from .fileio import atomic_dir, read_json_object, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +108,8 @@ class Adapter:
     """A LoRA adapter: name, base model id, `{module: LoraFactors}` (read lazily), config, metadata.
 
     Build one with `load_adapter(path)` or `Adapter.from_factors(...)`; write it with `save(path)`.
+    `inputs` are the files and folders it was read or made from (its own file or folder, a
+    merge's input adapters and base model folder): `save` never writes over or into them.
     """
 
     def __init__(
@@ -117,6 +122,7 @@ class Adapter:
         base_model: str | None,
         source: Path | None = None,
         metadata: dict | None = None,
+        inputs: Iterable[str | Path] = (),
     ):
         self.name = name
         self.specs = specs
@@ -125,6 +131,7 @@ class Adapter:
         self.base_model = base_model
         self.source = source
         self.metadata = metadata or {}
+        self.inputs: tuple[Path, ...] = (*((Path(source),) if source is not None else ()), *(Path(p) for p in inputs))
         self.is_dora = any(s.keys.get("magnitude") for s in specs.values())
 
     # -- reading ---------------------------------------------------------------------------
@@ -182,9 +189,11 @@ class Adapter:
         base_model: str | None,
         config: dict | None = None,
         metadata: dict | None = None,
+        inputs: Iterable[str | Path] = (),
     ) -> "Adapter":
         """An in-memory adapter (e.g. a merge result). Tensors are stored with scale folded in
-        when saved; `config` may carry extra PEFT fields (task_type...)."""
+        when saved; `config` may carry extra PEFT fields (task_type...); `inputs`: what it was made
+        from, which `save` refuses to write over."""
         tensors: dict[str, torch.Tensor] = {}
         specs = {}
         for module, f in factors.items():
@@ -193,13 +202,11 @@ class Adapter:
             if f.is_dora:
                 tensors[keys["magnitude"]] = f.magnitude
             specs[module] = ModuleSpec(module, f.rank, f.alpha, f.scale, f.shape, keys)
-        return cls(name, specs, tensors.__getitem__, config=dict(config or {}), base_model=base_model, metadata=metadata)
+        return cls(name, specs, tensors.__getitem__, config=dict(config or {}), base_model=base_model, metadata=metadata, inputs=inputs)
 
     def peft_config(self) -> dict:
         """adapter_config.json for this adapter. Each module's alpha is written so that its scale
         comes out exactly (alpha = scale * r, no rsLoRA), with per-module rank/alpha patterns."""
-        from collections import Counter
-
         ranks = Counter(s.rank for s in self.specs.values())
         r = ranks.most_common(1)[0][0]
         alpha_of = {m: s.scale * s.rank for m, s in self.specs.items()}
@@ -236,12 +243,9 @@ class Adapter:
         return out
 
     def save(self, path: str | Path, *, force: bool = False, extra_files: dict[str, str] | None = None) -> Path:
-        """Write a PEFT adapter folder atomically (temp folder, then rename)."""
-        from safetensors.torch import save_file
-
-        from .fileio import atomic_dir
-
-        with atomic_dir(path, force=force) as tmp:
+        """Write a PEFT adapter folder atomically (temp folder, then rename). `path` may not be
+        one of this adapter's `inputs`, nor inside or above one, even with force."""
+        with atomic_dir(path, force=force, inputs=self.inputs) as tmp:
             save_file(self.state_dict(), str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
             (tmp / CONFIG_NAME).write_text(json.dumps(self.peft_config(), indent=2) + "\n")
             for name, text in (extra_files or {}).items():
@@ -434,8 +438,6 @@ def load_adapter(path: str | Path, *, alpha: float | None = None, name: str | No
 def canonical_base(name: str | None) -> str | None:
     """Compare base models by their last path component, case-insensitively: a hub id and a local
     copy of it (`meta-llama/Llama-3.1-8B` and `/models/Llama-3.1-8B`) count as the same base."""
-    from .base import EMBEDDED_ID, is_embedded
-
     if name is None:
         return None
     if is_embedded(name):

@@ -141,7 +141,7 @@ def resolve_dtype(name: str) -> str:
 def cpu_has_native_bf16() -> bool:
     """AVX512-BF16 or AMX: bf16 matmuls in hardware. Not oneDNN's own `_is_mkldnn_bf16_supported`,
     which is true on any AVX512 CPU and emulates bf16 there: on an AVX512 Xeon without AVX512-BF16
-    (2026-12-02) a 2048^2 bf16 matmul took 0.55 s against 0.14 s in float32."""
+    a 2048^2 bf16 matmul took 0.55 s against 0.14 s in float32."""
     import torch
 
     probes = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]

@@ -15,9 +15,11 @@ records and the settings, so a sweep over weights computes them once.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import logging
 import random
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -25,10 +27,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from . import base as base_mod
 from .adapter import Adapter
+from .chat.data import build_records
+from .chat.digest import model_fingerprint, sha256_text, weights_digest
+from .chat.records import jsonl_text, read_jsonl
+from .chat.tokens import collate, tokenize_record
 from .errors import AdapterMergeError
+from .fileio import atomic_file, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +65,6 @@ def _sample(records: list[dict], size: int, seed: int, label: str) -> list[dict]
 
 
 def _described(records: list[dict], source: str) -> Calibration:
-    from .train.records import jsonl_text, sha256_text
-
     if not records:
         raise AdapterMergeError(f"calibration data {source}: no records")
     return Calibration(records, source, sha256_text(jsonl_text(records)))
@@ -65,8 +72,6 @@ def _described(records: list[dict], source: str) -> Calibration:
 
 def from_file(path: str | Path, size: int, seed: int) -> Calibration:
     """`size` records of a JSONL file of chat records ({"messages": [...]} per line)."""
-    from .train.records import read_jsonl
-
     records = read_jsonl(path)
     return _described(_sample(records, size, seed, str(path)), str(Path(path).resolve()))
 
@@ -84,8 +89,6 @@ def from_training(adapter: Adapter, size: int, seed: int) -> Calibration:
     except (ValueError, KeyError, TypeError):
         raise AdapterMergeError(f"{summary}: expected adaptermerge's training summary with a 'data' entry; {hint}") from None
     if data.get("built_in"):
-        from .train.data import build_records
-
         records = build_records(data["task"], data.get("split", "train"), data.get("seed", 0))
         source = f"built-in {data['task']} {data.get('split', 'train')} split (seed {data.get('seed', 0)})"
         return _described(_sample(records, size, seed, source), source)
@@ -106,8 +109,6 @@ def resolve(adapters: list[Adapter], files: list[str | None] | None, size: int, 
 # ---------------------------------------------------------------- collecting Grams
 
 def _tokenized(tokenizer, records: list[dict], max_length: int) -> list[tuple[list[int], list[int]]]:
-    from .train.trainer import tokenize_record
-
     rows = [row for row in (tokenize_record(tokenizer, r, max_length) for r in records) if row is not None]
     if not rows:
         raise AdapterMergeError("calibration records: none has a reply to read")
@@ -132,8 +133,6 @@ def _forward_kwargs(model, named: dict, modules: list[str]) -> dict:
     (a full [batch, tokens, vocab] projection is a third of a small model's forward and, at 8 x 512
     tokens and SmolLM2's 49152 words, an 800 MB float32 tensor). Not when the output head is a
     module whose inputs are wanted, nor for a model whose forward has no `logits_to_keep`."""
-    import inspect
-
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if head is None or any(named.get(m) is head for m in modules):
         return {}
@@ -170,8 +169,6 @@ def collect_grams(model, tokenizer, records: list[dict], modules: list[str], *, 
             if alias[module_name] != state["owner"]:
                 raise AdapterMergeError(f"module {module_name}: its input changed between calibration batches")
         return fn
-
-    from .train.trainer import collate
 
     handles = [named[m].register_forward_pre_hook(hook(m)) for m in modules]
     tokens = 0
@@ -226,8 +223,6 @@ class GramStore:
         return self.sources
 
     def grams(self, module: str, device: str | torch.device = "cpu") -> list[torch.Tensor]:
-        from safetensors import safe_open
-
         out = []
         for f, alias in zip(self.files, self._alias):
             if module not in alias:
@@ -238,8 +233,6 @@ class GramStore:
 
 
 def _metadata(path: Path) -> dict:
-    from safetensors import safe_open
-
     with safe_open(str(path), framework="pt") as handle:
         return handle.metadata() or {}
 
@@ -247,9 +240,7 @@ def _metadata(path: Path) -> dict:
 def _cache_file(base_fp: str, adapter: Adapter, calib: Calibration, modules: list[str], max_length: int) -> Path | None:
     if adapter.source is None:
         return None  # an in-memory adapter: nothing stable to key on
-    from .train.trainer import weights_digest
-
-    weights = weights_digest(adapter.source) if adapter.source.is_dir() else base_mod.sha256_file(adapter.source)
+    weights = weights_digest(adapter.source) if adapter.source.is_dir() else sha256_file(adapter.source)
     scales = {m: adapter.specs[m].scale for m in modules if m in adapter.specs}  # alpha can come from --alpha
     key = json.dumps({"v": GRAMS_VERSION, "base": base_fp, "adapter": weights, "scales": scales, "records": calib.sha256,
                       "modules": modules, "max_length": max_length}, sort_keys=True)
@@ -257,10 +248,6 @@ def _cache_file(base_fp: str, adapter: Adapter, calib: Calibration, modules: lis
 
 
 def _save(path: Path, grams: dict, alias: dict, calib: Calibration) -> None:
-    from safetensors.torch import save_file
-
-    from .fileio import atomic_file
-
     with atomic_file(path) as tmp:
         save_file({k: g.contiguous() for k, g in grams.items()}, str(tmp),
                   metadata={"alias": json.dumps(alias), "source": calib.source, "records": str(len(calib.records))})
@@ -273,13 +260,9 @@ def gram_store(adapters: list[Adapter], calibrations: list[Calibration], base: s
     adapter folded into the base, or `fold` instead (a merge of them: the inputs that merge sees).
     progress(done, total, label) counts records over all adapters (reused ones count at once).
     """
-    import tempfile
+    from transformers import AutoTokenizer  # heavy: only when Grams are computed
 
-    from transformers import AutoTokenizer
-
-    from .train.trainer import base_fingerprint
-
-    base_fp = base_fingerprint(base)["sha256"]
+    base_fp = model_fingerprint(base_mod.resolve_base(base))["sha256"]
     tokenizer = AutoTokenizer.from_pretrained(base_mod.resolve_base(base))
     files, keep, model = [], None, None
     sources = [{"adapter": a.name, "source": c.source, "records": len(c.records), "sha256": c.sha256}

@@ -3,9 +3,9 @@
 On the CPU, bfloat16 matrix products round differently with another thread count (the split of
 the work changes the order of the sums; float32 forwards were bit-identical on the same machine,
 float32 backwards were not). A training run or an evaluation computed at 1 and at 2 threads is
-therefore a different computation: on 2026-12-03 the demo's structured adapter, trained from the
-same settings at 2 threads (alone) and at 1 thread (beside another run), scored schema-valid 1.000
-and 0.983, and every merge with it moved by a few documents. So training and evaluation choose
+therefore a different computation: the demo's structured adapter, trained from the same settings
+at 2 threads (alone) and at 1 thread (beside another run), scored schema-valid 1.000 and 0.983,
+and every merge with it moved by a few documents. So training and evaluation choose
 their thread count from the machine and their settings only, never from what happens to be cached
 or running, and caches key on it.
 """
@@ -46,7 +46,7 @@ def check(threads: int | None, what: str) -> None:
 def using(threads: int | None) -> Iterator[None]:
     """Run the block with `threads` torch threads (None: leave the count alone), restoring the
     count afterwards. torch.set_num_threads is process-wide."""
-    import torch
+    import torch  # heavy: thread counts are read without it
 
     if threads is None:
         yield

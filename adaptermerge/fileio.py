@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
+
+import yaml
 
 from .errors import AdapterMergeError
 
@@ -16,8 +19,6 @@ from .errors import AdapterMergeError
 def read_json_object(path: str | Path) -> dict:
     """A JSON file holding an object (a config, a summary); anything else is a one-line error
     naming the file."""
-    import json
-
     try:
         data = json.loads(Path(path).read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -25,6 +26,21 @@ def read_json_object(path: str | Path) -> dict:
     if not isinstance(data, dict):
         raise AdapterMergeError(f"{path}: expected a JSON object, found {type(data).__name__}")
     return data
+
+
+def read_yaml(path: str | Path, what: str) -> object:
+    """A YAML file's data (yaml.safe_load: no tags that build objects); a missing file, a folder,
+    bytes that are not UTF-8 or YAML that does not parse is a one-line error naming `what` and the
+    file."""
+    path = Path(path)
+    if not path.is_file():
+        raise AdapterMergeError(f"{what} {path} does not exist or is not a file")
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise AdapterMergeError(f"{what} {path}: cannot be read as UTF-8 text ({type(exc).__name__})") from None
+    except yaml.YAMLError as exc:
+        raise AdapterMergeError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
@@ -68,7 +84,7 @@ def check_output(path: str | Path, force: bool) -> Path:
     return path
 
 
-def check_not_an_input(out: str | Path, inputs) -> None:
+def check_not_an_input(out: str | Path, inputs: Iterable[str | Path]) -> None:
     """Refuse an output that is or holds one of the inputs, or sits inside an input folder: with
     --force, writing it would delete or change an input, and inputs are never modified. (Beside a
     bare .safetensors input, in the same folder, is fine.)"""
@@ -79,15 +95,27 @@ def check_not_an_input(out: str | Path, inputs) -> None:
             raise AdapterMergeError(f"output {out} would overwrite or write into input {given}: choose another output folder")
 
 
+def check_destination(out: str | Path, force: bool, inputs: Iterable[str | Path] = ()) -> Path:
+    """The one rule for every output: it exists only with force, and it is never an input, nor
+    inside or above one, force or not. Writers call it through atomic_dir; callers call it again
+    before slow work so that a bad output fails first."""
+    path = check_output(out, force)
+    check_not_an_input(out, inputs)
+    return path
+
+
 @contextmanager
-def atomic_dir(path: str | Path, *, force: bool = False) -> Iterator[Path]:
+def atomic_dir(path: str | Path, *, force: bool = False, inputs: Iterable[str | Path] = ()) -> Iterator[Path]:
     """Yield a temp folder beside `path`; on success it replaces `path` in one rename.
+
+    `inputs`: the files and folders the output is made from; `path` may not be, hold or sit in
+    one of them (check_destination), force or not.
 
     On any error the temp folder is removed and `path` is untouched. With force, an existing
     `path` is moved aside first and deleted only after the new folder is in place; if that final
     rename fails, the previous output is put back rather than leaving none.
     """
-    path = check_output(path, force)
+    path = check_destination(path, force, inputs)
     if path.exists() and not path.is_dir():
         raise AdapterMergeError(f"output {path} exists and is not a folder: --force replaces folders only")
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .base import resolve_dtype
+
 # Singular values below this fraction of the largest are float32 round-off, not rank.
 RANK_TOL = 1e-6
 
@@ -210,8 +212,6 @@ BF16_RANGE_MIN = 1 << 19  # entries from which the range finder runs in bfloat16
 def _range_dtype(delta: torch.Tensor) -> torch.dtype:
     if delta.numel() < BF16_RANGE_MIN:
         return torch.float32
-    from .base import resolve_dtype
-
     return torch.bfloat16 if resolve_dtype("auto") == "bfloat16" else torch.float32
 
 

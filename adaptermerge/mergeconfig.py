@@ -1,4 +1,5 @@
-"""A merge as data: MergeJob, read from CLI flags or a mergekit-style YAML file, and run_job.
+"""A merge as data: MergeJob, built from CLI flags or read from a mergekit-style YAML file.
+Nothing runs here: adaptermerge.api.run_merge_job does the merge.
 
     merge_method: ties                 # or `method`
     base_model: HuggingFaceTB/SmolLM2-135M-Instruct   # optional (or `base`)
@@ -18,22 +19,26 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
-from .adapter import load_adapter
-from .engine import MergePlan, Progress
 from .errors import AdapterMergeError
-from .fileio import check_not_an_input, check_output
+from .fileio import read_yaml
 
-_TOP_KEYS = {"merge_method", "method", "base_model", "base", "models", "adapters", "parameters", "output", "rank", "seed", "out", "output_path", "device", "shard_size", "force", "check_base", "dtype", "requantize", "compute_dtype", "merge_onto"}
+_TOP_KEYS = {"merge_method", "method", "base_model", "base", "models", "adapters", "parameters", "output", "rank", "seed", "out", "output_path", "device", "shard_size", "force", "check_base", "requantize", "compute_dtype", "merge_onto"}
+
+OUTPUTS = ("adapter", "model")
+# options that only a full-model output takes, with their defaults
+_MODEL_ONLY = {"--requantize": ("requantize", None), "--merge-onto": ("merge_onto", None), "--compute-dtype": ("compute_dtype", "float32")}
 
 
 @dataclass
 class MergeJob:
+    """One merge: inputs (adapter folders or bare .safetensors files), method and parameters, and
+    the output. Checked for consistency when built (which options apply to which output); values
+    are checked where they are used (the method's parameters by the plan, the model options by
+    model_output.ModelOutput)."""
+
     inputs: list[Path]
     out: Path
     method: str = "linear"
@@ -52,6 +57,24 @@ class MergeJob:
     requantize: str | None = None  # nf4 | int8, with output model
     compute_dtype: str = "float32"
 
+    def __post_init__(self):
+        if self.output not in OUTPUTS:
+            raise AdapterMergeError(f"output must be adapter or model, got {self.output!r}")
+        if self.output == "adapter":
+            for flag, (name, default) in _MODEL_ONLY.items():
+                if getattr(self, name) != default:
+                    raise AdapterMergeError(f"{flag} applies to --output model (the full merged model), not to adapter output")
+        elif self.rank is not None:
+            raise AdapterMergeError("--rank applies to adapter output; --output model adds the exact merged delta")
+        if self.alphas is not None and len(self.alphas) not in (1, len(self.inputs)):
+            raise AdapterMergeError(f"--alpha: {len(self.alphas)} values for {len(self.inputs)} inputs: give one value, or one per input")
+
+    def alpha_for(self, index: int) -> float | None:
+        """The --alpha of input `index` (one value stands for every input)."""
+        if self.alphas is None:
+            return None
+        return self.alphas[0] if len(self.alphas) == 1 else self.alphas[index]
+
 
 def _number(path, index: int, key: str, value) -> float:
     try:
@@ -62,92 +85,20 @@ def _number(path, index: int, key: str, value) -> float:
         raise AdapterMergeError(f"{path}: models[{index}] {key} must be a number, got {value!r}") from None
 
 
-def _alpha_for(alphas, i, n):
-    if alphas is None:
-        return None
-    if len(alphas) == 1:
-        return alphas[0]
-    if len(alphas) != n:
-        raise AdapterMergeError(f"--alpha: {len(alphas)} values for {n} inputs: give one value, or one per input")
-    return alphas[i]
+def _typed(path, key: str, value, kind: type):
+    """A top-level value of the YAML file as `kind` (int or bool), or a one-line error naming the key."""
+    if kind is bool and not isinstance(value, bool):
+        raise AdapterMergeError(f"{path}: {key} must be true or false, got {value!r}")
+    if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise AdapterMergeError(f"{path}: {key} must be an integer, got {value!r}")
+    return value
 
 
-def check_job(job: MergeJob) -> None:
-    """What can be checked before any work: the output kind and folder, the model-only options."""
-    from .qlora import check_merge_onto
-
-    if job.output not in ("adapter", "model"):
-        raise AdapterMergeError(f"output must be adapter or model, got {job.output!r}")
-    check_output(job.out, job.force)
-    check_not_an_input(job.out, job.inputs)
-
-    if job.compute_dtype != "float32" and job.requantize is None:
-        raise AdapterMergeError(f"--compute-dtype {job.compute_dtype} applies to --requantize (the quantized model's compute dtype); without it the model is written in float32")
-    if job.output != "model":
-        for flag, value in (("--requantize", job.requantize), ("--merge-onto", job.merge_onto)):
-            if value is not None:
-                raise AdapterMergeError(f"{flag} applies to --output model (the full merged model), not to adapter output")
-        return
-    if job.rank is not None:
-        raise AdapterMergeError("--rank applies to adapter output; --output model adds the exact merged delta")
-    check_merge_onto(job.merge_onto)
-    if job.requantize is not None:
-        from .quantize import check_compute_dtype, check_scheme, require_bitsandbytes
-
-        check_scheme(job.requantize)
-        check_compute_dtype(job.compute_dtype)
-        require_bitsandbytes()
-
-
-def run_job(job: MergeJob, progress: Progress | None = None, quantize_progress=None) -> dict:
-    """Load, check, merge and write. Returns the provenance written to adaptermerge.json.
-
-    quantize_progress(stage, done, total) follows the re-quantization of --requantize.
-    """
-    check_job(job)
-    adapters = [load_adapter(p, alpha=_alpha_for(job.alphas, i, len(job.inputs))) for i, p in enumerate(job.inputs)]
-    names = [a.name for a in adapters]
-    for i, a in enumerate(adapters):  # two inputs named alike (a/adapter_model.safetensors, b/...) stay distinguishable
-        if names.count(a.name) > 1:
-            a.name = f"{a.name}#{i + 1}"
-    # the base folder is an input too (--force onto it would replace the base with the merge);
-    # checked before the plan, whose preparation (regmean's Grams) can take minutes
-    bases = [job.base] if job.base is not None else [a.base_model for a in adapters if a.base_model]
-    check_not_an_input(job.out, [b for b in bases if Path(str(b)).expanduser().is_dir()])
-    plan = MergePlan(
-        adapters,
-        job.method,
-        job.weights,
-        base=job.base,
-        need_base=job.output == "model",
-        seed=job.seed,
-        device=job.device,
-        check_base=job.check_base,
-        progress=progress,
-        **job.params,
-    )
-    if job.output == "model":
-        from .model_output import write_full_model
-        from .qlora import apply_merge_onto
-
-        choice = apply_merge_onto(plan, job.merge_onto, job.requantize)
-        return write_full_model(
-            plan, job.out, shard_size=job.shard_size, force=job.force, progress=progress, extra_meta={"merge_onto": choice},
-            requantize=job.requantize, compute_dtype=job.compute_dtype, quantize_progress=quantize_progress,
-        )
-    merged = plan.to_adapter(job.rank, progress)
-    merged.save(job.out, force=job.force)
-    return merged.metadata
-
-
-def load_merge_config(path: str | Path) -> MergeJob:
+def load_merge_config(path: str | Path, *, out: str | Path | None = None, force: bool = False) -> MergeJob:
+    """The MergeJob a YAML file describes. Relative paths in it are relative to the file; `out`
+    (-o) replaces the file's output folder, and `force` (--force) adds to its `force`."""
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise AdapterMergeError(f"{path}: no such merge config") from None
-    except yaml.YAMLError as exc:
-        raise AdapterMergeError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    data = read_yaml(path, "merge config")
     if not isinstance(data, dict):
         raise AdapterMergeError(f"{path}: expected a mapping with merge_method and models")
     unknown = set(data) - _TOP_KEYS
@@ -176,32 +127,31 @@ def load_merge_config(path: str | Path) -> MergeJob:
         alphas.append(params.get("alpha"))
     if any(w is not None for w in weights) and any(w is None for w in weights):
         raise AdapterMergeError(f"{path}: give a weight for every model or for none")
-    out = data.get("out", data.get("output_path"))
     if out is None:
-        raise AdapterMergeError(f"{path}: missing out (the output folder), or pass -o")
+        out = data.get("out", data.get("output_path"))
+        if out is None:
+            raise AdapterMergeError(f"{path}: missing out (the output folder), or pass -o")
+        out = root / out
     base = data.get("base_model", data.get("base"))
     if base is not None and (root / str(base)).is_dir():
         base = str(root / str(base))
     return MergeJob(
         inputs=inputs,
-        out=root / out,
+        out=Path(out),
         method=str(method),
         weights=None if weights[0] is None else [_number(path, i, "weight", w) for i, w in enumerate(weights)],
         alphas=None if all(a is None for a in alphas) else [_number(path, i, "alpha", a) if a is not None else None for i, a in enumerate(alphas)],
         params=dict(data.get("parameters") or {}),
-        rank=data.get("rank"),
+        rank=None if data.get("rank") is None else _typed(path, "rank", data["rank"], int),
         base=base,
         output=data.get("output", "adapter"),
         shard_size=str(data.get("shard_size", "2GB")),
-        seed=int(data.get("seed", 0)),
+        seed=_typed(path, "seed", data.get("seed", 0), int),
         device=data.get("device", "cpu"),
-        check_base=bool(data.get("check_base", True)),
-        force=bool(data.get("force", False)),
+        check_base=_typed(path, "check_base", data.get("check_base", True), bool),
+        force=force or _typed(path, "force", data.get("force", False), bool),
         merge_onto=data.get("merge_onto"),
         requantize=data.get("requantize"),
         compute_dtype=str(data.get("compute_dtype", "float32")),
     )
 
-
-def job_as_dict(job: MergeJob) -> dict:
-    return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(job).items()}

@@ -1,7 +1,12 @@
 """Full merged model output: stream the base shard by shard, add each module's merged update,
-write sharded safetensors with an index, copy config and tokenizer files.
+write sharded safetensors with an index, copy config and tokenizer files; optionally onto
+dequant(NF4(W0)) (qlora) and re-quantized (quantize).
 
 Peak memory: one module's tensors, whatever the model's or the shards' size (see stwriter.py).
+
+engine.merge_to_model is the pipeline that uses it: check the options (ModelOutput), build the
+plan, write_full_model. This module does not import the engine; a plan is whatever has the
+attributes of ModelPlan.
 """
 
 from __future__ import annotations
@@ -11,13 +16,19 @@ import math
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
+import torch
 
-from .engine import MergePlan, Progress
+from .basemodel import BaseWeights
 from .errors import AdapterMergeError
-from .fileio import atomic_dir, check_output
+from .fileio import atomic_dir, check_destination
+from .progress import Progress, StageProgress
 from .provenance import provenance
+from .qlora import apply_merge_onto, check_merge_onto
+from .quantization import check_compute_dtype, check_scheme, quantize_model, require_bitsandbytes
 from .stwriter import DTYPES, StreamingSafetensors, nbytes
 
 _UNITS = {"KB": 1e3, "MB": 1e6, "GB": 1e9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "B": 1}
@@ -48,6 +59,55 @@ def _size(size: str | int) -> int:
         raise AdapterMergeError(f"--shard-size {size!r}: expected a size such as 2GB or 500MB") from None
 
 
+class ModelPlan(Protocol):
+    """The parts of an engine.MergePlan (built with need_base=True) that the writers use; the
+    provenance they write reads its recorded fields (method, params, weights, seed...) as well."""
+
+    adapters: list
+    modules: list[str]
+    base_weights: BaseWeights | None
+    sources: tuple[Path, ...]  # inputs no output may overwrite
+    device: torch.device
+    method: object  # the merge method (its .name is recorded)
+
+    def merged_weight(self, module: str) -> torch.Tensor: ...
+
+
+@dataclass(frozen=True)
+class ModelOutput:
+    """Where and how a full merged model is written, checked when it is built (before any work).
+
+    out: the folder; force: replace an existing one (never an input: see check_destination).
+    shard_size: bytes, or a size such as "2GB" (kept as bytes). merge_onto: "original",
+    "dequantized" or None (from the adapters' training.json; see adaptermerge.qlora).
+    requantize: "nf4" or "int8" writes the model quantized with bitsandbytes; compute_dtype is then
+    its matmul dtype (float32, bfloat16, float16), and must stay float32 without it.
+    """
+
+    out: Path
+    force: bool = False
+    shard_size: int | str = "2GB"
+    merge_onto: str | None = None
+    requantize: str | None = None
+    compute_dtype: str = "float32"
+
+    def __post_init__(self):
+        set_ = object.__setattr__  # frozen: normalized once, here
+        set_(self, "out", Path(self.out))
+        set_(self, "shard_size", parse_size(self.shard_size))
+        set_(self, "merge_onto", check_merge_onto(self.merge_onto))
+        if self.requantize is None:
+            if self.compute_dtype != "float32":
+                raise AdapterMergeError(
+                    f"--compute-dtype {self.compute_dtype} applies to --requantize (the quantized model's compute dtype); "
+                    "without it the model is written in float32"
+                )
+            return
+        set_(self, "requantize", check_scheme(self.requantize))
+        check_compute_dtype(self.compute_dtype)
+        require_bitsandbytes()
+
+
 def plan_shards(layout: list[tuple[str, str, list[int]]], limit: int) -> list[list[tuple[str, str, list[int]]]]:
     """Split (key, dtype, shape) entries, in order, into shards of at most `limit` bytes (a larger tensor alone)."""
     shards, current, size = [], [], 0
@@ -63,7 +123,7 @@ def plan_shards(layout: list[tuple[str, str, list[int]]], limit: int) -> list[li
     return shards
 
 
-def write_model(plan: MergePlan, out: str | Path, *, shard_size: str | int = "2GB", force: bool = False, progress: Progress | None = None, extra_meta: dict | None = None) -> Path:
+def write_model(plan: ModelPlan, out: str | Path, *, shard_size: str | int = "2GB", force: bool = False, progress: Progress | None = None, extra_meta: dict | None = None) -> Path:
     """Write base + merged update as a full model folder (loads with AutoModelForCausalLM).
 
     Every output shard's header is known from the base's headers, so tensors stream into the files
@@ -78,7 +138,7 @@ def write_model(plan: MergePlan, out: str | Path, *, shard_size: str | int = "2G
     done = 0
     layout = [entry for shard in base.shards for entry in base.shard_layout(shard)]
     shards = plan_shards(layout, limit)
-    with atomic_dir(out, force=force) as tmp:
+    with atomic_dir(out, force=force, inputs=plan.sources) as tmp:
         weight_map = {}
         for i, entries in enumerate(shards):
             name = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
@@ -112,37 +172,33 @@ def write_model(plan: MergePlan, out: str | Path, *, shard_size: str | int = "2G
 
 
 def write_full_model(
-    plan: MergePlan,
-    out: str | Path,
+    plan: ModelPlan,
+    output: ModelOutput,
     *,
-    shard_size: str | int = "2GB",
-    force: bool = False,
     progress: Progress | None = None,
-    extra_meta: dict | None = None,
-    requantize: str | None = None,
-    compute_dtype: str = "float32",
-    quantize_progress=None,
+    quantize_progress: StageProgress | None = None,
 ) -> dict:
-    """write_model, then (requantize "nf4"|"int8") quantize it into `out`; returns adaptermerge.json's content.
+    """Write the plan's merge as a full model as `output` says; returns adaptermerge.json's content.
 
-    With requantize the full-precision merge goes to a temp folder beside `out` and quantize_model
-    moves the quantized folder in place at the end: a failure at any step leaves no `out` behind.
+    Chooses the weights the delta is added onto (qlora.apply_merge_onto, recorded in
+    adaptermerge.json), then writes. With requantize the full-precision merge goes to a temp folder
+    beside `out` and quantize_model moves the quantized folder in place at the end: a failure at any
+    step leaves no `out` behind. quantize_progress(stage, done, total) follows the re-quantization.
     """
-    out = Path(out)
-    check_output(out, force)
-    if requantize is None:
-        write_model(plan, out, shard_size=shard_size, force=force, progress=progress, extra_meta=extra_meta)
+    out = output.out
+    # here, before the minutes of writing, as well as where each folder is written
+    check_destination(out, output.force, plan.sources)
+    choice = apply_merge_onto(plan, output.merge_onto, output.requantize)
+    extra_meta = {"merge_onto": choice}
+    if output.requantize is None:
+        write_model(plan, out, shard_size=output.shard_size, force=output.force, progress=progress, extra_meta=extra_meta)
         return json.loads((out / "adaptermerge.json").read_text())
-    from .quantize import check_compute_dtype, check_scheme, quantize_model, require_bitsandbytes
-
-    scheme = check_scheme(requantize)
-    check_compute_dtype(compute_dtype)
-    require_bitsandbytes()
     out.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}.fp-", dir=out.parent))
     try:
-        full = write_model(plan, scratch / "merged", shard_size=shard_size, progress=progress, extra_meta=extra_meta)
-        quantize_model(full, out, scheme, compute_dtype=compute_dtype, device=str(plan.device), force=force, progress=quantize_progress, source=f"merge ({plan.method.name}) before quantization")
+        full = write_model(plan, scratch / "merged", shard_size=output.shard_size, progress=progress, extra_meta=extra_meta)
+        quantize_model(full, out, output.requantize, compute_dtype=output.compute_dtype, device=str(plan.device), force=output.force,
+                       progress=quantize_progress, source=f"merge ({plan.method.name}) before quantization", inputs=plan.sources)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return json.loads((out / "adaptermerge.json").read_text())

@@ -11,13 +11,11 @@ import sys
 
 
 def package_versions(names=("adaptermerge", "torch", "safetensors", "transformers", "peft", "bitsandbytes", "numpy")) -> dict:
+    """{"python": version, name: installed version or None} (importlib.metadata: an uninstalled
+    source tree records None for adaptermerge)."""
     out = {"python": platform.python_version()}
     for name in names:
         out[name] = _version(name)
-    if out.get("adaptermerge", 0) is None:  # running from a source tree
-        from . import __version__
-
-        out["adaptermerge"] = __version__
     return out
 
 

@@ -27,6 +27,7 @@ import torch
 
 from .errors import AdapterMergeError
 from .fileio import read_json_object
+from .quantization import check_scheme, require_bitsandbytes, roundtrip
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +91,7 @@ def quantizable_modules(folder: str | Path) -> set[str]:
     transformers converts every nn.Linear except the output embedding (lm_head, which is also what
     tied embeddings point at); built on the meta device, so nothing is allocated.
     """
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM  # heavy: only when merging onto dequant(NF4(W0))
 
     config = AutoConfig.from_pretrained(str(folder))
     with torch.device("meta"):
@@ -111,8 +112,6 @@ class DequantizedBase:
     """
 
     def __init__(self, folder: str | Path, scheme: str = "nf4"):
-        from .quantize import check_scheme, require_bitsandbytes
-
         self.scheme = check_scheme(scheme)
         require_bitsandbytes()
         self.modules = quantizable_modules(folder)
@@ -120,8 +119,6 @@ class DequantizedBase:
     def __call__(self, module: str, weight: torch.Tensor) -> torch.Tensor:
         if module not in self.modules:
             return weight
-        from .quantize import roundtrip
-
         return roundtrip(weight.float(), self.scheme).float().to(weight.dtype)
 
 

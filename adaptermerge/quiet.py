@@ -18,7 +18,7 @@ def quiet_third_party() -> None:
     for name in ("transformers", "peft", "bitsandbytes", "datasets", "lm_eval", "lm-eval"):
         logging.getLogger(name).setLevel(logging.ERROR)
     try:
-        from transformers.utils import logging as hf_logging
+        from transformers.utils import logging as hf_logging  # heavy: the caller may never load it
 
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()

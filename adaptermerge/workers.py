@@ -92,13 +92,16 @@ def _finished(pending: deque, limit: int) -> Iterator[tuple]:
 
 # glibc returns freed blocks above 128 KB to the system at once (mmap), so every fresh module-sized
 # temporary is page-faulted in again: measured here, a 10 MB tensor op cost 3.1 ms fresh and
-# 1.5 ms reused, and a 1536 x 576 TIES module 33 ms against 28 ms. From the first merge on, blocks
-# up to 32 MB (the cap glibc's own adaptive threshold reaches too) come from the heap and are reused;
-# the settings are process-wide and stay, and the heap is trimmed after each merge.
+# 1.5 ms reused, and a 1536 x 576 TIES module 33 ms against 28 ms. With heap_reuse, blocks up to
+# 32 MB (the cap glibc's own adaptive threshold reaches too) come from the heap and are reused.
+# mallopt settings are process-wide and glibc cannot report them to be put back, so the library
+# never calls it on its own: a caller opts in (MergePlan(tune_allocator=True)); the CLI does, as its
+# process ends after the command.
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameter numbers
 
 
 def _libc():
+    """glibc through ctypes, or None (not glibc, or ADAPTERMERGE_MALLOPT=0)."""
     if os.environ.get("ADAPTERMERGE_MALLOPT", "1") == "0":
         return None
     try:
@@ -110,7 +113,9 @@ def _libc():
 
 @contextmanager
 def heap_reuse():
-    """Serve module-sized blocks from the heap (glibc only); give the free heap back afterwards."""
+    """Serve module-sized blocks from the heap (glibc only); give the free heap back afterwards.
+
+    Opt-in only: the thresholds it sets stay for the rest of the process."""
     libc = _libc()
     if libc is not None:
         libc.mallopt(_M_MMAP_THRESHOLD, 32 << 20)

@@ -30,6 +30,9 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# As the CLI runs a merge: large CPU tensors on transparent huge pages (the library itself no longer
+# sets this; children inherit it). THP_MEM_ALLOC_ENABLE=0 measures without.
+os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_merge import write_adapters  # noqa: E402
 

@@ -12,12 +12,13 @@ workers, so its wall time is below the one-thread total.
 
 from __future__ import annotations
 
+import os
 import time
 
 import torch
 
 from adaptermerge import lowrank
-from adaptermerge.methods import _kernels, _native, _ops, _select
+from adaptermerge.methods import backends, math
 from adaptermerge.workers import heap_reuse
 
 # (out, in, modules of that shape in 30 layers)
@@ -29,19 +30,15 @@ def profile(out: int, inp: int, count: int, gen: torch.Generator) -> dict[str, f
     B = torch.randn(3, out, 16, generator=gen) * 0.01
     A = torch.randn(3, 16, inp, generator=gen) / inp**0.5
     n = out * inp
-    keep = _ops.keep_count(n, 0.2)
+    keep = math.keep_count(n, 0.2)
     spent = dict.fromkeys(STAGES, 0.0)
-    lib = _native.library()
     for _ in range(count):
         marks = [time.perf_counter()]
         values = torch.bmm(B, A).view(3, n)
         marks.append(time.perf_counter())
-        cuts = _select.kth_largest(values, keep)
+        cuts = backends.magnitude_cut(values, keep)
         marks.append(time.perf_counter())
-        if lib is not None:  # trim and combine fused, as sparse_merge runs them
-            merged = _native.ties_combine(lib, values, cuts, [1.0, 1.0, 1.0])[0].view(out, inp)
-        else:
-            merged = _kernels.ties_combine(_kernels.trim_(values, cuts), [1.0, 1.0, 1.0]).view(out, inp)
+        merged = backends.ties(values, cuts, [1.0, 1.0, 1.0], entries=n)[0].view(out, inp)  # as sparse_merge runs it
         marks.append(time.perf_counter())
         lowrank.truncate(merged, 48, sketch=A.reshape(48, inp))
         marks.append(time.perf_counter())
@@ -51,7 +48,9 @@ def profile(out: int, inp: int, count: int, gen: torch.Generator) -> dict[str, f
 
 
 def main() -> None:
+    os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")  # as the CLI merges: large tensors on huge pages
     torch.set_num_threads(1)
+    print(f"backend: {backends.choose(torch.zeros(3, 576 * 576), 576 * 576).value}")
     with heap_reuse():  # as merge() runs: module-sized blocks from the heap, no fresh page faults
         run()
 

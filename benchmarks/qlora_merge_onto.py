@@ -30,7 +30,7 @@ MAX_NEW_TOKENS = {"domain": 16, "structured": 72, "safety": 24}
 
 
 def eval_subset(task: str, n: int) -> list[dict]:
-    from adaptermerge.train.data import build_records
+    from adaptermerge.chat.data import build_records
 
     records = build_records(task, "eval")
     if task == "safety":  # as many harmful as benign prompts
@@ -57,7 +57,7 @@ def mean_kl(reference: list[torch.Tensor], other: list[torch.Tensor]) -> float:
 
 
 def task_scores(model, tokenizer, task: str, records: list[dict]) -> dict:
-    from adaptermerge.evalsuite.generate import generate_responses
+    from adaptermerge.chat.generation import generate_responses
     from adaptermerge.evalsuite.metrics import aggregate, score
 
     replies = generate_responses(model, tokenizer, records, max_new_tokens=MAX_NEW_TOKENS[task], batch_size=20)
@@ -68,7 +68,7 @@ def nf4_weights(model, folder: Path):
     """Replace every Linear bitsandbytes would quantize by dequant(NF4(W)) in float32: what Linear4bit
     multiplies with, computed in full precision (bitsandbytes' CPU 4-bit matmul is far slower)."""
     from adaptermerge.qlora import quantizable_modules
-    from adaptermerge.quantize import roundtrip
+    from adaptermerge.quantization import roundtrip
 
     for name in quantizable_modules(folder):
         weight = model.get_submodule(name).weight

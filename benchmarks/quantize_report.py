@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from adaptermerge import quantize as q
+from adaptermerge import quantization as q
 from adaptermerge.base import resolve_base
 
 PROMPT = "The capital of France is"

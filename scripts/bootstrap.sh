@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up a fresh machine and run the demo or the tests:
-#   bash scripts/bootstrap.sh demo [demo options]   # the end-to-end demo on the embedded base
+#   bash scripts/bootstrap.sh demo [demo options]   # the end-to-end demo (examples/manga-assist.yaml) on the embedded base
+#   bash scripts/bootstrap.sh run RECIPE.yaml -o OUT  # any recipe
 #   bash scripts/bootstrap.sh test [pytest options] # the test suite
 # Installs into the active Python environment (activate a venv first if you want one).
 set -euo pipefail
@@ -20,7 +21,8 @@ fi
 
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 case "$what" in
-    demo) exec "$PY" -m adaptermerge.cli.main demo -o demo "$@" ;;
+    demo) exec "$PY" -m adaptermerge demo -o demo "$@" ;;   # runs examples/manga-assist.yaml
+    run) exec "$PY" -m adaptermerge run "$@" ;;              # run RECIPE.yaml -o OUT
     test) exec "$PY" -m pytest "$@" ;;
-    *) echo "usage: bash scripts/bootstrap.sh demo|test [options]" >&2; exit 2 ;;
+    *) echo "usage: bash scripts/bootstrap.sh demo|run|test [options]" >&2; exit 2 ;;
 esac

@@ -9,8 +9,8 @@ from support import make_adapter, save_tiny_chat_model
 from adaptermerge import base as base_mod
 from adaptermerge import calibration, load_adapter, merge
 from adaptermerge.cli.main import main
-from adaptermerge.train.data import build_records
-from adaptermerge.train.records import write_jsonl
+from adaptermerge.chat.data import build_records
+from adaptermerge.chat.records import write_jsonl
 
 LAYER = "model.layers.1"
 
@@ -26,7 +26,7 @@ def chat(tmp_path_factory):
 
 def _grams_by_hand(model, tok, records, module):
     """Independent reference: the module's inputs record by record, no batching or padding."""
-    from adaptermerge.train.trainer import tokenize_record
+    from adaptermerge.chat.tokens import tokenize_record
 
     named = dict(model.named_modules())
     seen = []

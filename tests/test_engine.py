@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from adaptermerge import AdapterMergeError, MergePlan, load_adapter, merge, merge_to_model
-from adaptermerge.methods import _ops
+from adaptermerge.methods.math import dora_weight, row_norm
 from support import peft_deltas
 
 
@@ -57,7 +57,7 @@ def test_linear_equals_peft_cat_the_exact_weighted_sum(tiny_base, adapters, tmp_
 
 
 def test_ties_module_result_matches_independent_dense_ties(adapters):
-    from methods.test_ops import dense_ties_reference
+    from methods.test_math import dense_ties_reference
 
     a, b = load_adapter(adapters["a"]), load_adapter(adapters["b"])
     plan = MergePlan([a, b], "ties", [1.0, 2.0], density=0.3)
@@ -132,11 +132,11 @@ def test_dora_merge_of_two_follows_the_documented_formula(tiny_base, adapters):
     with safe_open(str(tiny_base / "model.safetensors"), "pt") as f:
         w0 = f.get_tensor(m + ".weight")
     f1, f2 = d1.factors(m), d2.factors(m)
-    v1 = (w0 + f1.delta()) / _ops.row_norm(w0 + f1.delta())[:, None]
-    v2 = (w0 + f2.delta()) / _ops.row_norm(w0 + f2.delta())[:, None]
+    v1 = (w0 + f1.delta()) / row_norm(w0 + f1.delta())[:, None]
+    v2 = (w0 + f2.delta()) / row_norm(w0 + f2.delta())[:, None]
     direction = 0.7 * v1 + 0.3 * v2
     magnitude = 0.7 * f1.magnitude + 0.3 * f2.magnitude
-    expect = magnitude[:, None] * direction / _ops.row_norm(direction)[:, None]
+    expect = magnitude[:, None] * direction / row_norm(direction)[:, None]
     torch.testing.assert_close(plan.merged_weight(m), expect, atol=1e-5, rtol=1e-4)
 
 
@@ -147,8 +147,8 @@ def test_sequential_dora_order_matters_and_matches_stepwise(tiny_base, adapters)
     ba = MergePlan([d2, d1], "sequential", base=str(tiny_base)).merged_weight(m)
     assert not torch.allclose(ab, ba, atol=1e-4)
     w0 = MergePlan([d1], "dora", base=str(tiny_base)).base_weights.weight(m)
-    w1 = _ops.dora_weight(w0, d1.factors(m).delta(), d1.factors(m).magnitude)
-    w2 = _ops.dora_weight(w1, d2.factors(m).delta(), d2.factors(m).magnitude)
+    w1 = dora_weight(w0, d1.factors(m).delta(), d1.factors(m).magnitude)
+    w2 = dora_weight(w1, d2.factors(m).delta(), d2.factors(m).magnitude)
     torch.testing.assert_close(ab, w2, atol=1e-5, rtol=1e-4)
 
 
@@ -225,7 +225,7 @@ def test_sequential_single_dora_adapter_comes_back_unchanged_and_chain_is_low_ra
     m = "model.layers.0.self_attn.q_proj"
     w0 = plan.base_weights.weight(m)
     f = chain.factors(m)
-    torch.testing.assert_close(_ops.dora_weight(w0, f.delta(), f.magnitude), plan.merged_weight(m), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(dora_weight(w0, f.delta(), f.magnitude), plan.merged_weight(m), atol=1e-5, rtol=1e-4)
 
 
 def test_dora_without_normalize_adds_the_changes_of_magnitude_and_direction(tiny_base, adapters):
@@ -240,14 +240,14 @@ def test_dora_without_normalize_adds_the_changes_of_magnitude_and_direction(tiny
     m = "model.layers.0.self_attn.q_proj"
     with safe_open(str(tiny_base / "model.safetensors"), "pt") as f:
         w0 = f.get_tensor(m + ".weight")
-    b = _ops.row_norm(w0)
+    b = row_norm(w0)
     f1, f2 = d1.factors(m), d2.factors(m)
     v0 = w0 / b[:, None]
-    v1 = (w0 + f1.delta()) / _ops.row_norm(w0 + f1.delta())[:, None]
-    v2 = (w0 + f2.delta()) / _ops.row_norm(w0 + f2.delta())[:, None]
+    v1 = (w0 + f1.delta()) / row_norm(w0 + f1.delta())[:, None]
+    v2 = (w0 + f2.delta()) / row_norm(w0 + f2.delta())[:, None]
     direction = v0 + weights[0] * (v1 - v0) + weights[1] * (v2 - v0)
     magnitude = b + weights[0] * (f1.magnitude - b) + weights[1] * (f2.magnitude - b)
-    expect = magnitude[:, None] * direction / _ops.row_norm(direction)[:, None]
+    expect = magnitude[:, None] * direction / row_norm(direction)[:, None]
     torch.testing.assert_close(plan.merged_weight(m), expect, atol=1e-5, rtol=1e-4)
     # These random fixtures' deltas are larger than the base weights: at weights 1, 1 the summed
     # direction changes outweigh V0, which no W0 + delta can express; that is an error, not a flip.

@@ -79,3 +79,18 @@ def test_read_json_object_names_the_file_and_what_was_expected(tmp_path):
         read_json_object(array)
     with pytest.raises(AdapterMergeError, match=r"missing\.json: not valid JSON"):
         read_json_object(tmp_path / "missing.json")
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda p: p.mkdir(), "does not exist or is not a file"),
+    (lambda p: None, "does not exist or is not a file"),
+    (lambda p: p.write_bytes(b"method: \xff\xfe\n"), "cannot be read as UTF-8"),
+    (lambda p: p.write_text("a: [1,\n"), "not valid YAML"),
+    (lambda p: p.write_text("a: !!python/object/apply:os.system ['true']\n"), "not valid YAML"),
+])
+def test_read_yaml_refuses_with_one_line_naming_the_file(tmp_path, make, message):
+    path = tmp_path / "config.yaml"
+    make(path)
+    with pytest.raises(AdapterMergeError, match=message) as exc:
+        fileio.read_yaml(path, "merge config")
+    assert "config.yaml" in str(exc.value) and "\n" not in str(exc.value)

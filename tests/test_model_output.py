@@ -11,7 +11,7 @@ from support import peft_deltas
 
 from adaptermerge import AdapterMergeError, load_adapter, merge, merge_to_model
 from adaptermerge.qlora import choose_merge_onto, quantizable_modules
-from adaptermerge.quantize import quantized_modules, roundtrip
+from adaptermerge.quantization import quantized_modules, roundtrip
 
 
 def state(folder: Path) -> dict[str, torch.Tensor]:
@@ -54,7 +54,7 @@ def test_index_total_size_counts_tensor_bytes_only(tiny_base, adapters, tmp_path
 def test_quantizable_modules_are_the_linears_bitsandbytes_quantizes(quant_base):
     from transformers import AutoModelForCausalLM
 
-    from adaptermerge.quantize import bnb_config
+    from adaptermerge.quantization import bnb_config
 
     model = AutoModelForCausalLM.from_pretrained(quant_base, quantization_config=bnb_config("nf4"), dtype=torch.float32)
     expected = set(quantized_modules(model))
@@ -137,7 +137,7 @@ def test_requantize_nf4_reloads_as_linear4bit_with_the_report(quant_base, quant_
 
 
 def test_bad_requantize_and_quantized_base_leave_nothing(quant_base, quant_adapters, tmp_path):
-    from adaptermerge.quantize import quantize_model
+    from adaptermerge.quantization import quantize_model
 
     adapter = load_adapter(quant_adapters["qv"])
     with pytest.raises(AdapterMergeError, match="unknown quantization scheme 'nf3'"):

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import click
+from rich.console import Console
+
+from .. import base
 
 
 def register(group: click.Group) -> None:
@@ -13,10 +16,6 @@ def register(group: click.Group) -> None:
 @click.option("--base", "name", default=None, help="HF id or local folder (default: the embedded SmolLM2-135M-Instruct).")
 def base_cmd(name: str | None) -> None:
     """Prepare the base model (convert the embedded GGUF once) and print its folder."""
-    from rich.console import Console
-
-    from .. import base
-
     console = Console(stderr=True)
     with console.status("preparing the base model (converting the embedded GGUF on first use)"):
         folder = base.resolve_base(name)

@@ -9,8 +9,15 @@ import os
 from pathlib import Path
 
 import click
+from rich.table import Table
 
 from ..base import DTYPE_CHOICES
+from ..evalsuite import gates as gates_mod
+from ..evalsuite.harness import TASKS_DIR
+from ..evalsuite.report import headline, summary_rows, write_report
+from ..api import EvalSettings, evaluate
+from ..fileio import check_destination
+from .progress import console, progress_bar, results
 
 # Shared with `adaptermerge demo`, which evaluates the same way.
 dtype_option = click.option(
@@ -26,10 +33,6 @@ def register(group: click.Group) -> None:
 
 
 def _table(report):
-    from rich.table import Table
-
-    from ..evalsuite.report import headline, summary_rows
-
     has_mmlu = "mmlu" in report.tasks
     table = Table(title=f"adaptermerge eval: {'PASS' if report.passed else 'FAIL'}", title_style="green" if report.passed else "bold red")
     table.add_column("candidate")
@@ -92,21 +95,14 @@ def eval_cmd(candidates, gates_path, tasks, base, mmlu_data, mmlu_limit, mmlu_sh
         --include_path $(adaptermerge eval --print-include-path) --tasks adaptermerge_domain
       (MMLU: --tasks adaptermerge_mmlu_cloze --metadata '{"mmlu_data": "DIR", "mmlu_limit": 10}')
     """
-    from ..evalsuite import gates as gates_mod
-    from ..evalsuite.harness import TASKS_DIR
-    from ..evalsuite.report import write_report
-    from ..fileio import check_output
-    from ..evalsuite.runner import EvalSettings, evaluate
-    from .progress import console, progress_bar, results
-
     if print_include_path:
         click.echo(str(TASKS_DIR))
         return 0
     # datasets and lm-eval draw tqdm bars of their own (the model's are switched off by the runner);
     # this silences those that do not pass `disable` explicitly. The rich bar below is the one to read.
     os.environ.setdefault("TQDM_DISABLE", "1")
-    if output is not None:
-        check_output(output, force)
+    if output is not None:  # before the evaluation's minutes: the report never replaces a candidate
+        check_destination(output, force, candidates)
     config = gates_mod.load_gates(gates_path) if gates_path else None
     task_list = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else None
     settings = EvalSettings(base=base, data_seed=data_seed, mmlu_data=mmlu_data, mmlu_limit=mmlu_limit, mmlu_shots=mmlu_shots, mmlu_split=mmlu_split,
@@ -123,6 +119,6 @@ def eval_cmd(candidates, gates_path, tasks, base, mmlu_data, mmlu_limit, mmlu_sh
     for error in report.errors:
         console.print(f"[yellow]error[/] {error}")
     if output is not None:
-        write_report(report, output, force=force)
+        write_report(report, output, force=force, inputs=candidates)
         results.print(f"report -> {output}/report.md")
     return 0 if report.passed else 1

@@ -9,9 +9,8 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from ..adapter import load_adapter
+from ..api import METHODS, load_adapter
 from ..inspection import describe
-from ..methods import METHODS
 from .progress import results
 
 

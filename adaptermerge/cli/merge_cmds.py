@@ -1,4 +1,5 @@
-"""`adaptermerge METHOD INPUT... -o OUT` for every registered method, and `adaptermerge merge CONFIG`."""
+"""`adaptermerge METHOD INPUT... -o OUT` for every registered method, and `adaptermerge merge CONFIG`:
+flags or a YAML file become a MergeJob, which api.run_merge_job runs; this module parses and prints."""
 
 from __future__ import annotations
 
@@ -9,10 +10,11 @@ from pathlib import Path
 import click
 from rich.table import Table
 
+from ..api import METHODS, run_merge_job
 from ..errors import AdapterMergeError
-from ..methods import METHODS
-from ..mergeconfig import MergeJob, check_job, load_merge_config, run_job
+from ..mergeconfig import MergeJob, load_merge_config
 from .progress import console, progress_bar
+from .quantize_cmds import quantization_table
 
 
 def _floats(text: str | None, what: str) -> list[float] | None:
@@ -55,7 +57,7 @@ COMMON = [
     click.Option(["--seed"], type=int, default=0, show_default=True, help="Seed for random methods (DARE)."),
     click.Option(["--device"], type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True),
     click.Option(["--ignore-base-mismatch"], is_flag=True, help="Merge adapters whose recorded base models differ."),
-    click.Option(["--force"], is_flag=True, help="Replace an existing output."),
+    click.Option(["--force"], is_flag=True, help="Replace an existing output (never an input adapter or the base model's folder)."),
 ]
 
 
@@ -88,9 +90,10 @@ def _method_command(name: str, method) -> click.Command:
 
 def run_and_report(job: MergeJob) -> int:
     start = time.time()
-    check_job(job)  # bad options fail before a progress bar is drawn
+    # the bar is drawn at the first progress call: an input refused before any work prints alone
     with progress_bar(f"{job.method} -> {job.output}") as update:
-        meta = run_job(job, progress=update, quantize_progress=lambda stage, done, total: update(done, total, f"quantize: {stage}"))
+        meta = run_merge_job(job, progress=update, quantize_progress=lambda stage, done, total: update(done, total, f"quantize: {stage}"),
+                             tune_allocator=True)
     summary = meta.get("summary") or {}
     table = Table(title=f"{job.method}: {len(job.inputs)} adapters -> {job.out}", show_header=False)
     table.add_row("output", job.output)
@@ -105,8 +108,6 @@ def run_and_report(job: MergeJob) -> int:
     table.add_row("time", f"{time.time() - start:.1f} s")
     console.print(table)
     if meta.get("quantization"):
-        from .quantize_cmds import quantization_table
-
         console.print(quantization_table(meta["quantization"]))
     return 0
 
@@ -117,11 +118,7 @@ def run_and_report(job: MergeJob) -> int:
 @click.option("--force", is_flag=True, help="Replace an existing output.")
 def merge_config_cmd(config, out, force):
     """Run a merge described by a YAML file (mergekit-style: merge_method, models, parameters)."""
-    job = load_merge_config(config)
-    if out is not None:
-        job.out = out
-    job.force = job.force or force
-    return run_and_report(job)
+    return run_and_report(load_merge_config(config, out=out, force=force))
 
 
 def register(group: click.Group) -> None:

@@ -1,4 +1,5 @@
-"""`adaptermerge quantize`: re-quantize a full-precision model folder to NF4 or int8 and report the cost."""
+"""`adaptermerge quantize`: re-quantize a full-precision model folder to NF4 or int8 and report the
+cost. A thin shell over api.quantize."""
 
 from __future__ import annotations
 
@@ -6,6 +7,9 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+
+from ..api import quantize as quantize_model
+from ..quantization import worst_layers
 
 STAGE_LABELS = {"load": "load + quantize", "save": "save", "layers": "layer errors", "kl": "KL on prompts"}
 
@@ -16,8 +20,6 @@ def _size(num_bytes: int) -> str:
 
 def quantization_table(entry: dict, worst: int = 8) -> Table:
     """Worst layers by relative error, then the summary rows: mean error, KL, sizes."""
-    from ..quantize import worst_layers
-
     table = Table(title=f"{entry['scheme']} quantization of {entry['source']}", show_lines=False)
     table.add_column("layer")
     table.add_column("relative error", justify="right")
@@ -46,8 +48,6 @@ def register(group: click.Group) -> None:
     @click.option("--force", is_flag=True, help="Replace an existing output folder.")
     def quantize(model_dir: str, scheme: str, out_dir: str, compute_dtype: str, device: str, force: bool) -> int:
         """Quantize MODEL_DIR (full precision) with bitsandbytes into a folder that reloads quantized."""
-        from ..quantize import quantize_model
-
         console = Console(stderr=True)
         with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                       TimeElapsedColumn(), console=console, transient=True) as bars:

@@ -1,12 +1,19 @@
-"""`adaptermerge data build` and `adaptermerge train`: thin shells over adaptermerge.train."""
+"""`adaptermerge data build` and `adaptermerge train`: thin shells over adaptermerge.training."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import click
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from ..base import DTYPE_CHOICES
+from ..chat.data import build_records
+from ..chat.records import jsonl_text, write_jsonl
+from ..errors import AdapterMergeError
+from ..training.presets import ALL_PROJECTIONS, PRESETS
+from ..api import TrainConfig, train
 
 TASK_CHOICES = ("domain", "structured", "safety", "custom")
 
@@ -29,9 +36,6 @@ def data_group() -> None:
 @click.option("--force", is_flag=True, help="Overwrite an existing output file.")
 def data_build(task: str, split: str, seed: int, output: Path | None, force: bool) -> None:
     """Write a built-in data set as JSONL chat records."""
-    from ..train.data import build_records, write_jsonl
-    from ..train.records import jsonl_text
-
     records = build_records(task, split, seed)
     if output is None:
         click.echo(jsonl_text(records), nl=False)
@@ -74,19 +78,6 @@ def data_build(task: str, split: str, seed: int, output: Path | None, force: boo
 def train_cmd(task, data, base, output, max_steps, epochs, lr, rank, alpha, targets, seed, batch_size, max_length,
               no_qlora, dora, on_top_of, anchor_fraction, anchor_tasks, compute_dtype, threads, force) -> None:
     """Train a (Q)LoRA or DoRA adapter for a task preset or your own data."""
-    from rich.console import Console
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-    from ..errors import AdapterMergeError
-    from ..train.presets import ALL_PROJECTIONS, PRESETS
-    from ..train.trainer import TrainConfig, train
-
-    if task not in PRESETS:
-        raise AdapterMergeError(f"unknown task {task!r}: expected one of {', '.join(TASK_CHOICES)}")
-    if data is not None and not data.is_file():
-        raise AdapterMergeError(f"data file {data} does not exist")
-    if on_top_of is not None and not on_top_of.is_dir():
-        raise AdapterMergeError(f"--on-top-of {on_top_of} does not exist")
     names = tuple(t.strip() for t in targets.split(",") if t.strip()) if targets else ALL_PROJECTIONS
     if anchor_tasks is not None:
         anchor_tasks = () if anchor_tasks.strip().lower() == "none" else tuple(t.strip() for t in anchor_tasks.split(",") if t.strip())
@@ -95,9 +86,7 @@ def train_cmd(task, data, base, output, max_steps, epochs, lr, rank, alpha, targ
         alpha=alpha, targets=names, seed=seed, batch_size=batch_size, max_length=max_length, qlora=not no_qlora,
         dora=dora, on_top_of=on_top_of, anchor_fraction=anchor_fraction, anchor_tasks=anchor_tasks,
         compute_dtype=compute_dtype, threads=threads, force=force,
-    ).resolved()
-    if output.exists() and not force:
-        raise AdapterMergeError(f"{output} exists: pass --force to overwrite")
+    ).resolved()  # every check, before the progress bar appears
     columns = [TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn()]
     with Progress(*columns, console=Console(stderr=True), transient=False) as bar:

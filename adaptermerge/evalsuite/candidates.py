@@ -17,8 +17,6 @@ from ..errors import AdapterMergeError
 from ..fileio import read_json_object, write_text_atomic
 
 BASE_NAMES = ("base", "embedded")
-# Where the dtype choice lives (training uses it too); re-exported for the evaluation code.
-DTYPES, DTYPE_CHOICES, resolve_dtype = base_mod.DTYPES, base_mod.DTYPE_CHOICES, base_mod.resolve_dtype
 
 
 @dataclass(frozen=True)
@@ -114,7 +112,7 @@ def content_hash(candidate: Candidate) -> str:
 # ---------------------------------------------------------------- loading
 
 def _apply_adapter(model, folder: Path):
-    from peft import PeftModel
+    from peft import PeftModel  # heavy: only when a model is loaded
 
     # Folded into the weights: the same function, and evaluation runs at the base model's speed.
     return PeftModel.from_pretrained(model, folder).merge_and_unload()
@@ -123,6 +121,7 @@ def _apply_adapter(model, folder: Path):
 def load(candidate: Candidate, reference_tokenizer_from: str | None = None, dtype: str = "float32"):
     """(model, tokenizer) in eval mode; safetensors only. An adapter is folded into its base in float32
     first, then the model is cast to `dtype` (a quantized merged folder keeps its quantization)."""
+    # heavy: only when a model is loaded
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -28,9 +28,9 @@ from lm_eval.models.huggingface import HFLM
 from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs, postprocess_generated_text
 from tqdm import tqdm
 
+from ..chat.lmhead import contiguous_head_input
 from . import greedy
 from .kvcache import cache_kwargs, returned_cache
-from .lmhead import contiguous_head_input
 
 Request = tuple[tuple[str, str], list[int], list[int]]  # ((context, continuation), context ids, continuation ids)
 

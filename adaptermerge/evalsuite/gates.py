@@ -20,9 +20,8 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from ..errors import AdapterMergeError
+from ..fileio import read_yaml
 from . import stats
 from .metrics import METRICS
 from .taskdata import BUILTIN_TASKS, METRIC_SCORER
@@ -163,12 +162,7 @@ def parse_gates(data: dict, where: str = "gates", root: Path | None = None) -> G
 
 def load_gates(path: str | Path) -> GateConfig:
     path = Path(path)
-    if not path.is_file():
-        raise AdapterMergeError(f"gates file {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise AdapterMergeError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    data = read_yaml(path, "gates file")
     return parse_gates(data, str(path), root=path.parent)
 
 

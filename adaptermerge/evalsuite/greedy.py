@@ -95,7 +95,7 @@ def _prefill(model, prompts: list[list[int]], pad_id: int, logits_to_keep: bool)
 
 
 def _joinable(cache) -> bool:
-    from transformers.cache_utils import DynamicCache, DynamicLayer
+    from transformers.cache_utils import DynamicCache, DynamicLayer  # heavy: this module loads without transformers
 
     return type(cache) is DynamicCache and all(type(layer) is DynamicLayer for layer in getattr(cache, "layers", [None]))
 

@@ -9,14 +9,17 @@ results-cache key.
 from __future__ import annotations
 
 import logging
+import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
+from ..chat.data import DATA_SEED
 from ..errors import AdapterMergeError
 from . import mmlu, stats, taskdata
+from .tasks import utils
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +44,6 @@ class TaskSpec:
 
 def _load_yaml(path: Path) -> dict:
     """A task YAML with `include` merged and `!function utils.x` bound to tasks/utils.py."""
-    from .tasks import utils
-
     class Loader(yaml.SafeLoader):
         pass
 
@@ -62,8 +63,6 @@ def _config(yaml_name: str, task_name: str, docs: list[dict], **overrides) -> di
 
 def builtin_spec(task: str, seed: int | None = None) -> TaskSpec:
     """A built-in task on the eval split of the data generated with `seed` (None: the training default)."""
-    from ..train.data import DATA_SEED
-
     seed = DATA_SEED if seed is None else seed
     docs = taskdata.builtin_docs(task, seed=seed)
     cfg = _config(f"adaptermerge_{task}", f"adaptermerge_{task}", docs)
@@ -71,8 +70,6 @@ def builtin_spec(task: str, seed: int | None = None) -> TaskSpec:
 
 
 def user_spec(name: str, path: str | Path, metric: str, max_gen_toks: int = 64) -> TaskSpec:
-    from .tasks import utils
-
     docs = taskdata.user_docs(name, path, metric)
     scorer = taskdata.METRIC_SCORER[metric]
     gen = {"until": [], "do_sample": False, "max_gen_toks": int(max_gen_toks)}
@@ -133,8 +130,6 @@ def _quiet_git_hash() -> str | None:
     """lm-eval records `git describe` of the working directory in its results, running git with
     stderr open: every evaluation outside a git repository printed "fatal: not a git repository".
     Same lookup, stderr silenced (the value is not used here)."""
-    import subprocess
-
     try:
         return subprocess.run(["git", "describe", "--always"], capture_output=True, text=True, timeout=10).stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
@@ -148,7 +143,7 @@ def _env_info_once(storage: dict) -> None:
     """lm-eval's add_env_info runs torch's collect_env (a `pip list` subprocess, about 1.7 s) at every
     simple_evaluate call: several seconds per evaluated model. The environment does not change
     within a process, so it is collected once and copied."""
-    from lm_eval.loggers.utils import add_env_info
+    from lm_eval.loggers.utils import add_env_info  # the eval extra, heavy: only when evaluating
 
     if not _ENV_INFO:
         add_env_info(_ENV_INFO)
@@ -164,7 +159,7 @@ def groups(specs: list[TaskSpec]) -> list[list[TaskSpec]]:
 
 def _run_group(lm, manager, group: list[TaskSpec]) -> dict[str, TaskScores]:
     """Scores of each task of `group` from one lm-eval call (raises when the call fails)."""
-    import lm_eval
+    import lm_eval  # the eval extra, heavy: only when evaluating
 
     result = lm_eval.simple_evaluate(
         model=lm, tasks=[spec.config for spec in group], task_manager=manager, bootstrap_iters=0, log_samples=True,
@@ -211,6 +206,7 @@ def run_specs(lm, specs: list[TaskSpec], *, progress=None) -> dict[str, TaskScor
 
     The chat tasks run in one lm-eval call (see groups). When that call fails, its tasks run again
     one by one, so each error names its own task."""
+    # the eval extra, heavy: only when evaluating
     import lm_eval.evaluator
     from lm_eval.tasks import TaskManager
 

@@ -14,7 +14,7 @@ from functools import cache as _once
 
 @_once
 def cache_keyword() -> str:
-    from transformers.modeling_outputs import BaseModelOutputWithPast
+    from transformers.modeling_outputs import BaseModelOutputWithPast  # heavy: read once, on first use
 
     fields = {f.name for f in dataclasses.fields(BaseModelOutputWithPast)}
     return "cache" if "cache" in fields else "past_key_values"

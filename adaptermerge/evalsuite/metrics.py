@@ -1,7 +1,7 @@
 """Scoring for the three task presets: pure functions of a response text and the record's meta.
 
 `score(task, response, meta)` scores one item; `aggregate(task, item_scores)` gives the task
-metrics. No model code here: generation lives in `generate.py`, lm-eval wiring elsewhere.
+metrics. No model code here: generation lives in `chat.generation`, lm-eval wiring elsewhere.
 
 Conventions (pinned by tests/evalsuite/test_metrics.py):
 - normalize(text): lowercase, Unicode NFKC, every character that is not a letter or digit becomes a
@@ -26,11 +26,10 @@ import json
 import re
 import unicodedata
 
+from ..chat.data import TASKS
+from ..chat.records import META_KEYS
 from ..errors import AdapterMergeError
 
-TASKS = ("domain", "structured", "safety")
-# What each task's score needs in a record's meta.
-META_KEYS = {"domain": ("field", "answer"), "structured": ("schema", "answer"), "safety": ("harmful",)}
 METRICS = {
     "domain": ("exact_match",),
     "structured": ("parse_rate", "schema_valid", "field_accuracy"),

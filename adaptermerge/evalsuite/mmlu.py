@@ -77,7 +77,7 @@ def read_split(data_dir: Path, split: str) -> dict[str, list[dict]]:
 
 def read_hub(split: str) -> dict[str, list[dict]]:
     """{subject: rows} of cais/mmlu from the hub (online only)."""
-    import datasets
+    import datasets  # heavy, and an lm-eval dependency (the eval extra)
 
     try:
         data = datasets.load_dataset(HUB_ID, "all", split=split)

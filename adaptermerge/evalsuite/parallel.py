@@ -3,11 +3,12 @@
 Generating with a small model on the CPU is dominated by per-token Python and dispatch overhead,
 which a second torch thread does not speed up; a second process does. On 2 cores, two single-
 threaded processes evaluated a quick-demo candidate every 13 s where one two-threaded process
-took 18 s (2026-11-23).
+took 18 s.
 
-The helper and this process share one queue of models: each takes the next model when it is free,
-the helper writes its scores into the results cache and reports what it finished, and this process
-then reads them like any cached result (and evaluates itself anything the helper did not finish).
+The helper and this process share one queue of models: each takes the next model when it is free.
+The helper scores a model as the runner does (scoring.py), writes its scores into the results
+cache (cache.py) and reports what it finished; this process then reads them like any cached result
+(and evaluates itself anything the helper did not finish).
 Models can be submitted before the rest exist: the demo starts the helper as soon as the base and
 the single-task adapters are there and feeds it each merge as it is written, so the evaluation
 runs beside the baselines' training and merging instead of after them.
@@ -16,12 +17,13 @@ A queue item is a whole model or, for the models of a last partial round (one mo
 the base cached, say), one of its task groups: the helper loads the model too and runs the MMLU
 group while this process runs the chat group (`units`). Each group is computed with the same batch
 mates and threads either way, so its scores, and its cache keys, do not depend on the split.
-Measured (2026-12-03, 2 cores, one regmean merge with the base cached, the demo's tasks): 39.8 s
-split, against 60.4 s in this process alone at one thread and 43.1 s alone at two; the same scores.
+Measured (2 cores, one regmean merge with the base cached, the demo's tasks): 39.8 s split,
+against 60.4 s in this process alone at one thread and 43.1 s alone at two; the same scores.
 """
 
 from __future__ import annotations
 
+import gc
 import logging
 import multiprocessing
 import multiprocessing.connection
@@ -31,10 +33,15 @@ import threading
 import time
 from dataclasses import dataclass
 
+from ..quiet import quiet_third_party
+from . import cache, scoring
+from .candidates import Candidate, content_hash
+from .settings import EvalSettings
+
 log = logging.getLogger(__name__)
 
 # Below this many models with work left, starting a process (about 10 s of imports) does not pay.
-# Two do: the base and one adapter, nothing cached, the demo's tasks (2026-12-03, 2 cores): 81 s
+# Two do: the base and one adapter, nothing cached, the demo's tasks (2 cores): 81 s
 # with the helper, 145 s in this process alone at its one thread, 97 s alone at two threads.
 MIN_MODELS = 2
 
@@ -44,7 +51,7 @@ class Unit:
     """One item of the shared queue: a model (`tasks` None: every task it lacks) or one of its task
     groups (the names of that group's tasks)."""
 
-    candidate: object  # candidates.Candidate
+    candidate: Candidate
     tasks: tuple[str, ...] | None = None
 
     @property
@@ -52,7 +59,7 @@ class Unit:
         return (self.candidate.name, self.tasks)
 
 
-def units(pending: list[tuple[object, list[tuple[str, ...]]]], processes: int) -> list[Unit]:
+def units(pending: list[tuple[Candidate, list[tuple[str, ...]]]], processes: int) -> list[Unit]:
     """The queue for `pending` [(candidate, its task groups with work left)]: whole models, each
     loaded once, as far as they fill every process; the models of a last, partial round (all of
     them when there are fewer models than processes) go as one unit per task group, so that no
@@ -65,12 +72,12 @@ def units(pending: list[tuple[object, list[tuple[str, ...]]]], processes: int) -
     return out
 
 
-def processes(settings) -> int:
+def processes(settings: EvalSettings) -> int:
     """Evaluation processes the settings allow: 1 with the results cache off (the helper's
     channel), else `workers` if set, else 2 on a multi-core machine without CUDA. It does not
     depend on how many models are left, so neither does each process's thread count
     (runner.eval_threads)."""
-    import torch
+    import torch  # heavy: the caller may not have loaded it yet
 
     if not settings.use_cache:
         return 1
@@ -79,16 +86,16 @@ def processes(settings) -> int:
     return 2 if (os.cpu_count() or 1) >= 2 and not torch.cuda.is_available() else 1
 
 
-def wanted(settings, pending: int) -> bool:
+def wanted(settings: EvalSettings, pending: int) -> bool:
     """Use a helper: more than one process allowed and enough models to pay for starting it."""
     return processes(settings) > 1 and pending >= MIN_MODELS
 
 
 class Helper:
-    """`spec_args`: what `runner._specs` rebuilds the task specs from in the helper (a spec holds
-    lm-eval callables, which do not pickle); `runner.evaluate` checks that they are its own."""
+    """`spec_args`: what `scoring.task_specs` rebuilds the task specs from in the helper (a spec
+    holds lm-eval callables, which do not pickle); `runner.evaluate` checks that they are its own."""
 
-    def __init__(self, spec_args: tuple, settings, base_name):
+    def __init__(self, spec_args: tuple, settings: EvalSettings, base_name: str | None):
         ctx = multiprocessing.get_context("spawn")  # fork would copy torch's thread pools mid-flight
         self.spec_args = spec_args
         self.threads = settings.threads  # its torch threads: resolved by the caller
@@ -101,7 +108,7 @@ class Helper:
                                    daemon=True)
         self.process.start()
 
-    def submit(self, candidate, tasks: tuple[str, ...] | None = None) -> None:
+    def submit(self, candidate: Candidate, tasks: tuple[str, ...] | None = None) -> None:
         """Queue a model (or, with `tasks`, that task group of it) for whichever process is free
         first; once per model, or per group of a model not queued whole."""
         unit = Unit(candidate, tuple(tasks) if tasks is not None else None)
@@ -148,7 +155,7 @@ class Helper:
 def exit_with_parent() -> None:
     """End this (spawned) process as soon as its parent is gone. `daemon=True` only covers a parent
     that exits normally; killed (Ctrl-C twice, SIGTERM, OOM), it left the helper evaluating on, an
-    orphan holding a core (2026-12-02: 27 minutes of CPU after its demo was killed)."""
+    orphan holding a core (once 27 minutes of CPU after its demo was killed)."""
     parent = multiprocessing.parent_process()
     if parent is None:
         return
@@ -163,34 +170,30 @@ def exit_with_parent() -> None:
 def _work(todo, reports, spec_args, settings, base_name, quiet=False) -> None:
     """In the helper process: evaluate the uncached tasks of each queued model, cache the results,
     until the queue's end (None)."""
-    import torch
-
-    from . import runner
+    import torch  # heavy: loaded in the helper process only
 
     if quiet:
-        from ..quiet import quiet_third_party
-
         quiet_third_party()
     exit_with_parent()
     torch.set_num_threads(settings.threads)  # resolved by the caller: the same count as its own
-    specs = runner._specs(*spec_args)
+    specs = scoring.task_specs(*spec_args)
     while (unit := todo.get()) is not None:
         started = time.perf_counter()
         candidate = unit.candidate
         try:
-            model_hash = runner.cand_mod.content_hash(candidate)
+            model_hash = content_hash(candidate)
             # Keys over all the specs: a group's batch mates are the same whether or not it runs alone.
-            keys = {s.name: runner.cache_key(model_hash, s, settings, specs) for s in specs}
+            keys = {s.name: cache.result_key(model_hash, s, settings, specs) for s in specs}
             mine = [s for s in specs if unit.tasks is None or s.name in unit.tasks]
-            missing = runner.to_compute(specs, {s.name for s in mine if runner._cache_read(keys[s.name]) is None})
+            missing = cache.to_compute(specs, {s.name for s in mine if cache.read(keys[s.name]) is None})
             if not missing:  # cached before: the main process reports it as such
                 reports.put((unit.key, None))
                 continue
-            fresh = runner._evaluate_model(candidate, missing, settings, base_name, lambda *a: None, 0, 1)
+            fresh = scoring.score_model(candidate, missing, settings, base_name, lambda *a: None, 0, 1)
             complete = True
             for name, result in fresh.items():
                 if result.error is None:
-                    runner._cache_write(keys[name], result)
+                    cache.write(keys[name], result)
                 else:
                     complete = False  # the main process retries it and reports the error itself
             reports.put((unit.key, round(time.perf_counter() - started, 2) if complete else None))
@@ -198,6 +201,4 @@ def _work(todo, reports, spec_args, settings, base_name, quiet=False) -> None:
             log.exception("evaluation helper: %s failed", candidate.name)
             reports.put((unit.key, None))
         finally:
-            import gc
-
             gc.collect()

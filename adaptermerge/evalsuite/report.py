@@ -9,7 +9,9 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Iterable
 
+from ..charts import grouped_bars
 from ..fileio import atomic_dir
 from .runner import REFERENCE, EvalReport
 
@@ -120,8 +122,6 @@ def to_markdown(report: EvalReport, chart: str | None = "chart.png") -> str:
 
 def write_chart(report: EvalReport, path: Path) -> None:
     """Grouped bars (tasks x candidates, headline metric, stderr whiskers); gate thresholds as lines."""
-    from ..charts import grouped_bars
-
     names = [c["name"] for c in report.candidates]
     values, errors = {}, {}
     for name in names:
@@ -149,9 +149,10 @@ def write_chart(report: EvalReport, path: Path) -> None:
                  figsize=(max(6, 1.6 * len(report.tasks) * max(1, len(names) / 3)), 4))
 
 
-def write_report(report: EvalReport, out: str | Path, *, force: bool = False) -> Path:
-    """Write report.json, report.md and chart.png into `out`, atomically (temp folder, then os.replace)."""
-    with atomic_dir(out, force=force) as tmp:
+def write_report(report: EvalReport, out: str | Path, *, force: bool = False, inputs: Iterable[str | Path] = ()) -> Path:
+    """Write report.json, report.md and chart.png into `out`, atomically (temp folder, then os.replace).
+    `out` is never one of `inputs` (the evaluated folders), force or not."""
+    with atomic_dir(out, force=force, inputs=inputs) as tmp:
         (tmp / "report.json").write_text(json.dumps(to_json(report), indent=2, default=str) + "\n")
         write_chart(report, tmp / "chart.png")
         (tmp / "report.md").write_text(to_markdown(report))

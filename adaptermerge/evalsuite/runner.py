@@ -1,73 +1,35 @@
 """`evaluate(...)`: every candidate on every task, from the results cache where possible, then the gates.
 
 Order: the base (the reference) first, then the candidates in the order given. A model is loaded
-only when one of its tasks is missing from the cache. Results are cached per (model content hash,
-task, documents, settings) under `cache_dir()/eval/results/`; errors are never cached.
+only when one of its tasks is missing from the results cache (cache.py); scoring.py scores it, here
+or in the helper process that shares the queue of models (parallel.py).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import gc
-import hashlib
-import json
 import logging
 import math
-import platform
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from .. import base as base_mod
 from .. import cputhreads
+from ..chat.data import DATA_SEED
 from ..errors import AdapterMergeError
-from ..fileio import write_text_atomic
+from ..fileio import read_json_object
+from . import cache
 from . import candidates as cand_mod
 from . import gates as gates_mod
 from . import harness, mmlu, parallel, stats
-from .taskdata import BUILTIN_TASKS
+from .scoring import DEFAULT_TASKS, Progress, score_model, task_specs
+from .settings import EvalSettings
 
 log = logging.getLogger(__name__)
 
-# Bump when a change may alter scores, so cached results are not reused. 2: greedy generation in
-# shared, shrinking batches (greedy.py); equal to HF generate's, but batches change float rounding.
-# 3: the head's last-position product runs as one matrix product (lmhead.py), not a batched one;
-# equal in bfloat16 on the demo's questions, float32 rounding may differ.
-SUITE_VERSION = 3
-DEFAULT_TASKS = (*BUILTIN_TASKS, harness.MMLU)
 REFERENCE = "base"
-
-Progress = Callable[[int, int, str], None]  # (tasks done, tasks in all, what is running)
-
-
-@dataclass
-class EvalSettings:
-    base: str | None = None  # the base model (None: the first adapter's base, else the embedded one)
-    mmlu_data: str | None = None  # local cais/mmlu CSV folder (None: $ADAPTERMERGE_MMLU_DATA, else the hub)
-    mmlu_limit: int | None = None  # questions per subject
-    mmlu_subjects: int | None = None  # that many subjects, evenly spaced (None: all 57)
-    mmlu_shots: int = 0
-    mmlu_split: str = "test"  # test, or dev (5 per subject) to choose settings on other questions
-    mmlu_format: str = "auto"  # auto | cloze | letter
-    seed: int = 0  # the MMLU sample
-    # The seed the built-in tasks' data is generated with (None: train.data.DATA_SEED, what training
-    # uses). It must be the one the adapters were trained on: `evaluate` refuses an adapter whose
-    # training.json names another (its eval split would hold its own training items).
-    data_seed: int | None = None
-    batch_size: int = 32  # generation batch
-    context_batch: int = 8  # distinct MC contexts per forward pass
-    # torch threads of each evaluation process (None: this machine's threads shared among the
-    # processes that parallel.processes allows, whether or not a helper ends up starting). bfloat16
-    # scores depend on it (cputhreads), so it is resolved before any work and is part of the cache key.
-    threads: int | None = None
-    # auto | float32 | bfloat16. auto: bfloat16 on hardware with native bf16 (about 2x faster on the
-    # CPU; scores shift slightly), else float32. The report and cache key hold the resolved dtype.
-    dtype: str = "auto"
-    use_cache: bool = True
-    # Evaluation processes: None = 2 on a multi-core CPU (a helper process shares the queue of models;
-    # see parallel.py), 1 on CUDA or with use_cache off. Scores do not depend on it.
-    workers: int | None = None
 
 
 @dataclass
@@ -99,65 +61,13 @@ class EvalReport:
         return "pass" if all(g.passed for g in mine) else "fail"
 
 
-def versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"python": platform.python_version()}
-    for pkg in ("adaptermerge", "torch", "transformers", "peft", "lm_eval", "datasets"):
-        try:
-            out[pkg] = version(pkg if pkg != "lm_eval" else "lm-eval")
-        except PackageNotFoundError:
-            out[pkg] = None
-    out["suite"] = SUITE_VERSION
-    return out
-
-
-# ---------------------------------------------------------------- results cache
-
-def _cache_path(key: str):
-    return base_mod.cache_dir() / "eval" / "results" / f"{key}.json"
-
-
-def cache_key(model_hash: str, spec: harness.TaskSpec, settings: EvalSettings, specs: list[harness.TaskSpec]) -> str:
-    """The key of `spec`'s result for a model, among the tasks `specs` it is run with. Besides the
-    model, the task and its documents, it holds what changes float rounding and so, now and then,
-    a greedy token: the dtype, the resolved threads, the batch sizes, and the tasks batched with
-    this one (harness.groups runs the chat tasks in one call, so their requests share batches)."""
-    group = next(g for g in harness.groups(specs) if spec.name in {x.name for x in g})
-    parts = {"model": model_hash, "task": spec.name, "docs": spec.digest, "task_settings": spec.settings,
-             "dtype": settings.dtype, "threads": settings.threads, "batch_size": settings.batch_size,
-             "context_batch": settings.context_batch, "batched_with": sorted((s.name, s.digest) for s in group),
-             "suite": SUITE_VERSION, "lm_eval": versions()["lm_eval"]}
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
-
-
-def to_compute(specs: list[harness.TaskSpec], missing: set[str]) -> list[harness.TaskSpec]:
-    """The specs to run when `missing` are not cached: each missing one's whole group, so a result
-    is always computed with the batch mates its key names."""
-    return [s for g in harness.groups(specs) if any(x.name in missing for x in g) for s in g]
-
+# ---------------------------------------------------------------- planning
 
 def eval_threads(settings: EvalSettings) -> int:
     """`settings.threads`, else this machine's threads shared among parallel.processes(settings)."""
     cputhreads.check(settings.threads, "threads")
     return settings.threads or cputhreads.share(parallel.processes(settings))
 
-
-def _cache_read(key: str) -> harness.TaskScores | None:
-    path = _cache_path(key)
-    if not path.is_file():
-        return None
-    try:
-        return harness.TaskScores.from_dict(json.loads(path.read_text()))
-    except (OSError, json.JSONDecodeError, TypeError):
-        return None
-
-
-def _cache_write(key: str, scores: harness.TaskScores) -> None:
-    write_text_atomic(_cache_path(key), json.dumps(scores.to_dict()))
-
-
-# ---------------------------------------------------------------- planning
 
 def _unique_names(cands: list[cand_mod.Candidate]) -> list[cand_mod.Candidate]:
     """Folder names as display names; a clash (or the name "base") gets the parent folder's name too."""
@@ -192,28 +102,11 @@ def _singles(cands: list[cand_mod.Candidate], tasks: list[str], config: gates_mo
     return out
 
 
-def _specs(tasks: list[str], settings: EvalSettings, config: gates_mod.GateConfig | None, mmlu_format: str) -> list[harness.TaskSpec]:
-    specs = []
-    for task in tasks:
-        if task in BUILTIN_TASKS:
-            specs.append(harness.builtin_spec(task, seed=settings.data_seed))
-        elif task == harness.MMLU:
-            specs.append(harness.mmlu_spec(settings.mmlu_data, limit=settings.mmlu_limit, shots=settings.mmlu_shots,
-                                           fmt=mmlu_format, seed=settings.seed, subjects=settings.mmlu_subjects,
-                                           split=settings.mmlu_split))
-        elif config and task in config.user_tasks:
-            u = config.user_tasks[task]
-            specs.append(harness.user_spec(task, u["data"], u["metric"], u["max_gen_toks"]))
-        else:
-            raise AdapterMergeError(f"unknown task {task!r}: expected one of {', '.join(DEFAULT_TASKS)} or a user task defined in the gates file")
-    return specs
-
-
 def _n_params(base: str | None) -> int:
     """Parameter count from the base's config, without loading weights."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
+    # heavy: only for MMLU's format choice
     import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     config = AutoConfig.from_pretrained(base_mod.resolve_base(base))
     with torch.device("meta"):
@@ -223,30 +116,10 @@ def _n_params(base: str | None) -> int:
 
 # ---------------------------------------------------------------- evaluation
 
-def _evaluate_model(candidate, specs, settings, base_name, progress, done, total):
-    """Load one candidate and run `specs` on it through lm-eval."""
-    from .fastlm import FastHFLM
-
-    model, tokenizer = cand_mod.load(candidate, reference_tokenizer_from=base_name, dtype=settings.dtype)
-    lm = FastHFLM(pretrained=model, tokenizer=tokenizer, batch_size=settings.batch_size,
-                  context_batch=settings.context_batch, device=str(model.device), progress_bars=progress is None)
-    counter = {"done": done}
-
-    def tick(task, event):
-        if progress and event == "start":
-            progress(counter["done"], total, f"{candidate.name}: {task}")
-        if event == "done":
-            counter["done"] += 1
-    return harness.run_specs(lm, specs, progress=tick)
-
-
 def check_data_seed(candidates: list[cand_mod.Candidate], tasks: list[str], data_seed: int | None) -> None:
     """Refuse to score an adapter on a built-in task whose data it was trained on with another seed:
     that seed's eval split shares items with the adapter's training split (or, for domain, asks
     facts it never learned), so its score would mean nothing."""
-    from ..fileio import read_json_object
-    from ..train.data import DATA_SEED
-
     seed = DATA_SEED if data_seed is None else data_seed
     for c in candidates:
         summary = c.path / "training.json" if c.kind == "adapter" and c.path is not None else None
@@ -263,7 +136,7 @@ def check_data_seed(candidates: list[cand_mod.Candidate], tasks: list[str], data
 
 def _plan(tasks: list[str] | None, gates: gates_mod.GateConfig | None, settings: EvalSettings, base_name: str | None):
     """(settings with the dtype resolved, task names, MMLU format, notes)."""
-    settings = dataclasses.replace(settings, dtype=cand_mod.resolve_dtype(settings.dtype), threads=eval_threads(settings))
+    settings = dataclasses.replace(settings, dtype=base_mod.resolve_dtype(settings.dtype), threads=eval_threads(settings))
     task_names = list(tasks) if tasks else (list(gates.tasks) if gates and gates.tasks else list(DEFAULT_TASKS))
     notes = []
     mmlu_format = settings.mmlu_format
@@ -310,8 +183,8 @@ def evaluate(
 
 def _lacking(specs: list[harness.TaskSpec], keys: dict[str, str], use_cache: bool) -> list[tuple[str, ...]]:
     """The task groups of one model with a result missing from the cache (all of them with it off)."""
-    missing = {s.name for s in specs if not use_cache or _cache_read(keys[s.name]) is None}
-    return [tuple(s.name for s in g) for g in harness.groups(to_compute(specs, missing))]
+    missing = {s.name for s in specs if not use_cache or cache.read(keys[s.name]) is None}
+    return [tuple(s.name for s in g) for g in harness.groups(cache.to_compute(specs, missing))]
 
 
 def _row(candidate, roles: dict, model_hash: str, specs, computed: set[str], seconds: float, by_helper: dict) -> dict:
@@ -338,7 +211,7 @@ def _evaluate(candidates, tasks, gates, settings, progress, helper) -> EvalRepor
     check_data_seed(resolved, task_names, settings.data_seed)
     if helper is not None and helper.spec_args != (task_names, settings, gates, mmlu_format):
         raise AdapterMergeError("evaluate: the helper was started for other tasks, gates or settings")
-    specs = _specs(task_names, settings, gates, mmlu_format)
+    specs = task_specs(task_names, settings, gates, mmlu_format)
 
     singles = _singles(resolved, task_names, gates)
     gated = [c.name for c in resolved if c.name not in singles.values()]
@@ -353,7 +226,7 @@ def _evaluate(candidates, tasks, gates, settings, progress, helper) -> EvalRepor
     everyone = [reference, *resolved]
     total = len(everyone) * len(specs)
     hashes = {c.name: cand_mod.content_hash(c) for c in everyone}
-    keys = {c.name: {spec.name: cache_key(hashes[c.name], spec, settings, specs) for spec in specs} for c in everyone}
+    keys = {c.name: {spec.name: cache.result_key(hashes[c.name], spec, settings, specs) for spec in specs} for c in everyone}
     lacking = {c.name: _lacking(specs, keys[c.name], settings.use_cache) for c in everyone}
     work = parallel.units([(c, lacking[c.name]) for c in everyone if lacking[c.name]], parallel.processes(settings))
     if helper is None and parallel.wanted(settings, len(work)):
@@ -375,14 +248,14 @@ def _evaluate(candidates, tasks, gates, settings, progress, helper) -> EvalRepor
         mine: dict[str, harness.TaskScores] = {}
         if settings.use_cache:
             for spec in wanted:
-                hit = _cache_read(keys[candidate.name][spec.name])
+                hit = cache.read(keys[candidate.name][spec.name])
                 if hit is not None:
                     mine[spec.name] = hit
-        missing = to_compute(specs, {spec.name for spec in wanted if spec.name not in mine})
+        missing = cache.to_compute(specs, {spec.name for spec in wanted if spec.name not in mine})
         finished.update((candidate.name, s.name) for s in wanted if s.name in mine)
         if missing:
             try:
-                fresh = _evaluate_model(candidate, missing, settings, base_name, progress, len(finished), total)
+                fresh = score_model(candidate, missing, settings, base_name, progress, len(finished), total)
             except AdapterMergeError:
                 raise
             except Exception as exc:  # the model did not load: every task of it errors
@@ -394,7 +267,7 @@ def _evaluate(candidates, tasks, gates, settings, progress, helper) -> EvalRepor
             for name, result in fresh.items():
                 mine[name] = result
                 if result.error is None:
-                    _cache_write(keys[candidate.name][name], result)
+                    cache.write(keys[candidate.name][name], result)
             computed[candidate.name].update(fresh)
             finished.update((candidate.name, name) for name in fresh)
         seconds_here[candidate.name] += time.perf_counter() - started
@@ -441,7 +314,7 @@ def _evaluate(candidates, tasks, gates, settings, progress, helper) -> EvalRepor
         candidates=rows, tasks=task_names, scores=scores, gates=results,
         comparisons=_comparisons(scores, REFERENCE), settings={**asdict(settings), "mmlu_format_used": mmlu_format if harness.MMLU in task_names else None,
                                                                   "base_resolved": str(base_mod.resolve_base(base_name))},
-        versions=versions(), notes=notes,
+        versions=cache.versions(), notes=notes,
     )
 
 

@@ -16,6 +16,8 @@ import hashlib
 import json
 from pathlib import Path
 
+from ..chat.data import DATA_SEED, build_records
+from ..chat.records import META_KEYS, read_jsonl
 from ..errors import AdapterMergeError
 from .metrics import METRICS, TASKS
 
@@ -49,9 +51,7 @@ def record_to_doc(record: dict, index: int, *, task: str, scorer: str, where: st
 
 def builtin_docs(task: str, seed: int | None = None) -> list[dict]:
     """Documents of a built-in task's eval split (the split the training preset never shows), of
-    the data generated with `seed` (None: train.data.DATA_SEED, the one training uses)."""
-    from ..train.data import DATA_SEED, build_records
-
+    the data generated with `seed` (None: chat.data.DATA_SEED, the one training uses)."""
     seed = DATA_SEED if seed is None else seed
     if task not in BUILTIN_TASKS:
         raise AdapterMergeError(f"unknown built-in task {task!r}: expected one of {', '.join(BUILTIN_TASKS)}")
@@ -61,15 +61,11 @@ def builtin_docs(task: str, seed: int | None = None) -> list[dict]:
 
 def user_docs(name: str, path: str | Path, metric: str) -> list[dict]:
     """Documents of a user task: chat records from a JSONL file, scored by the preset owning `metric`."""
-    from ..train.data import read_jsonl
-
     if metric not in METRIC_SCORER:
         raise AdapterMergeError(f"task {name!r}: unknown metric {metric!r}: expected one of {', '.join(METRIC_SCORER)}")
     scorer = METRIC_SCORER[metric]
     records = read_jsonl(path, task=None)
     docs = [record_to_doc(r, i, task=name, scorer=scorer, where=f"{path} record {i + 1}") for i, r in enumerate(records)]
-    from .metrics import META_KEYS
-
     for doc in docs:
         missing = [k for k in META_KEYS[scorer] if k not in json.loads(doc["meta"])]
         if missing:
@@ -85,6 +81,6 @@ def docs_digest(docs: list[dict]) -> str:
 
 def as_dataset(docs: list[dict]) -> dict:
     """The {split: Dataset} mapping lm-eval's `custom_dataset` hook returns."""
-    import datasets
+    import datasets  # heavy, and an lm-eval dependency (the eval extra)
 
     return {"test": datasets.Dataset.from_list(docs)}

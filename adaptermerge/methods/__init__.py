@@ -1,13 +1,15 @@
 """Merge methods: a registry of plugins. `METHODS.get(name)` gives the method object.
 
-Add a method by writing a class with `name`, `summary`, `Params` (frozen dataclass),
-`accepts_dora`, `output_exact`, `needs_base(adapters)` and `merge_module(...)`, optionally
-`prepare(plan)` (see base.py),
-then `METHODS.register(obj.name, obj)`.
+One file per family holds its method classes and the math they add; the shared math is in
+`math` (reference functions), run fast by `backends`. A method is a class with `name`, `summary`,
+`Params` (frozen dataclass), `accepts_dora`, `output_exact`, `needs_base(adapters)` and
+`merge_module(...)`, optionally `prepare(plan)` (see base.py). Adding one means one file here and
+one line below; method files never import this package (the registry imports them).
 """
 
 from ..registry import Registry
 from .base import MergeContext, MergeMethod, ModuleResult
+from .breadcrumbs import Breadcrumbs
 from .dora import Dora
 from .linear import Cat, Linear, TaskArithmetic
 from .regmean import RegMean
@@ -15,7 +17,7 @@ from .sequential import Sequential
 from .sparse import DareLinear, DareTies, Ties
 
 METHODS: Registry[MergeMethod] = Registry("merge method")
-for _cls in (Linear, TaskArithmetic, Sequential, Ties, DareLinear, DareTies, Dora, Cat, RegMean):
+for _cls in (Linear, TaskArithmetic, Sequential, Ties, DareLinear, DareTies, Dora, Cat, RegMean, Breadcrumbs):
     METHODS.register(_cls.name, _cls())
 
 __all__ = ["METHODS", "MergeContext", "MergeMethod", "ModuleResult"]

@@ -1,10 +1,12 @@
-/* Fused CPU loops for the TIES merge of small modules (see _native.py for why and how it is built).
+/* Fused CPU loops for the TIES merge (see _native.py for why and how it is built).
 
-   Both functions compute exactly what their eager PyTorch twins compute, in the same float order:
-   - am_kth_largest: `_select.kth_largest`, the k-th largest |value| of each row, by a radix select
+   Both functions compute exactly what the reference functions of methods/math.py compute, in the
+   same float order:
+   - am_kth_largest: `magnitude_cut`, the k-th largest |value| of each row, by a radix select
      on the float bits (with the sign bit cleared, float32 bit patterns sort as |x| does);
-   - am_ties_combine: `_kernels.trim_` then `_kernels.ties_combine` on weighted deltas, in one pass.
-   Plain C99, no fast-math: results must be bit-identical to the eager path. */
+   - am_ties_combine: `ties` (trim, elect sign, disjoint weighted mean) and `kept_counts` on
+     weighted deltas, in one pass.
+   Plain C99, no fast-math: results must be bit-identical to the reference. */
 
 #include <stdint.h>
 #include <stdlib.h>
@@ -68,7 +70,7 @@ int am_kth_largest(const float *a, int64_t m, int64_t n, int64_t k, float *resul
     return 0;
 }
 
-/* x where |x| >= cut, else 0: the trim, as `_kernels.trim_` (hardshrink) does it. */
+/* x where |x| >= cut, else 0: `trim`. */
 static inline float trimmed(float x, float cut) {
     return (x >= cut) | (-x >= cut) ? x : 0.0f;
 }

@@ -1,16 +1,17 @@
-"""The fused CPU loops of `_native.c`, built once per machine with the system C compiler.
+"""The NATIVE backend (see backends.py): the fused CPU loops of `_native.c`, built once per
+machine with the system C compiler and called through ctypes.
 
 Why: a TIES merge of small modules (SmolLM2-135M's, every module of a 1B model) is a dozen eager
 PyTorch passes per module, each one a kernel launch over a few MB with no arithmetic to speak of.
 In C the trim, sign election and weighted mean are one pass over the stacked deltas, and the
-radix select of the cut two. On a 1536 x 576 x 3 module at one thread (AMX Xeon, 2026-12-04):
-trim + combine 1.35 ms against 4.7 ms eager, the cut 1.8 ms against 7.3 ms. torch.compile
-would fuse the same loops but costs tens of seconds to compile; this builds in 0.2 s, once, into the cache folder (`<cache>/native/`, keyed
-by the source, the compiler and the CPU), and ctypes releases the GIL while a loop runs, so
-merge workers run them side by side.
+radix select of the cut two. On a 1536 x 576 x 3 module at one thread (AMX Xeon): trim + combine
+1.35 ms against 4.7 ms eager, the cut 1.8 ms against 7.3 ms. torch.compile would fuse the same
+loops but costs tens of seconds to compile; this builds in 0.2 s, once, into the cache folder
+(`<cache>/native/`, keyed by the source, the compiler and the CPU), and ctypes releases the GIL
+while a loop runs, so merge workers run them side by side.
 
-Where no compiler works (or ADAPTERMERGE_NATIVE=0) the eager twins run instead: the results are
-bit-identical (the C code keeps PyTorch's float order; tests/methods/test_native.py checks it).
+Where no compiler works (or ADAPTERMERGE_NATIVE=0) `library()` is None and the other backends
+run: the results are bit-identical (the C code keeps the reference's float order).
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ import threading
 from pathlib import Path
 
 import torch
+
+from ..base import cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +67,6 @@ def _load() -> ctypes.CDLL | None:
 
 def _built(compiler: str) -> Path:
     """The shared library for this source, compiler and CPU; compiled (atomically) if missing."""
-    from ..base import cache_dir
-
     source = SOURCE.read_bytes()
     key = hashlib.sha256(source + " ".join([compiler, *FLAGS, platform.machine(), _cpu_flags()]).encode()).hexdigest()[:16]
     folder = cache_dir() / "native"
@@ -95,11 +96,12 @@ def _cpu_flags() -> str:
 
 
 def usable(*tensors: torch.Tensor) -> bool:
+    """Whether the C loops can read these tensors in place."""
     return all(t.is_cpu and t.dtype == torch.float32 and t.is_contiguous() for t in tensors)
 
 
 def kth_largest(lib: ctypes.CDLL, values: torch.Tensor, k: int) -> torch.Tensor:
-    """`_select.kth_largest` of a contiguous float32 CPU [m, N]. [m]"""
+    """`math.magnitude_cut` of a contiguous float32 CPU [m, N]. [m]"""
     m, n = values.shape
     if not 1 <= k <= n:
         raise ValueError(f"k must be in [1, {n}], got {k}")
@@ -112,9 +114,9 @@ def kth_largest(lib: ctypes.CDLL, values: torch.Tensor, k: int) -> torch.Tensor:
 def ties_combine(
     lib: ctypes.CDLL, values: torch.Tensor, cuts: torch.Tensor, weights: list[float], out: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Trim (keep |v_i| >= cuts[i]) then `_kernels.ties_combine` of weighted deltas `values`
-    [k, N] (contiguous float32 CPU; not modified), into `out` [N] (contiguous float32; a new
-    tensor if None). Returns the merged [N] and the entries kept per adapter [k]."""
+    """`math.ties` and `math.kept_counts` of weighted deltas `values` [k, N] (contiguous float32
+    CPU; not modified) at `cuts` [k], into `out` [N] (contiguous float32; a new tensor if None).
+    Returns the merged [N] and the entries kept per adapter [k]."""
     k, n = values.shape
     cuts = cuts.float().contiguous()
     w = (ctypes.c_float * k)(*[abs(x) for x in weights])  # torch.tensor(list) costs more, all of it under the GIL

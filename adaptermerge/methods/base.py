@@ -9,7 +9,7 @@ dense delta (sparse families), plus a DoRA magnitude when the result is a DoRA l
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import ClassVar, Protocol
 
 import torch
@@ -113,6 +113,3 @@ def present(inputs, weights):
     """The (factors, weight) pairs of the adapters that have this module."""
     return [(f, w) for f, w in zip(inputs, weights) if f is not None]
 
-
-def params_fields(params_cls) -> list:
-    return list(fields(params_cls))

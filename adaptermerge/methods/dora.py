@@ -32,9 +32,9 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import AdapterMergeError
-from . import _ops
-from ._chunked import sparse_merge
+from ._chunked import Combine, Sparsify, sparse_merge
 from .base import ModuleResult, check_choice, check_density, normalized, param
+from .math import row_norm
 
 
 class Dora:
@@ -58,7 +58,7 @@ class Dora:
 
     def merge_module(self, inputs, weights, base_weight, params, ctx) -> ModuleResult:
         w0 = base_weight.float()
-        base_norm = _ops.row_norm(w0)
+        base_norm = row_norm(w0)
         ws = normalized(weights, params.normalize)
         rest = 0.0 if params.normalize else 1.0 - sum(ws)  # the base's own share (normalized: none)
         norms, mags, present = [], [], []
@@ -67,7 +67,7 @@ class Dora:
                 n = base_norm
                 mags.append(n * w)
             else:
-                n = _ops.row_norm(w0 + f.delta())
+                n = row_norm(w0 + f.delta())
                 mags.append((f.magnitude.float() if f.is_dora else n) * w)
                 present.append((f, w, n))
             norms.append((w, n))
@@ -85,6 +85,6 @@ class Dora:
         Bs = [f.scaled_B() * (common / n)[:, None] for f, _, n in present]
         As = [f.A.float() for f, _, _ in present]
         merged, info = sparse_merge(
-            Bs, As, [w for _, w, _ in present], density=params.density, sparsify="trim", combine="ties", seed=ctx.seed_for(-1)
+            Bs, As, [w for _, w, _ in present], density=params.density, sparsify=Sparsify.TRIM, combine=Combine.TIES, seed=ctx.seed_for(-1)
         )
         return ModuleResult(dense=merged, magnitude=magnitude, sketch=torch.cat(As, 0), info=info)

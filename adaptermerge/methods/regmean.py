@@ -29,6 +29,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .. import calibration
+from ..adapter import Adapter, LoraFactors
 from ..errors import AdapterMergeError
 from .base import MergeContext, ModuleResult, param
 
@@ -124,8 +126,6 @@ class RegMean:
 
     def prepare(self, plan):
         """Each adapter's calibration Grams (computed once per adapter and records, then cached)."""
-        from .. import calibration
-
         if any(w < 0 for w in plan.weights) or not any(w > 0 for w in plan.weights):
             raise AdapterMergeError(f"regmean weights weigh each adapter's inputs: expected non-negative weights, not all zero, got {plan.weights}")
         files = [f.strip() for f in plan.params.calib.split(",")] if plan.params.calib else None
@@ -140,8 +140,6 @@ class RegMean:
 
     def _merged_adapter(self, plan, store):
         """The merge with `store`'s Grams, in memory (its terms side by side, scale 1)."""
-        from ..adapter import Adapter, LoraFactors
-
         factors = {}
         for module in plan.modules:
             inputs = [a.factors(module) if module in a.specs else None for a in plan.adapters]

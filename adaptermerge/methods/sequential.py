@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
-from . import _ops
 from .base import ModuleResult, present
+from .math import row_norm
 
 
 class Sequential:
@@ -46,5 +46,5 @@ class Sequential:
             terms.append((B, f.A.float()))
             D.addmm_(B, f.A.float())
             if f.is_dora:
-                p = f.magnitude.float() / _ops.row_norm(w0 + D)
-        return ModuleResult(terms=terms, magnitude=p * _ops.row_norm(w0 + D))
+                p = f.magnitude.float() / row_norm(w0 + D)
+        return ModuleResult(terms=terms, magnitude=p * row_norm(w0 + D))

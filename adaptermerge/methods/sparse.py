@@ -1,8 +1,8 @@
-"""Sparsifying merges on dense deltas: ties, dare_linear, dare_ties. One kernel
-(`_chunked.sparse_merge`), two choices: how each delta is sparsified (magnitude trim or DARE
-random drop) and how they are combined (weighted sum, or TIES sign election + disjoint mean).
+"""Sparsifying merges on dense deltas: ties, dare_linear, dare_ties. One driver
+(`_chunked.sparse_merge`), two choices: how each delta is sparsified (`Sparsify`: magnitude trim
+or DARE random drop) and how they are combined (`Combine`: weighted sum, or TIES sign election +
+disjoint mean). The math and its conventions are those of `math.trim`, `math.dare`, `math.ties`:
 
-Conventions (pinned by tests):
 - trim keeps round(density * numel) entries of largest |value| per delta (per module, per adapter),
   exactly with threshold=exact (and auto, up to 16M stacked entries per module). With a sampled
   cut (threshold=sampled, or auto above that size) the share actually kept is counted and recorded
@@ -24,15 +24,15 @@ from dataclasses import dataclass
 
 import torch
 
-from ._chunked import THRESHOLDS, sparse_merge
+from ._chunked import THRESHOLDS, Combine, Sparsify, sparse_merge
 from .base import ModuleResult, check_choice, check_density, normalized, param
 
 
 class _Sparse:
     accepts_dora = False
     output_exact = False
-    sparsify = "trim"
-    combine = "ties"
+    sparsify = Sparsify.TRIM
+    combine = Combine.TIES
 
     def needs_base(self, adapters) -> bool:
         return False
@@ -50,7 +50,7 @@ class _Sparse:
             density=params.density,
             sparsify=self.sparsify,
             combine=self.combine,
-            generators=[ctx.generator(i) for i, _, _ in picked] if self.sparsify == "dare" else None,
+            generators=[ctx.generator(i) for i, _, _ in picked] if self.sparsify is Sparsify.DARE else None,
             threshold=getattr(params, "threshold", "auto"),
             seed=ctx.seed_for(-1),  # the cut's sample: per module, reproducible
         )
@@ -105,7 +105,7 @@ class DareLinear(_Sparse):
 
     name = "dare_linear"
     summary = "random drop + rescale, then weighted sum"
-    sparsify, combine = "dare", "sum"
+    sparsify, combine = Sparsify.DARE, Combine.SUM
     Params = DropSumParams
 
 
@@ -114,5 +114,5 @@ class DareTies(_Sparse):
 
     name = "dare_ties"
     summary = "random drop + rescale, elect sign, disjoint weighted mean"
-    sparsify = "dare"
+    sparsify = Sparsify.DARE
     Params = DropParams

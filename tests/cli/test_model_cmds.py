@@ -60,7 +60,7 @@ def test_bad_model_options_are_one_line_errors_with_no_output(quant_base, quant_
 
 
 def test_quantized_base_with_merge_onto_original_is_refused(quant_base, quant_adapters, tmp_path, capsys):
-    from adaptermerge.quantize import quantize_model
+    from adaptermerge.quantization import quantize_model
 
     quantize_model(quant_base, tmp_path / "nf4_base", "nf4")
     argv = ["linear", quant_adapters["qv"], "--base", tmp_path / "nf4_base", "--ignore-base-mismatch", "--output", "model", "--merge-onto", "original", "-o", tmp_path / "out"]

@@ -1,5 +1,6 @@
 import pytest
 
+from adaptermerge import base
 from adaptermerge.errors import AdapterMergeError
 from adaptermerge.evalsuite import candidates
 
@@ -7,8 +8,8 @@ from adaptermerge.evalsuite import candidates
 def test_auto_dtype_resolves_to_a_concrete_dtype():
     import torch
 
-    resolved = candidates.resolve_dtype("auto")
-    assert resolved in candidates.DTYPES
+    resolved = base.resolve_dtype("auto")
+    assert resolved in base.DTYPES
     if not torch.cuda.is_available():
         # bf16 only with hardware bf16 (AVX512-BF16 or AMX): emulated it is ~4x slower than float32.
         native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
@@ -17,8 +18,6 @@ def test_auto_dtype_resolves_to_a_concrete_dtype():
 
 def test_emulated_bf16_is_not_taken_for_native(monkeypatch):
     import torch
-
-    from adaptermerge import base
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
@@ -30,9 +29,9 @@ def test_emulated_bf16_is_not_taken_for_native(monkeypatch):
 
 
 def test_explicit_dtype_is_kept_and_unknown_is_refused():
-    assert candidates.resolve_dtype("float32") == "float32"
+    assert base.resolve_dtype("float32") == "float32"
     with pytest.raises(AdapterMergeError, match="float16.*auto, float32, bfloat16"):
-        candidates.resolve_dtype("float16")
+        base.resolve_dtype("float16")
 
 
 def test_an_adapter_is_never_scored_on_another_data_seeds_eval_split(adapters, tmp_path):
@@ -43,7 +42,7 @@ def test_an_adapter_is_never_scored_on_another_data_seeds_eval_split(adapters, t
     import shutil
 
     from adaptermerge.evalsuite.runner import check_data_seed
-    from adaptermerge.train.data import DATA_SEED, build_records
+    from adaptermerge.chat.data import DATA_SEED, build_records
 
     def prompts(split, seed):
         return {r["messages"][0]["content"] for r in build_records("safety", split, seed)}
@@ -63,9 +62,10 @@ def test_an_adapter_is_never_scored_on_another_data_seeds_eval_split(adapters, t
 
 def test_the_eval_seed_moves_the_mmlu_sample_not_the_built_in_data():
     from adaptermerge.evalsuite import harness
-    from adaptermerge.evalsuite.runner import EvalSettings, _specs
+    from adaptermerge.evalsuite.scoring import task_specs
+    from adaptermerge.evalsuite.settings import EvalSettings
 
-    docs = [_specs(["safety"], EvalSettings(seed=s), None, "cloze")[0].docs for s in (0, 5)]
+    docs = [task_specs(["safety"], EvalSettings(seed=s), None, "cloze")[0].docs for s in (0, 5)]
     assert docs[0] == docs[1] == harness.builtin_spec("safety").docs
 
 

@@ -10,10 +10,11 @@ import time
 import pytest
 
 from adaptermerge.cli.main import main
-from adaptermerge.train.data import build_records
+from adaptermerge.chat.data import build_records
 from adaptermerge.evalsuite.harness import TASKS_DIR
 from adaptermerge.evalsuite.report import write_report
-from adaptermerge.evalsuite.runner import EvalSettings, evaluate
+from adaptermerge.evalsuite.runner import evaluate
+from adaptermerge.evalsuite.settings import EvalSettings
 from adaptermerge.evalsuite.gates import Gate, parse_gates
 
 FAQ = [("What colour is the sky on a clear day?", "blue"), ("How many legs does a spider have?", "eight"),

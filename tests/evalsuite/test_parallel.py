@@ -74,7 +74,7 @@ def test_helper_is_as_quiet_as_its_parent(monkeypatch):
             return type("P", (), {"start": lambda self: None})()
 
     monkeypatch.setattr(parallel.multiprocessing, "get_context", lambda kind: FakeContext)
-    from adaptermerge.evalsuite.runner import EvalSettings
+    from adaptermerge.evalsuite.settings import EvalSettings
 
     settings = EvalSettings()
     hf = logging.getLogger("transformers")

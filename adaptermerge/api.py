@@ -1,0 +1,244 @@
+"""The public front door: every operation a user calls, typed and documented in one place.
+
+Each runs one implementation, a layer down: engine.merge and engine.merge_to_model (the
+pipeline merge -> onto/requantize -> write, which the recipe pipeline uses too), quantize, the
+evaluation runner, the trainer, the recipe pipeline. Added here: paths wherever adapters are
+expected, an `out` for `merge`, and MergeJob dispatch (CLI flags, YAML files).
+
+The modules behind `quantize` and `train` are named `quantization` and `training`, so that the
+package's attributes of those names are these functions and nothing hides a module.
+
+    from adaptermerge import load_adapter, merge, merge_to_model
+    merged = merge(["a/", "b/"], "ties", [1, 1], density=0.2, out="merged/")
+    merge_to_model([load_adapter("a/")], "full/", requantize="nf4")
+
+An output is never an input: not an input adapter's folder or file, not the base model's folder,
+and not inside or above one of them, even with force (fileio.check_destination). The rule is
+enforced where each output folder is written (fileio.atomic_dir, given the inputs), so
+`merge(...).save(out, force=True)`, `merge_to_model`, `quantize` and the CLI all refuse alike.
+
+Nothing here changes process-wide state unless asked: `tune_allocator=True` lets glibc keep
+module-sized blocks on its heap for the rest of the process (the CLI turns it on).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence, Union
+
+from .adapter import Adapter, LoraFactors, load_adapter
+from .engine import MergePlan, input_paths
+from .engine import merge as _merge
+from .engine import merge_to_model as _merge_to_model
+from .errors import AdapterMergeError
+from .evalsuite.candidates import Candidate
+from .evalsuite.gates import GateConfig, load_gates
+from .evalsuite.runner import EvalReport
+from .evalsuite.runner import evaluate as _evaluate
+from .evalsuite.settings import EvalSettings
+from .fileio import check_destination, read_json_object
+from .mergeconfig import MergeJob
+from .methods import METHODS
+from .model_output import ModelOutput
+from .progress import Progress, StageProgress
+from .quantization import quantize_model
+from .recipe import Recipe, RecipeResult
+from .recipe import run_recipe as _run_recipe
+from .training.trainer import ProgressFn as TrainProgress
+from .training.trainer import TrainConfig
+from .training.trainer import train as _train
+
+__all__ = [
+    "METHODS",
+    "Adapter",
+    "AdapterMergeError",
+    "EvalReport",
+    "EvalSettings",
+    "LoraFactors",
+    "MergeJob",
+    "MergePlan",
+    "ModelOutput",
+    "Recipe",
+    "RecipeResult",
+    "TrainConfig",
+    "evaluate",
+    "load_adapter",
+    "merge",
+    "merge_to_model",
+    "quantize",
+    "run_merge_job",
+    "run_recipe",
+    "train",
+]
+
+AdapterLike = Union[Adapter, str, os.PathLike]  # an Adapter, or a PEFT folder / bare .safetensors file to load
+
+
+def _adapters(items: Sequence[AdapterLike], alphas: Sequence[float | None] | None = None) -> list[Adapter]:
+    """Adapters as given, paths loaded (`alphas`: each path's --alpha). Loaded inputs that share a
+    name (a/adapter_model.safetensors, b/adapter_model.safetensors) get #N suffixes, so that the
+    provenance and the errors tell them apart."""
+    if isinstance(items, (str, os.PathLike, Adapter)):
+        raise AdapterMergeError(f"adapters must be a list of adapters or paths, got {items!r}")
+    loaded = []
+    for i, item in enumerate(items):
+        if isinstance(item, Adapter):
+            loaded.append((item, False))
+        elif isinstance(item, (str, os.PathLike)):
+            loaded.append((load_adapter(item, alpha=alphas[i] if alphas else None), True))
+        else:
+            raise AdapterMergeError(f"adapters[{i}]: expected an Adapter or a path, got {type(item).__name__}")
+    names = [a.name for a, _ in loaded]
+    for i, (a, ours) in enumerate(loaded):
+        if ours and names.count(a.name) > 1:
+            a.name = f"{a.name}#{i + 1}"
+    return [a for a, _ in loaded]
+
+
+def merge(
+    adapters: Sequence[AdapterLike],
+    method: str = "linear",
+    weights: Sequence[float] | None = None,
+    *,
+    out: str | os.PathLike | None = None,
+    force: bool = False,
+    base: str | None = None,
+    rank: int | None = None,
+    seed: int = 0,
+    device: str = "cpu",
+    check_base: bool = True,
+    progress: Progress | None = None,
+    tune_allocator: bool = False,
+    **params,
+) -> Adapter:
+    """Merge adapters into one LoRA adapter; with `out`, also write it there as a PEFT folder.
+
+    adapters: Adapter objects or paths (PEFT folders, bare .safetensors files with alpha in their
+    metadata). method: a name in METHODS; `params` are its parameters (density=0.2 for ties...).
+    weights: one per adapter (default 1 each). base: the base model (HF id or folder) for methods
+    that read it (default: the adapters' recorded base). rank: the output rank (default: exact for
+    the linear family, the sum of input ranks otherwise). seed: for random methods (DARE).
+    out/force: checked before the merge runs; the returned adapter's `save` checks the same rule.
+    tune_allocator: see the module docstring. Raises AdapterMergeError on any bad input.
+    """
+    items = _adapters(adapters)
+    if out is not None:
+        check_destination(out, force, input_paths(items, (base,)))  # before the merge's minutes, not after
+    merged = _merge(items, method, weights, base=base, rank=rank, seed=seed, device=device, progress=progress,
+                    check_base=check_base, tune_allocator=tune_allocator, **params)
+    if out is not None:
+        merged.save(out, force=force)
+    return merged
+
+
+def merge_to_model(
+    adapters: Sequence[AdapterLike],
+    out: str | os.PathLike,
+    method: str = "linear",
+    weights: Sequence[float] | None = None,
+    *,
+    base: str | None = None,
+    seed: int = 0,
+    device: str = "cpu",
+    shard_size: str | int = "2GB",
+    force: bool = False,
+    check_base: bool = True,
+    merge_onto: str | None = None,
+    requantize: str | None = None,
+    compute_dtype: str = "float32",
+    progress: Progress | None = None,
+    quantize_progress: StageProgress | None = None,
+    **params,
+) -> Path:
+    """Merge adapters straight into the base model's weights and write the full model to `out`.
+
+    The merged update is exact here (no low-rank truncation): W0 + delta, or the DoRA weight.
+    merge_onto: "original" (W0), "dequantized" (dequant(NF4(W0)), what a QLoRA adapter was trained
+    against) or None to choose from the adapters' training.json and requantize (adaptermerge.qlora).
+    requantize: "nf4" or "int8" writes the model quantized with bitsandbytes, with the quantization
+    report in adaptermerge.json; compute_dtype is its matmul dtype. Every option and the output
+    folder are checked before any weight is read. Returns `out`.
+    """
+    return _merge_to_model(_adapters(adapters), out, method, weights, base=base, seed=seed, device=device, shard_size=shard_size,
+                           force=force, check_base=check_base, merge_onto=merge_onto, requantize=requantize,
+                           compute_dtype=compute_dtype, progress=progress, quantize_progress=quantize_progress, **params)
+
+
+def run_merge_job(
+    job: MergeJob,
+    *,
+    progress: Progress | None = None,
+    quantize_progress: StageProgress | None = None,
+    tune_allocator: bool = False,
+) -> dict:
+    """Run a MergeJob (from CLI flags or a YAML file: mergeconfig.load_merge_config) through
+    `merge` or `merge_to_model`. Returns the provenance written to the output's adaptermerge.json."""
+    adapters = _adapters(job.inputs, [job.alpha_for(i) for i in range(len(job.inputs))])
+    common = dict(base=job.base, seed=job.seed, device=job.device, check_base=job.check_base, progress=progress, **job.params)
+    if job.output == "model":
+        out = merge_to_model(adapters, job.out, job.method, job.weights, shard_size=job.shard_size, force=job.force,
+                             merge_onto=job.merge_onto, requantize=job.requantize, compute_dtype=job.compute_dtype,
+                             quantize_progress=quantize_progress, **common)
+        return read_json_object(out / "adaptermerge.json")
+    merged = merge(adapters, job.method, job.weights, out=job.out, force=job.force, rank=job.rank, tune_allocator=tune_allocator, **common)
+    return merged.metadata
+
+
+def quantize(
+    model_dir: str | os.PathLike,
+    out: str | os.PathLike,
+    scheme: str = "nf4",
+    *,
+    compute_dtype: str = "float32",
+    device: str = "cpu",
+    force: bool = False,
+    prompts: Sequence[str] | None = None,
+    progress: StageProgress | None = None,
+) -> dict:
+    """Quantize a full-precision model folder (nf4 or int8, bitsandbytes) into `out`, a folder that
+    reloads quantized with from_pretrained; returns the report (per-layer error, next-token KL on
+    fixed prompts, sizes) also written into out/adaptermerge.json. `out` is never `model_dir`."""
+    return quantize_model(model_dir, out, scheme, compute_dtype=compute_dtype, device=device, force=force,
+                          prompts=prompts, progress=progress)
+
+
+def evaluate(
+    candidates: Sequence[str | Candidate],
+    tasks: Sequence[str] | None = None,
+    gates: GateConfig | str | os.PathLike | None = None,
+    settings: EvalSettings | None = None,
+    *,
+    progress: Progress | None = None,
+) -> EvalReport:
+    """Evaluate the base model and `candidates` (adapter folders or model folders) on `tasks`
+    (default: the gates' tasks, else the built-in tasks and MMLU), check `gates` (a GateConfig or
+    a gates YAML file), and return the report. Results are cached by model content and settings.
+    """
+    if isinstance(gates, (str, os.PathLike)):
+        gates = load_gates(gates)
+    return _evaluate(list(candidates), list(tasks) if tasks is not None else None, gates, settings, progress)
+
+
+def train(config: TrainConfig | None = None, *, progress: TrainProgress | None = None, **options) -> Path:
+    """Train a (Q)LoRA adapter and write it to its output folder; returns that folder.
+
+    Pass a TrainConfig, or its fields as keywords (task="domain", output="adapters/domain", ...).
+    progress(step, total_steps, loss) is called after every optimizer step.
+    """
+    if config is None:
+        try:
+            config = TrainConfig(**options)
+        except TypeError as exc:
+            raise AdapterMergeError(f"train: {exc}") from None
+    elif options:
+        raise AdapterMergeError(f"train: pass a TrainConfig or keyword options, not both (got {', '.join(sorted(options))})")
+    return _train(config, progress)
+
+
+def run_recipe(recipe: Recipe | str | os.PathLike, *, output: str | os.PathLike, force: bool = False, **options) -> RecipeResult:
+    """Run a recipe (a Recipe, or its YAML file such as examples/manga-assist.yaml): train or take
+    its adapters, merge them with every candidate it lists, evaluate each against its gates, choose
+    the winner and write it with the report into `output`. `options` are the pipeline's run
+    options (quick=True, mmlu_data=..., threads=...: see adaptermerge.recipe.run_recipe)."""
+    return _run_recipe(recipe, output=output, force=force, **options)

@@ -1,0 +1,503 @@
+"""`run_recipe(recipe, output=...)`: the stages of a recipe run, each a small function.
+
+base -> adapters (trained from presets, cached; or given) -> merge every candidate -> evaluate
+with the gates -> choose (the sweep, on the dev split, when none passes) -> the winner (adapter and
+re-quantized model) -> report. Everything is written into a temporary folder beside the output,
+which replaces the output in one rename at the end. A candidate that fails becomes a row with its
+error; one that cannot run here (a missing optional tool) a skipped row that says why.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import platform
+import shutil
+import time
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .. import base as base_mod
+from .. import cputhreads
+from ..adapter import load_adapter
+from ..calibration import PROGRESS_LABEL
+from ..engine import merge, merge_to_model
+from ..errors import AdapterMergeError
+from ..evalsuite import candidates as cand_mod
+from ..evalsuite.runner import evaluate, start_helper
+from ..evalsuite.settings import EvalSettings
+from ..fileio import atomic_dir, check_destination
+from ..methods import METHODS
+from ..quantization import quantize_model
+from . import adapters as adapters_mod
+from . import baselines, dedupe, report, select, weights
+from . import tasks as tasks_mod
+from .rows import MMLU, Candidate, Row, Winner, best_merge, build_rows
+from .schema import Recipe, load_recipe
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str, int, int, str], None]  # (stage, done, total, label)
+STAGES = ("base", "train", "merge", "grams", "eval", "search", "sweep", "winner")
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How to run a recipe here (not what it compares): these never change its results' meaning."""
+
+    quick: bool = False
+    mmlu_data: str | None = None  # None: $ADAPTERMERGE_MMLU_DATA, else ../shared/data/mmlu if present
+    threads: int | None = None  # torch threads of each evaluation process
+    mergekit: str | None = None  # mergekit-yaml executable (None: found on PATH, else that row is skipped)
+    train_workers: int | None = None  # adapters trained at once (None: 2 on a multi-core CPU for long runs)
+
+
+@dataclass
+class RecipeResult:
+    output: Path
+    rows: list[Row]
+    winner: Winner | None  # written to output/winner (None when writing it failed or nothing was usable)
+    report: dict  # report.json's data
+    best: str | None = None  # the best merge by the gates, whether or not writing it worked
+
+
+def _noop(stage: str, done: int, total: int, label: str = "") -> None:
+    pass
+
+
+class Run:
+    """One run's fixed context: the recipe, its options and the evaluation plan."""
+
+    def __init__(self, recipe: Recipe, options: RunOptions, tmp: Path, progress: Progress):
+        self.recipe, self.options, self.tmp, self.progress = recipe, options, tmp, progress
+        self.quick = recipe.quick if options.quick else None
+        self.plan = tasks_mod.plan(recipe, options.quick, options.mmlu_data)
+        self.work = tmp / ".work"
+        self.inputs: dict[str, Path] = {}  # adapter name -> PEFT folder
+
+    @property
+    def base(self) -> str | None:
+        return self.recipe.base
+
+    def eval_settings(self, split: str = "eval") -> EvalSettings:
+        """The evaluation settings; on the dev split MMLU's questions come from its dev split."""
+        return EvalSettings(base=self.base, mmlu_data=self.options.mmlu_data, mmlu_limit=self.plan.mmlu_limit,
+                            mmlu_subjects=self.plan.mmlu_subjects, seed=self.recipe.seed,
+                            mmlu_split="dev" if split == "dev" else "test", threads=self.options.threads,
+                            batch_size=self.recipe.eval.batch_size, dtype=self.recipe.eval.dtype)
+
+    def eval_tasks(self, gate_config) -> list[str]:
+        return [t for t in gate_config.tasks if self.plan.has_mmlu or t != MMLU]
+
+
+# ---------------------------------------------------------------- adapters
+
+def prepare_adapters(run: Run) -> list[Row]:
+    """The input adapters' rows: the presets trained (or taken from the cache; side by side on a
+    multi-core CPU), the given ones as PEFT folders."""
+    recipe, progress = run.recipe, run.progress
+    trained = [a for a in recipe.adapters if a.preset is not None]
+    configs = {a.name: adapters_mod.choose_config(a.preset, base=recipe.base, seed=recipe.seed, quick=run.quick, steps=a.steps)
+               for a in trained}
+    steps: dict[str, str] = {}
+    finished: set[str] = set()
+
+    def step(name: str, done: int, total: int, loss: float) -> None:
+        steps[name] = f"{name} step {done}/{total} loss {loss:.3f}"
+        if done == total:
+            finished.add(name)
+        progress("train", len(finished), len(configs), ", ".join(steps.values()))
+
+    results = {}
+    if configs:
+        progress("train", 0, len(configs), ", ".join(configs))
+        results = adapters_mod.ensure_adapters(configs, step, workers=run.options.train_workers)
+        progress("train", len(configs), len(configs), "done")
+    rows = []
+    for spec in recipe.adapters:
+        if spec.preset is not None:
+            path, reused = results[spec.name]
+            rows.append(Row(spec.name, "adapter", path=path, task=spec.task, reused=reused,
+                            steps=configs[spec.name].resolved().max_steps))
+        else:
+            path = adapters_mod.take_given(spec, run.tmp / "adapters" / spec.name, recipe.base)
+            rows.append(Row(spec.name, "adapter", path=path, task=spec.task, source=str(spec.path)))
+        run.inputs[spec.name] = Path(path)
+    return rows
+
+
+# ---------------------------------------------------------------- candidates
+
+def candidates(run: Run) -> list[Candidate]:
+    """The recipe's merges (quick parameters applied in a quick run), then its baselines."""
+    recipe = run.recipe
+    n = len(recipe.adapters)
+    quick = recipe.quick.params if run.options.quick else {}
+    out = [Candidate(m.name, "method", m.method, {**m.params, **quick.get(m.method, {})}, m.weights or (1.0,) * n)
+           for m in recipe.candidates]
+    ties_density = METHODS.get("ties").Params().density
+    baseline = {
+        "peft_ties": Candidate("peft_ties", "peft", "ties", {"density": ties_density}, (1.0,) * n),
+        "peft_ties_svd": Candidate("peft_ties_svd", "peft", "ties_svd", {"density": ties_density}, (1.0,) * n),
+        "mergekit_ties": Candidate("mergekit_ties", "mergekit", "ties", {"density": ties_density}, (1.0,) * n),
+        "sequential_training": Candidate("sequential_training", "train", "on_top_of", {}, (1.0,) * n),
+    }
+    return out + [baseline[b] for b in recipe.baselines]
+
+
+def _sequential_training(run: Run, out: Path) -> Path:
+    """Train each next preset on top of the chain so far (`train --on-top-of`), folding the chain
+    with the sequential method after each step; the result is one adapter on the base."""
+    recipe = run.recipe
+    if any(a.preset is None for a in recipe.adapters):
+        raise baselines.Skipped("sequential training needs every adapter trained from a preset by the recipe")
+    first, *rest = recipe.adapters
+    chain = run.inputs[first.name]
+    work = run.work / "sequential"
+    for spec in rest:
+        cfg = adapters_mod.choose_config(spec.preset, base=recipe.base, seed=recipe.seed, quick=run.quick, steps=spec.steps,
+                                         on_top_of=chain)
+        trained, _ = adapters_mod.ensure_adapter(cfg, lambda s, n, loss, t=spec.name: run.progress(
+            "train", len(recipe.adapters), len(recipe.adapters), f"{t} on top of the chain: step {s}/{n}"))
+        folded = merge([load_adapter(chain), load_adapter(trained)], "sequential", [1.0, 1.0], base=recipe.base, seed=recipe.seed)
+        chain = folded.save(work / f"chain-{spec.name}", force=True)
+    shutil.copytree(chain, out)
+    return out
+
+
+def _calibration_progress(progress: Progress):
+    """A merge's callback that shows regmean's calibration pass (minutes: the base reads every
+    adapter's records) on a bar of its own; the module loop (seconds) stays off it."""
+
+    def show(done: int, total: int, label: str) -> None:
+        if label.startswith(PROGRESS_LABEL):
+            progress("grams", done, total, label)
+    return show
+
+
+def make_candidate(run: Run, candidate: Candidate) -> Row:
+    """Produce one candidate's output; a failure is returned as the row's error, never raised."""
+    recipe = run.recipe
+    out = run.tmp / "merges" / candidate.name
+    paths = dict(run.inputs)
+    row = Row(candidate.name, "merge", candidate=candidate)
+    started = time.perf_counter()
+    try:
+        if candidate.kind == "method":
+            merged = merge([load_adapter(p) for p in paths.values()], candidate.method, list(candidate.weights),
+                           base=recipe.base, seed=recipe.seed, progress=_calibration_progress(run.progress), **candidate.params)
+            merged.save(out)
+            row.lowrank = _lowrank_summary(merged.metadata)
+        elif candidate.kind == "peft":
+            baselines.peft_merge(paths, out, candidate.method, base=recipe.base, weights=list(candidate.weights),
+                                 density=candidate.params["density"], seed=recipe.seed, work=run.work / "peft")
+        elif candidate.kind == "mergekit":
+            baselines.mergekit_merge(paths, out, base=recipe.base, weights=list(candidate.weights), density=candidate.params["density"],
+                                     work=run.work / "mergekit", executable=run.options.mergekit, threads=torch.get_num_threads())
+            row.model = "full"
+        elif candidate.kind == "train":
+            _sequential_training(run, out)
+        else:
+            raise AdapterMergeError(f"unknown candidate kind {candidate.kind!r}")
+        row.path = out
+    except baselines.Skipped as exc:
+        row.error, row.skipped = str(exc), True
+    except Exception as exc:  # noqa: BLE001 - one candidate failing must not stop the comparison
+        log.warning("candidate %s failed: %s", candidate.name, exc, exc_info=log.isEnabledFor(logging.DEBUG))
+        row.error = f"{type(exc).__name__}: {exc}"
+        shutil.rmtree(out, ignore_errors=True)
+    row.seconds = round(time.perf_counter() - started, 2)
+    return row
+
+
+def _lowrank_summary(provenance: dict) -> dict:
+    """Output ranks and the truncation's relative error over the modules (the merge's provenance,
+    as written to adaptermerge.json): a sparse merge's row is that of its rank-truncated adapter,
+    not of the dense merge."""
+    summary = provenance.get("summary") or {}
+    return {k: summary[k] for k in ("ranks", "all_exact", "mean_rel_error", "max_rel_error") if k in summary}
+
+
+# ---------------------------------------------------------------- evaluation
+
+def _eval_candidate(row: Row, base: str | None) -> cand_mod.Candidate:
+    kind = "merged" if row.model == "full" else "adapter"
+    return cand_mod.Candidate(row.name, kind, Path(row.path), base=base, task=row.task if row.kind == "adapter" else None)
+
+
+def mark_copies(entries: list[Row]) -> None:
+    """A merge with the same weights as an earlier one (dedupe.py) gets `same_as` and
+    `probe_difference`; it is not evaluated again."""
+    named = [(e.name, Path(e.path)) for e in entries if e.kind == "merge" and e.error is None and e.model == "adapter"]
+    by_name = {e.name: e for e in entries}
+    for name, (other, diff) in dedupe.find_copies(named).items():
+        by_name[name].same_as, by_name[name].probe_difference = other, diff
+
+
+def to_evaluate(entries: list[Row]) -> list[Row]:
+    return [e for e in entries if e.kind != "base" and e.error is None and not e.same_as]
+
+
+def evaluate_entries(run: Run, entries: list[Row], gate_config, helper=None, split: str = "eval"):
+    """Evaluate the base and every entry that produced an output (one call: cached results are
+    reused; `helper`: one started early, already fed part of them). A copy of an earlier merge
+    gets that one's scores."""
+    mark_copies(entries)
+    cands = [_eval_candidate(e, run.base) for e in to_evaluate(entries)]
+    stage = "eval" if split == "eval" else "sweep"
+    evaluated = evaluate(cands, tasks=run.eval_tasks(gate_config), gates=gate_config, settings=run.eval_settings(split),
+                         progress=lambda d, n, label: run.progress(stage, d, n, f"{split}: {label}"), helper=helper)
+    for e in entries:
+        if e.same_as in evaluated.scores:
+            evaluated.scores[e.name] = evaluated.scores[e.same_as]
+    return evaluated
+
+
+class EarlyEvaluation:
+    """The evaluation helper process, started before the merges (evalsuite/parallel.py): it
+    evaluates the base, the input adapters and each merge as soon as it is written, while this
+    process, on the threads the helper leaves, goes on with the baselines (sequential training,
+    mergekit, PEFT). No helper (one core, a GPU, the results cache off): nothing changes."""
+
+    def __init__(self, run: Run, gate_config):
+        self.run, self.gate_config = run, gate_config
+        self.helper = None
+        self._threads = contextlib.ExitStack()  # this process's thread count while the helper runs
+
+    def __enter__(self) -> "EarlyEvaluation":
+        self.helper = start_helper(self.run.eval_tasks(self.gate_config), self.gate_config, self.run.eval_settings())
+        if self.helper is not None:  # the helper has its threads; this process the rest
+            self._threads.enter_context(cputhreads.using(max(1, cputhreads.machine_threads() - self.helper.threads)))
+        return self
+
+    def feed(self, entries: list[Row]) -> None:
+        """Queue the base and every entry with an output that is not a copy of an earlier merge."""
+        if self.helper is None:
+            return
+        mark_copies(entries)
+        self.helper.submit(cand_mod.base_candidate(self.run.base))
+        for entry in to_evaluate(entries):
+            self.helper.submit(_eval_candidate(entry, self.run.base))
+
+    def take(self):
+        """The helper, handed to `evaluate`, which ends it."""
+        helper, self.helper = self.helper, None
+        return helper
+
+    def __exit__(self, *exc) -> None:
+        if self.helper is not None:  # never handed over: an error on the way
+            self.helper.close()
+        self._threads.close()
+
+
+# ---------------------------------------------------------------- choosing and writing
+
+def _best_method(rows: list[Row]) -> Row | None:
+    """The best merge of a registered method: the one the sweep can re-run with new weights and settings."""
+    return best_merge([r for r in rows if r.candidate is not None and r.candidate.kind == "method"])
+
+
+def choice_split(recipe: Recipe) -> tuple[str, str | None]:
+    """(the split the sweep chooses on, a note when it is not the one asked for)."""
+    lacking = tasks_mod.dev_split_lacking(recipe)
+    if recipe.select.split == "eval":
+        return "eval", "the recipe chooses on the eval split (select.split: eval): the winner's row is a best of several there"
+    if lacking:
+        return "eval", (f"no dev split for {', '.join(lacking)} (give `dev: FILE.jsonl` in its gate): the choice was made "
+                        "on the eval split, so the winner's row is a best of several there")
+    return "dev", None
+
+
+def sweep(run: Run, best: Row | None, rows: list[Row], entries: list[Row], split: str, searched) -> select.SweepOutcome:
+    """select.run_sweep from the best merge and the best of a registered method on the eval split
+    (none when no merge gave a usable result: then only the sweep's fallback points)."""
+    names = {r.name for r in (best, _best_method(rows)) if r is not None}
+    # A copy of an earlier merge (same_as) starts as that merge: the copy is never evaluated itself.
+    names = {next((e.same_as or e.name for e in entries if e.name == n), n) for n in names}
+    starts = [e for e in entries if e.name in names]
+
+    def merge_point(candidate: Candidate) -> Row:
+        run.progress("sweep", 0, 0, f"merging {candidate.name}")  # total 0: a bar without a count
+        return replace(make_candidate(run, candidate), sweep=True)
+
+    def evaluate_on(scored, gate_config, on):
+        return evaluate_entries(run, scored, gate_config, split=on).scores
+
+    return select.run_sweep(starts, entries, run.recipe, run.plan.docs, run.plan.has_mmlu, run.tmp / "eval-data", merge_point,
+                            evaluate_on, split=split, quick=run.options.quick, searched=searched)
+
+
+def search_weights(run: Run, notes: list[str]):
+    """The proxy weight search over the preset adapters, or None (with a note) when it fails."""
+    named = {spec.preset: run.inputs[spec.name] for spec in run.recipe.adapters}
+    try:
+        return weights.search_weights(run.base, named, seed=run.recipe.seed,
+                                      per_task=weights.QUICK_PER_TASK if run.options.quick else weights.PER_TASK,
+                                      rounds=1 if run.options.quick else weights.ROUNDS,
+                                      progress=lambda n, label: run.progress("search", n, 0, label))
+    except Exception as exc:  # noqa: BLE001 - the rest of the sweep still runs
+        log.warning("weight search failed: %s", exc, exc_info=log.isEnabledFor(logging.DEBUG))
+        notes.append(f"weight search failed: {type(exc).__name__}: {exc}")
+        return None
+
+
+def write_winner(run: Run, row: Row, out: Path) -> Winner:
+    """out/adapter (the PEFT adapter; none for a full-model merge) and out/<scheme> (the re-quantized model)."""
+    scheme = run.recipe.output.quantize
+    out.mkdir(parents=True)
+    notes, adapter = [], None
+    source = Path(row.path)
+    run.progress("winner", 0, 1, row.name)
+    if row.model == "full":
+        notes.append("a full-model merge (mergekit) has no adapter form")
+        if scheme is not None:
+            quantize_model(source, out / scheme, scheme, source=row.name)
+    else:
+        shutil.copytree(source, out / "adapter")
+        adapter = "adapter"
+        if scheme is not None:
+            # One adapter through the sequential method is the adapter itself, DoRA included.
+            merge_to_model([load_adapter(source)], out / scheme, "sequential", [1.0], base=run.base, requantize=scheme)
+    run.progress("winner", 1, 1, "done")
+    return Winner(row.name, adapter, scheme, scheme, tuple(notes))
+
+
+def _eval_notes(notes: list[str]) -> list[str]:
+    # The suite's own retention note concerns its gates; the rows compute retention themselves.
+    return [n for n in notes if not n.startswith("retention:")]
+
+
+def machine() -> dict:
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    return {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "load_average": [round(x, 2) for x in load] if load else None}
+
+
+# ---------------------------------------------------------------- the run
+
+def run_recipe(recipe: Recipe | str | Path, *, output: str | Path, force: bool = False, progress: Progress | None = None,
+               quick: bool = False, mmlu_data: str | None = None, threads: int | None = None, mergekit: str | None = None,
+               train_workers: int | None = None) -> RecipeResult:
+    """Run a recipe (a Recipe or its YAML file) into `output` (see the module docstring).
+
+    `quick`: the recipe's quick settings (fewer training steps, evaluation subsets); `mmlu_data`:
+    local cais/mmlu CSVs (None: $ADAPTERMERGE_MMLU_DATA, else ../shared/data/mmlu; without data
+    the MMLU gate is skipped with a note)."""
+    if not isinstance(recipe, Recipe):
+        recipe = load_recipe(recipe)
+    progress = progress or _noop
+    # the one output rule (fileio.check_destination): never a given adapter or the base folder
+    inputs = [spec.path for spec in recipe.adapters if spec.path is not None]
+    if recipe.base and Path(recipe.base).expanduser().exists():
+        inputs.append(Path(recipe.base).expanduser())
+    output = check_destination(Path(output), force, inputs)
+    options = RunOptions(quick=quick, mmlu_data=mmlu_data or tasks_mod.default_mmlu_data(), threads=threads,
+                         mergekit=mergekit, train_workers=train_workers)
+    started, timings, notes, extra = time.perf_counter(), {}, [], {}
+    with atomic_dir(output, force=force, inputs=inputs) as tmp:
+        run = Run(recipe, options, tmp, progress)
+        if MMLU in recipe.tasks and not run.plan.has_mmlu:
+            notes.append("MMLU skipped: no data (pass --mmlu-data or set ADAPTERMERGE_MMLU_DATA)")
+        t = time.perf_counter()
+        progress("base", 0, 1, "resolving")
+        base_dir = base_mod.resolve_base(recipe.base)
+        progress("base", 1, 1, str(base_dir.name))
+        timings["base"] = round(time.perf_counter() - t, 2)
+
+        t = time.perf_counter()
+        inputs = prepare_adapters(run)
+        timings["train"] = round(time.perf_counter() - t, 2)
+
+        t = time.perf_counter()
+        (tmp / "merges").mkdir()
+        entries = [Row("base", "base"), *inputs]
+        gate_config = tasks_mod.gate_config(recipe, run.plan.docs, tmp / "eval-data")
+        eval_names = tasks_mod.eval_names(recipe, run.plan.docs)
+        headline = {task: recipe.headline(task) for task in eval_names}
+        with EarlyEvaluation(run, gate_config) as early:
+            early.feed(entries)
+            todo = candidates(run)
+            for i, candidate in enumerate(todo):
+                progress("merge", i, len(todo), candidate.name)
+                entries.append(make_candidate(run, candidate))
+                early.feed(entries)
+            progress("merge", len(todo), len(todo), "done")
+            timings["merge"] = round(time.perf_counter() - t, 2)
+
+            t = time.perf_counter()
+            evaluated = evaluate_entries(run, entries, gate_config, helper=early.take())
+        extra["evaluated_by_helper"] = [c["name"] for c in evaluated.candidates if c.get("evaluated_by")]
+        rows = build_rows(entries, evaluated.scores, gate_config, eval_names, headline, run.plan.has_mmlu)
+        timings["eval"] = round(time.perf_counter() - t, 2)
+
+        best = best_merge(rows)
+        if recipe.select.sweep and not (best and best.passed):
+            t = time.perf_counter()
+            split, split_note = choice_split(recipe)
+            if split_note:
+                notes.append(split_note)
+            search = search_weights(run, notes) if recipe.select.weight_search else None
+            outcome = sweep(run, best, rows, entries, split, search.best.weights if search else None)
+            extra["sweep"] = outcome.summary()
+            if outcome.chosen is not None:
+                if outcome.chosen.sweep:  # its first evaluation on the eval split
+                    entries.append(outcome.chosen)
+                    evaluated = evaluate_entries(run, entries, gate_config)
+                    rows = build_rows(entries, evaluated.scores, gate_config, eval_names, headline, run.plan.has_mmlu)
+                best = next(r for r in rows if r.name == outcome.chosen.name)
+            note = select.selection_note(extra["sweep"], best.name if best else None)
+            if note:
+                notes.append(note)
+            timings["sweep"] = round(time.perf_counter() - t, 2)
+            extra["weight_search"] = search.as_dict() if search else None
+
+        winner = None
+        if best is not None:
+            t = time.perf_counter()
+            try:
+                winner = write_winner(run, best, tmp / "winner")
+            except Exception as exc:  # noqa: BLE001 - the table is still worth writing
+                log.warning("writing the winner failed: %s", exc, exc_info=log.isEnabledFor(logging.DEBUG))
+                notes.append(f"writing the winner {best.name} failed: {type(exc).__name__}: {exc}")
+            timings["winner"] = round(time.perf_counter() - t, 2)
+        else:
+            notes.append("no merge produced a usable result: no winner written")
+        shutil.rmtree(run.work, ignore_errors=True)
+        timings["total"] = round(time.perf_counter() - started, 2)
+
+        data = report_data(run, rows, winner, timings=timings, notes=notes + _eval_notes(evaluated.notes),
+                           eval_names=eval_names, headline=headline, extra=extra)
+        report.write(data, tmp)
+    return RecipeResult(output, rows, winner, data, best.name if best else None)
+
+
+def report_data(run: Run, rows: list[Row], winner: Winner | None, *, timings: dict, notes: list[str], eval_names: dict,
+                headline: dict, extra: dict) -> dict:
+    recipe = run.recipe
+    candidates_json = report.plain(rows)
+    report.relative_paths(candidates_json, run.tmp)
+    metrics = {**headline, **({MMLU: "acc"} if run.plan.has_mmlu else {})}
+    return {
+        "recipe": recipe.name,
+        "description": recipe.description,
+        "tasks": list(eval_names),
+        "metrics": metrics,
+        "candidates": candidates_json,
+        "winner": report.plain(winner),
+        "gates": {"rules": [g.describe() for g in recipe.gates.gates if run.plan.has_mmlu or g.task != MMLU],
+                  "retention_min": recipe.gates.retention_min},
+        "eval_tasks": eval_names,
+        "run": {**report.plain(run.options), "docs": run.plan.docs, "mmlu_limit": run.plan.mmlu_limit,
+                "mmlu_subjects": run.plan.mmlu_subjects},
+        "settings": report.plain(recipe),
+        "timings_s": timings,
+        "machine": machine(),
+        "notes": notes,
+        **report.plain(extra),
+    }

@@ -1,0 +1,469 @@
+"""The recipe: a YAML file that says which adapters to merge, how, how to judge them and what to keep.
+
+    name: manga-assist
+    base: null                       # HF id or folder; null: the embedded SmolLM2-135M-Instruct
+    seed: 0
+    adapters:                        # at least two; order = the order of `weights`
+      domain: {preset: domain}       # trained from a built-in preset (cached by its settings)
+      faq: {path: faq.safetensors, alpha: 16, task: faq}   # given: a PEFT folder or a bare .safetensors
+    candidates:                      # `all` (every registered method at its defaults) or a list:
+      - ties                         #   a method at its defaults
+      - {method: ties, name: ties_dense, params: {density: 0.5}, weights: [1, 2]}
+    baselines: [peft_ties, peft_ties_svd, mergekit_ties, sequential_training]   # or all / none
+    gates:                           # the gates file format (evalsuite/gates.py), plus `dev:` per user task
+      tasks:
+        domain: {metric: exact_match, min: 0.75}
+        faq: {data: faq-eval.jsonl, dev: faq-dev.jsonl, metric: exact_match, min: 0.5}
+        mmlu: {metric: acc, max_drop: 0.01}
+      retention: {min: 0.95}
+    eval: {docs: {domain: 8}, mmlu_limit: 3, mmlu_subjects: null, batch_size: 32, dtype: auto}
+    select: {split: dev, sweep: true, weight_search: false}
+    output: {quantize: nf4}          # the winner as an adapter, plus a re-quantized model (nf4, int8 or null)
+    quick: {step_fraction: 0.1, anchor_unique: 16, docs: {domain: 8}, mmlu_limit: 1, mmlu_subjects: 19,
+            params: {regmean: {calib_size: 16}}}
+
+Relative paths are taken from the recipe file's folder. Loading is strict: an unknown key, a value
+of the wrong type (a string is never a bool or a number), a non-finite number, an unknown method,
+task, metric or preset each raise one AdapterMergeError naming the file and the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..engine import make_params
+from ..errors import AdapterMergeError
+from ..fileio import read_yaml
+from ..evalsuite import gates as gates_mod
+from ..evalsuite.taskdata import BUILTIN_TASKS
+from ..methods import METHODS
+
+MMLU = gates_mod.MMLU
+BASELINES = ("peft_ties", "peft_ties_svd", "mergekit_ties", "sequential_training")
+SPLITS = ("dev", "eval")
+QUANTIZE = ("nf4", "int8")
+DTYPES = ("auto", "float32", "bfloat16")
+RESERVED = ("base",)  # row names the pipeline uses itself
+
+
+@dataclass(frozen=True)
+class AdapterSpec:
+    """One input adapter: trained from a built-in `preset`, or taken from `path`."""
+
+    name: str
+    preset: str | None = None
+    path: Path | None = None  # a PEFT folder or a bare .safetensors file
+    task: str | None = None  # the gate task it was trained for: retention's denominator
+    alpha: float | None = None  # a bare .safetensors file without lora_alpha in its metadata
+    steps: int | None = None  # training steps instead of the preset's (and of --quick's)
+
+
+@dataclass(frozen=True)
+class MergeSpec:
+    """One merge the recipe asks for: a registered method with its parameters and weights."""
+
+    name: str
+    method: str
+    params: dict = field(default_factory=dict)  # the method's Params field names (lambda_, density...)
+    weights: tuple[float, ...] | None = None  # None: 1 for every adapter
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    docs: dict[str, int] | None = None  # documents per task (None: the whole split)
+    mmlu_limit: int = 3  # MMLU questions per subject
+    mmlu_subjects: int | None = None  # that many subjects, evenly spaced (None: all 57)
+    batch_size: int = 32
+    dtype: str = "auto"
+
+
+@dataclass(frozen=True)
+class QuickOptions:
+    """What --quick changes: a short run for a smoke test or CI."""
+
+    step_fraction: float = 0.1  # of the presets' training steps
+    anchor_unique: int | None = 16  # distinct anchor prompts of a quick training run
+    docs: dict[str, int] | None = None
+    mmlu_limit: int = 1
+    mmlu_subjects: int | None = None
+    params: dict[str, dict] = field(default_factory=dict)  # method -> parameters set in quick runs
+
+
+@dataclass(frozen=True)
+class SelectOptions:
+    """How the winner is chosen (recipe/select.py)."""
+
+    split: str = "dev"  # the sweep's points are scored and chosen there (eval: on the reported split)
+    sweep: bool = True  # when no candidate passes every gate, try a few more points
+    weight_search: bool = False  # a proxy search of task-arithmetic weights first (recipe/weights.py)
+
+
+@dataclass(frozen=True)
+class OutputOptions:
+    quantize: str | None = "nf4"  # the winner also as a re-quantized full model (None: adapter only)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    adapters: tuple[AdapterSpec, ...]
+    candidates: tuple[MergeSpec, ...]
+    gates: gates_mod.GateConfig
+    dev_data: dict[str, Path] = field(default_factory=dict)  # user task -> its dev-split JSONL
+    baselines: tuple[str, ...] = ()
+    base: str | None = None
+    seed: int = 0
+    description: str = ""
+    eval: EvalOptions = field(default_factory=EvalOptions)
+    select: SelectOptions = field(default_factory=SelectOptions)
+    output: OutputOptions = field(default_factory=OutputOptions)
+    quick: QuickOptions = field(default_factory=QuickOptions)
+    path: Path | None = None  # the file it was read from
+
+    @property
+    def tasks(self) -> list[str]:
+        """The gate tasks, in file order (MMLU included when gated)."""
+        return list(self.gates.tasks)
+
+    @property
+    def user_tasks(self) -> list[str]:
+        return [t for t in self.tasks if t in self.gates.user_tasks]
+
+    def headline(self, task: str) -> str:
+        """The metric a task's column shows: its first gate's."""
+        return self.gates.metric_for(task)
+
+    def with_overrides(self, **changes) -> "Recipe":
+        """A copy with top-level fields replaced (`eval`, `select`... as dicts of their fields)."""
+        for key in ("eval", "select", "output", "quick"):
+            if isinstance(changes.get(key), dict):
+                changes[key] = dataclasses.replace(getattr(self, key), **changes[key])
+        return dataclasses.replace(self, **changes)
+
+
+# ---------------------------------------------------------------- strict reading
+
+class _Reader:
+    """Type checks that name the file and the key of a bad value."""
+
+    def __init__(self, where: str):
+        self.where = where
+
+    def fail(self, key: str, message: str) -> AdapterMergeError:
+        return AdapterMergeError(f"{self.where}: {key}: {message}")
+
+    def mapping(self, value, key: str, allowed: tuple[str, ...], required: tuple[str, ...] = ()) -> dict:
+        if value is None:
+            value = {}
+        if not isinstance(value, dict):
+            raise self.fail(key, f"expected a mapping with keys among {', '.join(allowed)}, got {value!r}")
+        unknown = [str(k) for k in value if k not in allowed]
+        if unknown:
+            raise self.fail(f"{key}.{unknown[0]}" if key else unknown[0], f"unknown key: expected one of {', '.join(allowed)}")
+        for k in required:
+            if k not in value:
+                raise self.fail(f"{key}.{k}" if key else k, "missing")
+        return value
+
+    def boolean(self, value, key: str) -> bool:
+        if not isinstance(value, bool):
+            raise self.fail(key, f"expected true or false, got {value!r}")
+        return value
+
+    def integer(self, value, key: str, minimum: int | None = None, optional: bool = False) -> int | None:
+        if value is None and optional:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.fail(key, f"expected an integer, got {value!r}")
+        if minimum is not None and value < minimum:
+            raise self.fail(key, f"must be at least {minimum}, got {value}")
+        return value
+
+    def number(self, value, key: str, optional: bool = False) -> float | None:
+        if value is None and optional:
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise self.fail(key, f"expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise self.fail(key, f"expected a finite number, got {value!r}")
+        return float(value)
+
+    def string(self, value, key: str, choices: tuple[str, ...] | None = None, optional: bool = False) -> str | None:
+        if value is None and optional:
+            return None
+        if not isinstance(value, str):
+            raise self.fail(key, f"expected a string, got {value!r}")
+        if choices is not None and value not in choices:
+            raise self.fail(key, f"{value!r} is not one of {', '.join(choices)}")
+        return value
+
+    def name(self, value, key: str) -> str:
+        text = self.string(value, key)
+        if not text or "/" in text or text.startswith("."):
+            raise self.fail(key, f"{text!r} is not a usable name (it names folders: no '/', no leading '.')")
+        return text
+
+    def path(self, value, key: str, root: Path) -> Path:
+        text = self.string(value, key)
+        p = Path(text).expanduser()
+        return p if p.is_absolute() else root / p
+
+    def counts(self, value, key: str, tasks: list[str]) -> dict[str, int] | None:
+        if value is None:
+            return None
+        data = self.mapping(value, key, tuple(t for t in tasks if t != MMLU))
+        return {str(t): self.integer(n, f"{key}.{t}", minimum=1) for t, n in data.items()}
+
+
+def _non_finite(data, key: str = "") -> str | None:
+    """The key path of the first NaN or infinity anywhere in the parsed YAML (YAML's .nan, .inf)."""
+    if isinstance(data, float) and not math.isfinite(data):
+        return key or "(top level)"
+    if isinstance(data, dict):
+        for k, v in data.items():
+            found = _non_finite(v, f"{key}.{k}" if key else str(k))
+            if found:
+                return found
+    if isinstance(data, list):
+        for i, v in enumerate(data):
+            found = _non_finite(v, f"{key}[{i}]")
+            if found:
+                return found
+    return None
+
+
+_TOP = ("name", "description", "base", "seed", "adapters", "candidates", "baselines", "gates", "eval", "select", "output", "quick")
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Read and check a recipe file (yaml.safe_load only)."""
+    path = Path(path).expanduser()
+    data = read_yaml(path, "recipe")
+    return parse_recipe(data, where=str(path), root=path.parent.resolve(), source=path)
+
+
+def parse_recipe(data, *, where: str = "recipe", root: Path | None = None, source: Path | None = None) -> Recipe:
+    """A Recipe from the parsed YAML mapping; `where` names the file in errors, `root` resolves paths."""
+    r = _Reader(where)
+    root = root or Path.cwd()
+    bad = _non_finite(data)
+    if bad:
+        raise r.fail(bad, "expected a finite number, got a NaN or an infinity")
+    data = r.mapping(data, "", _TOP, required=("adapters", "candidates", "gates"))
+    name = r.name(data.get("name", source.stem if source else "recipe"), "name")
+    description = r.string(data.get("description", ""), "description")
+    base = r.string(data.get("base"), "base", optional=True)
+    if base is not None and not Path(base).is_absolute() and (root / base).exists():
+        base = str(root / base)
+    seed = r.integer(data.get("seed", 0), "seed", minimum=0)
+
+    gates, dev_data = _gates(r, data["gates"], root)
+    tasks = list(gates.tasks)
+    adapters = _adapters(r, data["adapters"], root, tasks)
+    candidates = _candidates(r, data["candidates"], len(adapters))
+    baselines = _baselines(r, data.get("baselines", "none"))
+    taken = {"base", *(a.name for a in adapters)}
+    for c in (*candidates, *(MergeSpec(b, "") for b in baselines)):
+        if c.name in taken:
+            raise r.fail("candidates", f"the name {c.name!r} is used twice (rows are named by adapters, candidates and baselines)")
+        taken.add(c.name)
+
+    ev = r.mapping(data.get("eval"), "eval", ("docs", "mmlu_limit", "mmlu_subjects", "batch_size", "dtype"))
+    eval_opts = EvalOptions(
+        docs=r.counts(ev.get("docs"), "eval.docs", tasks),
+        mmlu_limit=r.integer(ev.get("mmlu_limit", EvalOptions.mmlu_limit), "eval.mmlu_limit", minimum=1),
+        mmlu_subjects=r.integer(ev.get("mmlu_subjects"), "eval.mmlu_subjects", minimum=1, optional=True),
+        batch_size=r.integer(ev.get("batch_size", EvalOptions.batch_size), "eval.batch_size", minimum=1),
+        dtype=r.string(ev.get("dtype", "auto"), "eval.dtype", DTYPES))
+
+    sel = r.mapping(data.get("select"), "select", ("split", "sweep", "weight_search"))
+    select = SelectOptions(split=r.string(sel.get("split", "dev"), "select.split", SPLITS),
+                           sweep=r.boolean(sel.get("sweep", True), "select.sweep"),
+                           weight_search=r.boolean(sel.get("weight_search", False), "select.weight_search"))
+    if select.weight_search:
+        given = [a.name for a in adapters if a.preset is None]
+        if given:  # its proxy scores the presets' training records
+            raise r.fail("select.weight_search", f"needs adapters trained from built-in presets; {', '.join(given)} are given files")
+
+    out = r.mapping(data.get("output"), "output", ("quantize",))
+    output = OutputOptions(quantize=r.string(out.get("quantize", "nf4"), "output.quantize", QUANTIZE, optional=True))
+
+    q = r.mapping(data.get("quick"), "quick", ("step_fraction", "anchor_unique", "docs", "mmlu_limit", "mmlu_subjects", "params"))
+    fraction = r.number(q.get("step_fraction", QuickOptions.step_fraction), "quick.step_fraction")
+    if not 0 < fraction <= 1:
+        raise r.fail("quick.step_fraction", f"must be in (0, 1], got {fraction}")
+    quick = QuickOptions(
+        step_fraction=fraction,
+        anchor_unique=r.integer(q.get("anchor_unique", QuickOptions.anchor_unique), "quick.anchor_unique", minimum=1, optional=True),
+        docs=r.counts(q.get("docs"), "quick.docs", tasks),
+        mmlu_limit=r.integer(q.get("mmlu_limit", QuickOptions.mmlu_limit), "quick.mmlu_limit", minimum=1),
+        mmlu_subjects=r.integer(q.get("mmlu_subjects"), "quick.mmlu_subjects", minimum=1, optional=True),
+        params=_quick_params(r, q.get("params")))
+    return Recipe(name=name, description=description, base=base, seed=seed, adapters=adapters, candidates=candidates,
+                  baselines=baselines, gates=gates, dev_data=dev_data, eval=eval_opts, select=select, output=output,
+                  quick=quick, path=source.resolve() if source else None)
+
+
+def _gates(r: _Reader, value, root: Path) -> tuple[gates_mod.GateConfig, dict[str, Path]]:
+    """The gates section through evalsuite's own parser, after taking out each user task's `dev:`."""
+    value = r.mapping(value, "gates", ("tasks", "retention"), required=("tasks",))
+    tasks = value.get("tasks")
+    if not isinstance(tasks, dict) or not tasks:
+        raise r.fail("gates.tasks", "expected a mapping of task names to gate settings, e.g. {domain: {metric: exact_match, min: 0.75}}")
+    dev_data, stripped = {}, {}
+    for task, spec in tasks.items():
+        key = f"gates.tasks.{task}"
+        if not isinstance(task, str):
+            raise r.fail(key, "task names are strings")
+        if not isinstance(spec, dict):
+            raise r.fail(key, f"expected a mapping such as {{metric: exact_match, min: 0.75}}, got {spec!r}")
+        spec = dict(spec)
+        if "dev" in spec:
+            if "data" not in spec:
+                raise r.fail(f"{key}.dev", "a built-in task has its own dev split; `dev:` is for user tasks (with `data:`)")
+            dev_data[task] = r.path(spec.pop("dev"), f"{key}.dev", root)
+        if "data" in spec:
+            r.string(spec["data"], f"{key}.data")
+        if "metric" in spec:
+            r.string(spec["metric"], f"{key}.metric")
+        if "reference" in spec:
+            r.string(spec["reference"], f"{key}.reference")
+        if "max_gen_toks" in spec:
+            r.integer(spec["max_gen_toks"], f"{key}.max_gen_toks", minimum=1)
+        for k, v in spec.items():  # thresholds: numbers (evalsuite checks the key names)
+            if k in ("min", "max_drop") or str(k).endswith("_min"):
+                r.number(v, f"{key}.{k}")
+        stripped[task] = spec
+    if "retention" in value and value["retention"] is not None:
+        ret = r.mapping(value["retention"], "gates.retention", ("min", "adapters"), required=("min",))
+        r.number(ret["min"], "gates.retention.min")
+    try:
+        gates = gates_mod.parse_gates({**value, "tasks": stripped}, f"{r.where}: gates", root=root)
+    except AdapterMergeError as exc:  # its message names the file and the key already
+        raise AdapterMergeError(str(exc)) from None
+    for task, spec in gates.user_tasks.items():
+        if not Path(spec["data"]).is_file():
+            raise r.fail(f"gates.tasks.{task}.data", f"{spec['data']} does not exist")
+    for task, dev in dev_data.items():
+        if not dev.is_file():
+            raise r.fail(f"gates.tasks.{task}.dev", f"{dev} does not exist")
+    return gates, dev_data
+
+
+def _adapters(r: _Reader, value, root: Path, tasks: list[str]) -> tuple[AdapterSpec, ...]:
+    if not isinstance(value, dict) or len(value) < 2:
+        raise r.fail("adapters", "expected a mapping of at least two adapters, e.g. {domain: {preset: domain}, faq: {path: faq/}}")
+    out = []
+    for name, spec in value.items():
+        key = f"adapters.{name}"
+        name = r.name(name, key)
+        if name in RESERVED:
+            raise r.fail(key, f"{name!r} is reserved for the base model's row")
+        spec = r.mapping(spec, key, ("preset", "path", "task", "alpha", "steps"))
+        if ("preset" in spec) == ("path" in spec):
+            raise r.fail(key, "expected exactly one of `preset:` (train it) or `path:` (a PEFT folder or .safetensors file)")
+        preset = r.string(spec.get("preset"), f"{key}.preset", BUILTIN_TASKS, optional=True)
+        path = None
+        if "path" in spec:
+            path = r.path(spec["path"], f"{key}.path", root)
+            if not path.exists():
+                raise r.fail(f"{key}.path", f"{path} does not exist")
+            if not (path.is_dir() or path.suffix == ".safetensors"):
+                raise r.fail(f"{key}.path", f"{path}: expected a PEFT adapter folder or a .safetensors file")
+            if "steps" in spec:
+                raise r.fail(f"{key}.steps", "only an adapter trained from a preset has training steps")
+        elif "alpha" in spec:
+            raise r.fail(f"{key}.alpha", "only a given .safetensors file may need its alpha")
+        task = r.string(spec.get("task", preset if preset else (name if name in tasks else None)), f"{key}.task", optional=True)
+        if task is not None and (task not in tasks or task == MMLU):
+            raise r.fail(f"{key}.task", f"{task!r} is not a task of the gates: expected one of {', '.join(t for t in tasks if t != MMLU)}")
+        alpha = r.number(spec.get("alpha"), f"{key}.alpha", optional=True)
+        if alpha is not None and alpha <= 0:
+            raise r.fail(f"{key}.alpha", f"must be positive, got {alpha}")
+        out.append(AdapterSpec(name, preset, path, task, alpha, r.integer(spec.get("steps"), f"{key}.steps", minimum=1, optional=True)))
+    return tuple(out)
+
+
+def check_params(method: str, params, key: str, r: _Reader) -> dict:
+    """The method's parameters, each of its default's type, under the Params field names."""
+    params = r.mapping(params, key, tuple(params) if isinstance(params, dict) else ())
+    fields = {f.name: f.default for f in dataclasses.fields(METHODS.get(method).Params)}
+    out = {}
+    for k, v in params.items():
+        name = k if k in fields else f"{k}_" if f"{k}_" in fields else None
+        if name is None:
+            known = ", ".join(n.rstrip("_") for n in fields) or "none"
+            raise r.fail(f"{key}.{k}", f"method {method} has no such parameter (its parameters: {known})")
+        default = fields[name]
+        where = f"{key}.{k}"
+        if isinstance(default, bool):
+            out[name] = r.boolean(v, where)
+        elif isinstance(default, int):
+            out[name] = r.integer(v, where)
+        elif isinstance(default, float):
+            out[name] = r.number(v, where)
+        else:
+            out[name] = r.string(v, where)
+    try:
+        make_params(METHODS.get(method), out)
+    except AdapterMergeError as exc:
+        raise r.fail(key, str(exc)) from None
+    return out
+
+
+def _method(r: _Reader, value, key: str) -> str:
+    method = r.string(value, key)
+    if method not in METHODS:
+        raise r.fail(key, f"unknown method {method!r}: expected one of {', '.join(METHODS)}")
+    return method
+
+
+def _candidates(r: _Reader, value, n_adapters: int) -> tuple[MergeSpec, ...]:
+    if value == "all":
+        return tuple(MergeSpec(m, m) for m in METHODS)
+    if not isinstance(value, list) or not value:
+        raise r.fail("candidates", f"expected `all` or a list of methods, got {value!r}")
+    out = []
+    for i, item in enumerate(value):
+        key = f"candidates[{i}]"
+        if isinstance(item, str):
+            method = _method(r, item, key)
+            out.append(MergeSpec(method, method))
+            continue
+        item = r.mapping(item, key, ("method", "name", "params", "weights"), required=("method",))
+        method = _method(r, item["method"], f"{key}.method")
+        weights = item.get("weights")
+        if weights is not None:
+            if not isinstance(weights, list) or len(weights) != n_adapters:
+                raise r.fail(f"{key}.weights", f"expected a list of {n_adapters} numbers (one per adapter), got {weights!r}")
+            weights = tuple(r.number(w, f"{key}.weights[{j}]") for j, w in enumerate(weights))
+        out.append(MergeSpec(r.name(item.get("name", method), f"{key}.name"), method,
+                             check_params(method, item.get("params"), f"{key}.params", r), weights))
+    return tuple(out)
+
+
+def _baselines(r: _Reader, value) -> tuple[str, ...]:
+    if value == "all":
+        return BASELINES
+    if value in ("none", None):
+        return ()
+    if not isinstance(value, list):
+        raise r.fail("baselines", f"expected all, none or a list among {', '.join(BASELINES)}, got {value!r}")
+    for i, b in enumerate(value):
+        r.string(b, f"baselines[{i}]", BASELINES)
+    return tuple(value)
+
+
+def _quick_params(r: _Reader, value) -> dict[str, dict]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise r.fail("quick.params", f"expected a mapping of methods to parameters, got {value!r}")
+    return {_method(r, m, f"quick.params.{m}"): check_params(m, p, f"quick.params.{m}", r) for m, p in value.items()}
+
+
+__all__ = ["AdapterSpec", "BASELINES", "BUILTIN_TASKS", "EvalOptions", "MergeSpec", "OutputOptions", "QuickOptions",
+           "Recipe", "SelectOptions", "load_recipe", "parse_recipe"]
