@@ -17,7 +17,9 @@ import tempfile
 from pathlib import Path
 
 from .errors import AdapterMergeError
+from .fileio import hf_folder, read_json_object, remove_dead_temps, temp_prefix
 from .fileio import sha256_file  # noqa: F401  (re-exported: base.sha256_file)
+from .validate import quote
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +68,8 @@ def embedded_base_dir() -> Path:
         del model.config.quantization_config
     model.config.name_or_path = EMBEDDED_ID
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
+    remove_dead_temps(target)  # a conversion killed half-way
+    tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(target, "tmp"), dir=target.parent))
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
@@ -84,7 +87,7 @@ def embedded_base_dir() -> Path:
 
 
 def is_embedded(name: str | None) -> bool:
-    return name in EMBEDDED_ALIASES
+    return isinstance(name, (str, type(None))) and name in EMBEDDED_ALIASES
 
 
 def resolve_base(name: str | None) -> Path:
@@ -93,17 +96,21 @@ def resolve_base(name: str | None) -> Path:
     None or the embedded id gives the embedded base; a folder is used as is; any other string is
     looked up as a Hugging Face id (the local cache first; downloaded only when online).
     """
+    if name is not None and not isinstance(name, (str, os.PathLike)) or "\0" in str(name):
+        raise AdapterMergeError(f"base model must be a folder or a Hugging Face id, got {quote(name)}")
     if is_embedded(name):
         return embedded_base_dir()
     path = Path(str(name)).expanduser()
-    if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise AdapterMergeError(f"base model folder {path} has no config.json")
+    if path.exists() or path.is_symlink():
+        # A local path, whatever it is: checked here (a folder of regular files with safetensors
+        # weights), never passed on to the hub as an id.
+        hf_folder(path, "base model folder")
+        _check_config(path)
         return path
     try:
         from huggingface_hub import snapshot_download
 
-        return Path(
+        folder = Path(
             snapshot_download(
                 str(name),
                 allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"],
@@ -111,8 +118,38 @@ def resolve_base(name: str | None) -> Path:
         )
     except Exception as exc:  # offline with no cached copy, unknown id, no network
         raise AdapterMergeError(
-            f"base model {name!r} is neither a local folder nor a Hugging Face id available here ({type(exc).__name__})"
+            f"base model {quote(name)} is neither a local folder nor a Hugging Face id available here ({type(exc).__name__})"
         ) from None
+    hf_folder(folder, f"base model {quote(name)}")
+    _check_config(folder)
+    return folder
+
+
+def _check_config(folder: Path) -> None:
+    """config.json is a JSON object, and the keys read before transformers parses it have their
+    types (a string quantization_config would fail deep in a loader)."""
+    path = folder / "config.json"
+    config = read_json_object(path, "base model config")
+    for key, kind, expected in (("quantization_config", dict, "an object"), ("model_type", str, "a string"),
+                                ("tie_word_embeddings", bool, "true or false")):
+        if key in config and config[key] is not None and not isinstance(config[key], kind):
+            raise AdapterMergeError(f"{path}: \"{key}\" must be {expected}, got {quote(config[key])}")
+
+
+def load_adapter(model, folder: str | Path, **kwargs):
+    """PeftModel.from_pretrained on a local adapter folder, checked first: its weights must be
+    adapter_model.safetensors (PEFT reads it before adapter_model.bin, and a folder with only the
+    pickle is refused here), every entry a regular file or folder."""
+    from peft import PeftModel
+
+    hf_folder(folder, "adapter folder", stem="adapter_model", config="adapter_config.json")
+    return PeftModel.from_pretrained(model, str(folder), **kwargs)
+
+
+def add_adapter(peft_model, folder: str | Path, name: str) -> None:
+    """PeftModel.load_adapter (another adapter beside the first), with load_adapter's checks."""
+    hf_folder(folder, "adapter folder", stem="adapter_model", config="adapter_config.json")
+    peft_model.load_adapter(str(folder), adapter_name=name)
 
 
 def base_id(name: str | None) -> str:
@@ -178,7 +215,8 @@ def load_model(name: str | None = None, *, dtype=None, quantization: str | None 
         else:
             raise AdapterMergeError(f"unknown quantization {quantization!r}: expected nf4 or int8")
         kwargs["device_map"] = {"": device}
-    model = AutoModelForCausalLM.from_pretrained(resolve_base(name), **kwargs)
+    # use_safetensors: transformers would otherwise fall back to a pytorch_model.bin pickle.
+    model = AutoModelForCausalLM.from_pretrained(resolve_base(name), use_safetensors=True, **kwargs)
     if quantization is None and device != "cpu":
         model = model.to(device)
     return model

@@ -37,7 +37,7 @@ from .chat.digest import model_fingerprint, sha256_text, weights_digest
 from .chat.records import jsonl_text, read_jsonl
 from .chat.tokens import collate, tokenize_record
 from .errors import AdapterMergeError
-from .fileio import atomic_file, sha256_file
+from .fileio import atomic_file, read_json_object, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -82,12 +82,11 @@ def from_training(adapter: Adapter, size: int, seed: int) -> Calibration:
     if adapter.source is not None:
         summary = (adapter.source if adapter.source.is_dir() else adapter.source.parent) / "training.json"
     hint = "pass calibration data for it (--calib FILE.jsonl: chat records like its training data)"
-    if summary is None or not summary.is_file():
+    if summary is None or not (summary.exists() or summary.is_symlink()):
         raise AdapterMergeError(f"adapter {adapter.name}: no training.json beside it naming its training data; {hint}")
-    try:
-        data = json.loads(summary.read_text())["data"]
-    except (ValueError, KeyError, TypeError):
-        raise AdapterMergeError(f"{summary}: expected adaptermerge's training summary with a 'data' entry; {hint}") from None
+    data = read_json_object(summary, "training summary").get("data")
+    if not isinstance(data, dict) or not isinstance(data.get("path") or data.get("task"), str):
+        raise AdapterMergeError(f"{summary}: expected adaptermerge's training summary with a 'data' entry; {hint}")
     if data.get("built_in"):
         records = build_records(data["task"], data.get("split", "train"), data.get("seed", 0))
         source = f"built-in {data['task']} {data.get('split', 'train')} split (seed {data.get('seed', 0)})"

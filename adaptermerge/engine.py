@@ -24,7 +24,8 @@ from typing import Iterable, Sequence
 import torch
 
 from . import base as base_mod
-from .adapter import Adapter, LoraFactors, canonical_base
+from . import validate
+from .adapter import F32_MAX, Adapter, LoraFactors, canonical_base, delta_problem, max_abs
 from .basemodel import BaseWeights
 from .errors import AdapterMergeError
 from .fileio import check_destination
@@ -59,52 +60,51 @@ def natural_key(name: str):
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
 
 
-def make_params(method, overrides: dict):
-    """Build the method's Params from keyword overrides; unknown names are an error."""
-    defaults = {f.name: f.default for f in dataclasses.fields(method.Params)}
-    names = set(defaults)
+def make_params(method, overrides: dict, *, where: str | None = None, strict: bool = False):
+    """Build the method's Params from keyword overrides; unknown names are an error. `where` (a
+    file and key, e.g. "merge.yaml: parameters") prefixes the messages; `strict` refuses numeric
+    strings, which the Python API takes as numbers ("0.5")."""
+    fields = {f.name: f for f in dataclasses.fields(method.Params)}
+    prefix = f"{where}: " if where else ""
     clean = {}
     for key, value in overrides.items():
         if value is None:
             continue
-        field = key if key in names else f"{key}_" if f"{key}_" in names else None
-        if field is None:
-            known = ", ".join(n.rstrip("_") for n in names) or "none"
-            raise AdapterMergeError(f"method {method.name} has no parameter {key!r} (its parameters: {known})")
-        clean[field] = _typed(method.name, field, value, defaults[field])
+        name = key if key in fields else f"{key}_" if isinstance(key, str) and f"{key}_" in fields else None
+        if name is None:
+            known = ", ".join(n.rstrip("_") for n in fields) or "none"
+            raise AdapterMergeError(f"{prefix}method {method.name} has no parameter {validate.quote(key)} (its parameters: {known})")
+        label = f"{where}.{name.rstrip('_')}" if where else f"method {method.name}: {name.rstrip('_')}"
+        clean[name] = _typed(label, value, fields[name], strict)
     try:
         return method.Params(**clean)
-    except TypeError as exc:
-        raise AdapterMergeError(f"method {method.name}: {exc}") from None
+    except (AdapterMergeError, TypeError) as exc:  # the method's own range checks
+        raise AdapterMergeError(f"{prefix}method {method.name}: {exc}") from None
 
 
-def _typed(method: str, field: str, value, default):
-    """`value` as the type of the parameter's default, or a one-line error naming it: the Python
-    API gets no help from a command-line parser, and a string "no" for a bool would be true."""
-    name = field.rstrip("_")
+def _typed(label: str, value, field: dataclasses.Field, strict: bool):
+    """`value` as the type of the parameter's default (finite, bounded), or a one-line error
+    naming it: the Python API gets no help from a command-line parser, and a string "no" for a
+    bool would be true."""
+    default = field.default
     if isinstance(default, bool):
-        if not isinstance(value, bool):
-            raise AdapterMergeError(f"method {method}: {name} must be true or false, got {value!r}")
-        return value
+        return validate.boolean(value, label)
     if isinstance(default, (int, float)):
-        try:
-            if isinstance(value, bool):
-                raise ValueError
-            number = float(value)
-        except (TypeError, ValueError):
-            raise AdapterMergeError(f"method {method}: {name} must be a number, got {value!r}") from None
-        if not math.isfinite(number):
-            raise AdapterMergeError(f"method {method}: {name} must be a finite number, got {value!r}")
+        if not strict and isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                raise AdapterMergeError(f"{label} must be a number, got {validate.quote(value)}") from None
         if isinstance(default, int):
-            if number != int(number):
-                raise AdapterMergeError(f"method {method}: {name} must be an integer, got {value!r}")
-            return int(number)
-        return number
+            if not strict and isinstance(value, float) and value.is_integer():
+                value = int(value)
+            # counts and repeats: beyond 2**31 is a typo, and torch takes no larger sizes
+            return validate.integer(value, label, minimum=-(2**31), maximum=2**31 - 1)
+        return validate.number(value, label)
     if isinstance(default, str):
         if isinstance(value, os.PathLike):
-            return os.fspath(value)
-        if not isinstance(value, str):
-            raise AdapterMergeError(f"method {method}: {name} must be a string, got {value!r}")
+            value = os.fspath(value)
+        return validate.string(value, label, choices=field.metadata.get("choices"))
     return value
 
 
@@ -136,10 +136,8 @@ class MergePlan:
         self.method = METHODS.get(method)
         self.params = make_params(self.method, params)
         self.weights = self._weights(weights)
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise AdapterMergeError(f"seed must be an integer, got {seed!r}")
-        self.seed = seed
-        self.device = torch.device(device)
+        self.seed = validate.seed(seed, "seed")
+        self.device = torch.device(device if isinstance(device, torch.device) else validate.device(device, "device"))
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise AdapterMergeError("device cuda (--device cuda): no CUDA device is available here")
         if not self.method.accepts_dora:
@@ -233,17 +231,27 @@ class MergePlan:
         """The merged update of one module, and the base weight when it was needed (float32).
         `read`: what `read_inputs(module)` returned, when already read."""
         inputs, w0 = read if read is not None else self.read_inputs(module)
+        # Each input's own delta must fit float32 (check_finite); what is merged from them is
+        # checked below and again as output factors or weights, so nothing non-finite is written.
         for adapter, f in zip(self.adapters, inputs):
             if f is not None:
                 adapter.check_finite(module, f)
+        if w0 is not None and not math.isfinite(max_abs(w0)):
+            raise AdapterMergeError(f"base model {self.base_weights.folder}: the weight of module {module} contains NaN or Inf values")
         ctx = MergeContext(module, self.seed, self.device, self.prepared)
         result = self.method.merge_module(inputs, self.weights, w0, self.params, ctx)
-        for label, t in (("delta", result.dense), ("magnitude", result.magnitude)):
-            # A NaN or Inf entry makes the sum NaN or Inf: one vectorized reduction, where
-            # isfinite(t).all() writes a bool mask first (25x slower on a 14336 x 4096 delta).
-            if t is not None and not torch.isfinite(t.sum()):
-                raise AdapterMergeError(f"module {module}: the merged {label} has NaN or Inf values")
+        terms = [t for pair in result.terms or () for t in pair]
+        for label, t in (("delta", result.dense), ("magnitude", result.magnitude), *(("delta", t) for t in terms)):
+            if t is not None and not max_abs(t) <= F32_MAX:  # NaN fails the comparison too
+                raise self.overflow(module, f"the merged {label} is not finite (NaN or Inf past float32's range)")
         return result, w0
+
+    def overflow(self, module: str, what: str) -> AdapterMergeError:
+        """The error for a merged value that is not finite though each input's delta is: it names
+        the module and the inputs that have it, with their weights."""
+        inputs = [f"{a.label()} at weight {w:g}" for a, w in zip(self.adapters, self.weights) if module in a.specs]
+        return AdapterMergeError(f"module {module}: {what}, merging {validate.listing(inputs, 240)} with {self.method.name}: "
+                                 "use smaller weights or inputs")
 
     def input_rank(self, module: str) -> int:
         return sum(a.specs[module].rank for a in self.adapters if module in a.specs)
@@ -257,21 +265,33 @@ class MergePlan:
         """One module's output factors, and what to record about it (low-rank error, and what
         the method reported, e.g. the density a sampled cut kept)."""
         result, w0 = self.module_result(module, read)
-        if result.concat:
-            B = torch.cat([b for b, _ in result.terms], 1)
-            A = torch.cat([a for _, a in result.terms], 0)
-            stats = LowRankStats(A.shape[0], 0.0, 1.0, True)
-        elif result.terms is not None:
-            B, A, stats = factor_sum([b for b, _ in result.terms], [a for _, a in result.terms], rank)
-        else:
-            B, A, stats = truncate(result.dense, rank or self.input_rank(module), sketch=result.sketch, seed=self.seed)
+        try:
+            if result.concat:
+                B = torch.cat([b for b, _ in result.terms], 1)
+                A = torch.cat([a for _, a in result.terms], 0)
+                stats = LowRankStats(A.shape[0], 0.0, 1.0, True)
+            elif result.terms is not None:
+                B, A, stats = factor_sum([b for b, _ in result.terms], [a for _, a in result.terms], rank)
+            else:
+                B, A, stats = truncate(result.dense, rank or self.input_rank(module), sketch=result.sketch, seed=self.seed)
+        except torch.linalg.LinAlgError:  # an SVD of finite values near float32's limit can fail
+            raise self.overflow(module, "the merged delta cannot be factored: its values come too close to float32's limit") from None
         magnitude = result.magnitude
         if magnitude is None and self.dora_output:
             # A DoRA adapter needs a magnitude on every module; ||W0 + BA|| makes this one plain LoRA.
             magnitude = row_norm(w0 + B @ A)
         r = A.shape[0]
         factors = LoraFactors(A.cpu(), B.cpu(), float(r), 1.0, None if magnitude is None else magnitude.float().cpu())
+        self.check_output(module, factors)
         return factors, {**stats.as_dict(), **result.info}
+
+    def check_output(self, module: str, factors: LoraFactors) -> None:
+        """The output factors, in their own dtype, and their product must be finite: a sum of
+        finite deltas can still overflow."""
+        limit = min(torch.finfo(factors.A.dtype).max, F32_MAX)
+        problem = delta_problem(factors.A, factors.B, factors.scale, factors.magnitude, limit=limit)
+        if problem is not None:
+            raise self.overflow(module, f"the merged factors: {problem.removeprefix('has ')}")
 
     # -- outputs ---------------------------------------------------------------------------
     def to_adapter(self, rank: int | None = None, progress: Progress | None = None, name: str = "merged") -> Adapter:
@@ -294,6 +314,8 @@ class MergePlan:
         dtype = self.adapters[0].dtype
         if dtype in (torch.float16, torch.bfloat16):
             factors = {m: _cast(f, dtype) for m, f in factors.items()}
+            for module, f in factors.items():  # float16 overflows long before float32
+                self.check_output(module, f)
         base_model = base_mod.base_id(self.base_model) if self.base_model else None
         return Adapter.from_factors(name, factors, base_model=base_model, metadata=meta, inputs=self.sources)
 
@@ -301,9 +323,10 @@ class MergePlan:
         """The full merged weight of one module (float32): W0 + delta, or the DoRA weight."""
         result, w0 = self.module_result(module)
         delta = result.delta()
-        if result.magnitude is not None:
-            return dora_weight(w0, delta, result.magnitude)
-        return w0 + delta
+        weight = dora_weight(w0, delta, result.magnitude) if result.magnitude is not None else w0 + delta
+        if not max_abs(weight) <= F32_MAX:  # finite terms can still sum past float32
+            raise self.overflow(module, "the merged weight is not finite (NaN or Inf past float32's range)")
+        return weight
 
 
 def _cast(f: LoraFactors, dtype) -> LoraFactors:

@@ -22,10 +22,19 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import validate
+from .engine import make_params
 from .errors import AdapterMergeError
 from .fileio import read_yaml
+from .methods import METHODS
+from .qlora import MERGE_ONTO
+from .quantization import COMPUTE_DTYPES, SCHEMES
 
-_TOP_KEYS = {"merge_method", "method", "base_model", "base", "models", "adapters", "parameters", "output", "rank", "seed", "out", "output_path", "device", "shard_size", "force", "check_base", "requantize", "compute_dtype", "merge_onto"}
+# key -> its other spelling (mergekit's or ours); a file gives one of the two
+_ALIASES = {"merge_method": "method", "base_model": "base", "models": "adapters", "out": "output_path"}
+_TOP_KEYS = ("merge_method", "method", "base_model", "base", "models", "adapters", "parameters", "output", "rank", "seed", "out",
+             "output_path", "device", "shard_size", "force", "check_base", "requantize", "compute_dtype", "merge_onto")
+_MODEL_KEYS = ("model", "path", "parameters", "weight", "alpha")
 
 OUTPUTS = ("adapter", "model")
 # options that only a full-model output takes, with their defaults
@@ -58,8 +67,14 @@ class MergeJob:
     compute_dtype: str = "float32"
 
     def __post_init__(self):
+        # The flags' own types: a YAML file's values were checked with its name by load_merge_config.
         if self.output not in OUTPUTS:
-            raise AdapterMergeError(f"output must be adapter or model, got {self.output!r}")
+            raise AdapterMergeError(f"output must be adapter or model, got {validate.quote(self.output)}")
+        validate.seed(self.seed, "--seed")
+        validate.boolean(self.force, "--force")
+        validate.boolean(self.check_base, "check_base")
+        validate.integer(self.rank, "--rank", minimum=1, maximum=2**31 - 1, optional=True)
+        validate.device(self.device, "--device")
         if self.output == "adapter":
             for flag, (name, default) in _MODEL_ONLY.items():
                 if getattr(self, name) != default:
@@ -76,82 +91,102 @@ class MergeJob:
         return self.alphas[0] if len(self.alphas) == 1 else self.alphas[index]
 
 
-def _number(path, index: int, key: str, value) -> float:
-    try:
-        if isinstance(value, bool):
-            raise ValueError
-        return float(value)
-    except (TypeError, ValueError):
-        raise AdapterMergeError(f"{path}: models[{index}] {key} must be a number, got {value!r}") from None
+def _one_of(path: Path, data: dict, key: str):
+    """data[key] or data[its alias]; both given is an error (which would win is a guess)."""
+    alias = _ALIASES[key]
+    if key in data and alias in data:
+        raise AdapterMergeError(f"{path}: give {key} or {alias}, not both")
+    return data.get(key, data.get(alias))
 
 
-def _typed(path, key: str, value, kind: type):
-    """A top-level value of the YAML file as `kind` (int or bool), or a one-line error naming the key."""
-    if kind is bool and not isinstance(value, bool):
-        raise AdapterMergeError(f"{path}: {key} must be true or false, got {value!r}")
-    if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
-        raise AdapterMergeError(f"{path}: {key} must be an integer, got {value!r}")
-    return value
+def _model(path: Path, root: Path, i: int, item) -> tuple[Path, float | None, float | None]:
+    """(input path, weight, alpha) of models[i]: a path, or a mapping with model (or path) and
+    weight / alpha, directly or under parameters."""
+    at = f"{path}: models[{i}]"
+    if isinstance(item, str):
+        item = {"model": item}
+    item = validate.mapping(item, at, keys=_MODEL_KEYS)
+    if "model" in item and "path" in item:
+        raise AdapterMergeError(f"{at}: give model or path, not both")
+    src = item.get("model", item.get("path"))
+    if src is None:
+        raise AdapterMergeError(f"{at} needs a model (or path) entry")
+    src = validate.path(src, f"{at} model", root=root)
+    params = validate.mapping(item.get("parameters"), f"{at} parameters", optional=True)
+    extra = [k for k in params if k not in ("weight", "alpha")]
+    if extra:
+        raise AdapterMergeError(f"{at} has per-model parameters {validate.listing(extra)}; only weight and alpha "
+                                "are per model, others go under the top-level parameters")
+    for k in ("weight", "alpha"):
+        if k in params and k in item:
+            raise AdapterMergeError(f"{at}: {k} given twice (directly and under parameters)")
+    values = {**params, **{k: item[k] for k in ("weight", "alpha") if k in item}}
+    weight = validate.number(values.get("weight"), f"{at} weight", optional=True)
+    alpha = validate.number(values.get("alpha"), f"{at} alpha", above=0, optional=True)
+    return src, weight, alpha
 
 
 def load_merge_config(path: str | Path, *, out: str | Path | None = None, force: bool = False) -> MergeJob:
     """The MergeJob a YAML file describes. Relative paths in it are relative to the file; `out`
-    (-o) replaces the file's output folder, and `force` (--force) adds to its `force`."""
+    (-o) replaces the file's output folder, and `force` (--force) adds to its `force`. Every value
+    is checked here, so each error names the file and the key."""
     path = Path(path)
-    data = read_yaml(path, "merge config")
+    data = validate.document(read_yaml(path, "merge config"), str(path))
     if not isinstance(data, dict):
-        raise AdapterMergeError(f"{path}: expected a mapping with merge_method and models")
-    unknown = set(data) - _TOP_KEYS
-    if unknown:
-        raise AdapterMergeError(f"{path}: unknown keys {', '.join(sorted(unknown))} (expected some of {', '.join(sorted(_TOP_KEYS))})")
-    method = data.get("merge_method", data.get("method"))
-    if not method:
+        raise AdapterMergeError(f"{path}: expected a mapping with merge_method and models, got {validate.quote(data)}")
+    validate.mapping(data, str(path), keys=_TOP_KEYS)
+
+    def key(name: str) -> str:
+        return f"{path}: {name}"
+
+    method = _one_of(path, data, "merge_method")
+    if method is None:
         raise AdapterMergeError(f"{path}: missing merge_method")
-    items = data.get("models", data.get("adapters"))
-    if not isinstance(items, list) or not items:
-        raise AdapterMergeError(f"{path}: models must be a non-empty list of adapters")
+    method = validate.string(method, key("merge_method"), choices=tuple(METHODS))
+    items = validate.sequence(_one_of(path, data, "models"), key("models"), nonempty=True)
     root = path.parent
     inputs, weights, alphas = [], [], []
     for i, item in enumerate(items):
-        if isinstance(item, str):
-            item = {"model": item}
-        src = item.get("model", item.get("path")) if isinstance(item, dict) else None
-        if not src:
-            raise AdapterMergeError(f"{path}: models[{i}] needs a model (or path) entry")
-        params = {**(item.get("parameters") or {}), **{k: v for k, v in item.items() if k in ("weight", "alpha")}}
-        extra = set(params) - {"weight", "alpha"}
-        if extra:
-            raise AdapterMergeError(f"{path}: models[{i}] has per-model parameters {', '.join(sorted(extra))}; only weight and alpha are per model, others go under the top-level parameters")
-        inputs.append(root / src if not Path(src).is_absolute() else Path(src))
-        weights.append(params.get("weight"))
-        alphas.append(params.get("alpha"))
+        src, weight, alpha = _model(path, root, i, item)
+        inputs.append(src)
+        weights.append(weight)
+        alphas.append(alpha)
     if any(w is not None for w in weights) and any(w is None for w in weights):
         raise AdapterMergeError(f"{path}: give a weight for every model or for none")
     if out is None:
-        out = data.get("out", data.get("output_path"))
+        out = _one_of(path, data, "out")
         if out is None:
             raise AdapterMergeError(f"{path}: missing out (the output folder), or pass -o")
-        out = root / out
-    base = data.get("base_model", data.get("base"))
-    if base is not None and (root / str(base)).is_dir():
-        base = str(root / str(base))
+        out = validate.path(out, key("out"), root=root)
+    base = _one_of(path, data, "base_model")
+    if base is not None:
+        local = validate.path(base, key("base_model"), root=root)
+        base = str(local) if validate.probe(local) == "folder" else base
+    params = validate.mapping(data.get("parameters"), key("parameters"), optional=True)
+    make_params(METHODS.get(method), params, where=key("parameters"), strict=True)  # checked now, with the file's name
+    shard_size = data.get("shard_size", "2GB")
+    if isinstance(shard_size, int) and not isinstance(shard_size, bool):
+        shard_size = validate.integer(shard_size, key("shard_size"), minimum=1, maximum=2**62)  # bytes
+    else:
+        shard_size = validate.string(shard_size, key("shard_size"), nonempty=True)
     return MergeJob(
         inputs=inputs,
         out=Path(out),
-        method=str(method),
-        weights=None if weights[0] is None else [_number(path, i, "weight", w) for i, w in enumerate(weights)],
-        alphas=None if all(a is None for a in alphas) else [_number(path, i, "alpha", a) if a is not None else None for i, a in enumerate(alphas)],
-        params=dict(data.get("parameters") or {}),
-        rank=None if data.get("rank") is None else _typed(path, "rank", data["rank"], int),
+        method=method,
+        weights=None if weights[0] is None else weights,
+        alphas=None if all(a is None for a in alphas) else alphas,
+        params=dict(params),
+        rank=validate.integer(data.get("rank"), key("rank"), minimum=1, maximum=2**31 - 1, optional=True),
         base=base,
-        output=data.get("output", "adapter"),
-        shard_size=str(data.get("shard_size", "2GB")),
-        seed=_typed(path, "seed", data.get("seed", 0), int),
-        device=data.get("device", "cpu"),
-        check_base=_typed(path, "check_base", data.get("check_base", True), bool),
-        force=force or _typed(path, "force", data.get("force", False), bool),
-        merge_onto=data.get("merge_onto"),
-        requantize=data.get("requantize"),
-        compute_dtype=str(data.get("compute_dtype", "float32")),
+        output=validate.string(data.get("output", "adapter"), key("output"), choices=OUTPUTS),
+        shard_size=str(shard_size),
+        seed=validate.seed(data.get("seed", 0), key("seed")),
+        device=validate.device(data.get("device", "cpu"), key("device")),
+        check_base=validate.boolean(data.get("check_base", True), key("check_base")),
+        force=validate.boolean(data.get("force", False), key("force")) or force,
+        merge_onto=validate.string(data.get("merge_onto"), key("merge_onto"), choices=("auto", *MERGE_ONTO), optional=True),
+        requantize=validate.string(data.get("requantize"), key("requantize"), choices=SCHEMES, optional=True),
+        compute_dtype=validate.string(data.get("compute_dtype", "float32"), key("compute_dtype"),
+                                      choices=tuple(COMPUTE_DTYPES)),
     )
 

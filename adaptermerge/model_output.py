@@ -22,6 +22,8 @@ from typing import Protocol
 
 import torch
 
+from . import validate
+from .adapter import max_abs
 from .basemodel import BaseWeights
 from .errors import AdapterMergeError
 from .fileio import atomic_dir, check_destination
@@ -36,27 +38,38 @@ _SKIP_SUFFIXES = {".safetensors", ".bin", ".pt", ".pth", ".gguf", ".ckpt"}
 _SKIP_NAMES = {"model.safetensors.index.json", "adaptermerge.json", "adaptermerge_base.json"}
 
 
+# 1 PB: a shard size beyond any disk is a typo (and infGB or 1e400B no size at all)
+MAX_SHARD = 10**15
+
+
 def parse_size(size: str | int) -> int:
+    """Bytes from a size such as 2GB, 500MB, 1.5GiB or a plain byte count: a positive, finite
+    number up to 1 PB; anything else is a one-line error."""
     value = _size(size)
-    if value < 1:
-        raise AdapterMergeError(f"--shard-size {size!r}: expected a positive size such as 2GB or 500MB")
+    if not 1 <= value <= MAX_SHARD:
+        raise AdapterMergeError(f"--shard-size {validate.quote(size)}: expected a positive size up to 1PB, such as 2GB or 500MB")
     return value
 
 
 def _size(size: str | int) -> int:
+    bad = AdapterMergeError(f"--shard-size {validate.quote(size)}: expected a size such as 2GB or 500MB")
+    if isinstance(size, bool) or not isinstance(size, (int, str)):
+        raise bad
     if isinstance(size, int):
         return size
-    text = str(size).strip().upper()
+    text = size.strip().upper()
+    number, scale = text, 1
     for unit in sorted(_UNITS, key=len, reverse=True):
         if text.endswith(unit):
-            try:
-                return int(float(text[: -len(unit)]) * _UNITS[unit])
-            except ValueError:
-                break
+            number, scale = text[: -len(unit)].strip(), _UNITS[unit]
+            break
     try:
-        return int(text)
+        value = float(number) * scale
     except ValueError:
-        raise AdapterMergeError(f"--shard-size {size!r}: expected a size such as 2GB or 500MB") from None
+        raise bad from None
+    if not math.isfinite(value):  # inf, nan, 1e400
+        raise bad
+    return int(value)
 
 
 class ModelPlan(Protocol):
@@ -137,6 +150,10 @@ def write_model(plan: ModelPlan, out: str | Path, *, shard_size: str | int = "2G
     start = time.time()
     done = 0
     layout = [entry for shard in base.shards for entry in base.shard_layout(shard)]
+    for key, dtype, _ in layout:
+        if dtype not in DTYPES:
+            raise AdapterMergeError(f"base model {base.folder / base.location[key]}: tensor {validate.quote(key)} has dtype "
+                                    f"{validate.quote(dtype)}, which the model writer does not copy ({', '.join(DTYPES)})")
     shards = plan_shards(layout, limit)
     with atomic_dir(out, force=force, inputs=plan.sources) as tmp:
         weight_map = {}
@@ -147,6 +164,9 @@ def write_model(plan: ModelPlan, out: str | Path, *, shard_size: str | int = "2G
                     module = key[: -len(".weight")] if key.endswith(".weight") else None
                     if module in targets:
                         tensor = plan.merged_weight(module).to(dtype=DTYPES[dtype], device="cpu")
+                        if not math.isfinite(max_abs(tensor)):  # finite in float32, past a float16 base's range
+                            raise AdapterMergeError(f"module {module}: the merged weight exceeds the range of {dtype}, the base's dtype "
+                                                    f"for {key}: use smaller weights or inputs")
                         done += 1
                         if progress:
                             progress(done, len(targets), module)

@@ -34,8 +34,9 @@ from typing import Iterable, Mapping
 import torch
 
 from .errors import AdapterMergeError
-from .fileio import atomic_dir, check_destination, read_json_object
+from .fileio import atomic_dir, check_destination, hf_folder, read_json_object, safetensors_weights
 from .progress import StageProgress
+from .validate import quote
 
 log = logging.getLogger(__name__)
 
@@ -216,23 +217,23 @@ def next_token_kl(reference, quantized_model, tokenizer, prompts=DEFAULT_PROMPTS
 
 
 def weights_size(folder: str | Path) -> int:
-    """Bytes of the safetensors weight files in a model folder."""
-    return sum(p.stat().st_size for p in Path(folder).glob("*.safetensors"))
+    """Bytes of the safetensors weight files a model folder loads from."""
+    return sum(p.stat().st_size for p in safetensors_weights(folder, "model folder"))
 
 
 def check_full_precision(model_dir: str | Path) -> dict:
     """The config of a full-precision model folder; AdapterMergeError naming what is wrong otherwise."""
     path = Path(model_dir)
+    # Regular files only, and the weights transformers will read are model.safetensors or its
+    # index's shards: a pytorch_model.bin beside a decoy .safetensors is never loaded.
+    hf_folder(path, "model folder")
     config_file = path / "config.json"
-    if not path.is_dir():
-        raise AdapterMergeError(f"model folder {path} does not exist")
-    if not config_file.is_file():
-        raise AdapterMergeError(f"{path} is not a model folder: it has no config.json")
-    if not any(path.glob("*.safetensors")):
-        raise AdapterMergeError(f"model folder {path} has no safetensors weights")
-    config = read_json_object(config_file)
-    if config.get("quantization_config"):
-        method = config["quantization_config"].get("quant_method", "unknown")
+    config = read_json_object(config_file, "model config")
+    quant = config.get("quantization_config")
+    if quant is not None and not isinstance(quant, dict):
+        raise AdapterMergeError(f"{config_file}: \"quantization_config\" must be an object, got {quote(quant)}")
+    if quant:
+        method = quant.get("quant_method", "unknown")
         raise AdapterMergeError(
             f"model folder {path} is already quantized ({method}, quantization_config in config.json): "
             "quantize the full-precision model instead"
@@ -251,7 +252,8 @@ def check_device(device: str) -> str:
 def load_reference(model_dir: str | Path, device: str = "cpu"):
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device).eval()
+    hf_folder(model_dir, "model folder")
+    return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, use_safetensors=True).to(device).eval()
 
 
 def load_tokenizer_or_none(model_dir: str | Path):
@@ -328,9 +330,9 @@ def quantize_model(
     scheme = check_scheme(scheme)
     dtype = check_compute_dtype(compute_dtype)
     device = check_device(device)
-    require_bitsandbytes()
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     check_full_precision(model_dir)
+    require_bitsandbytes()
     inputs = (model_dir, *inputs)
     check_destination(out_dir, force, inputs)  # before the slow load
 
@@ -342,7 +344,8 @@ def quantize_model(
     if progress:
         progress("load", 0, 1)
     quantized = AutoModelForCausalLM.from_pretrained(
-        model_dir, quantization_config=bnb_config(scheme, dtype), dtype=dtype, device_map={"": device}
+        model_dir, quantization_config=bnb_config(scheme, dtype), dtype=dtype, device_map={"": device},
+        use_safetensors=True,  # never fall back to a pickle
     ).eval()
     tokenizer = load_tokenizer_or_none(model_dir)
     if progress:

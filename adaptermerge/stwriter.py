@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import struct
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -45,20 +46,37 @@ class StreamingSafetensors:
 
     def __enter__(self):
         self.file = open(self.path, "wb")
-        self.file.write(struct.pack("<Q", len(self.header)))
-        self.file.write(self.header)
+        try:
+            with self._named_errors():
+                self.file.write(struct.pack("<Q", len(self.header)))
+                self.file.write(self.header)
+        except BaseException:
+            self.file.close()
+            raise
         return self
+
+    @contextmanager
+    def _named_errors(self):
+        """A failed write (a full disk) says which file: file.write's OSError names none."""
+        try:
+            yield
+        except OSError as exc:
+            if exc.filename is not None:
+                raise
+            raise OSError(exc.errno, exc.strerror or str(exc), str(self.path)) from None
 
     def write(self, name: str, tensor: torch.Tensor) -> None:
         want, dtype, shape = self.layout[self.next]
         if name != want or tensor.dtype != DTYPES[dtype] or list(tensor.shape) != list(shape):
             raise ValueError(f"{self.path.name}: expected {want} {dtype} {list(shape)}, got {name} {tensor.dtype} {list(tensor.shape)}")
         data = tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy()
-        self.file.write(memoryview(data))
+        with self._named_errors():
+            self.file.write(memoryview(data))
         self.next += 1
 
     def __exit__(self, kind, value, tb):
-        self.file.close()
+        with self._named_errors():
+            self.file.close()  # flushes: a full disk can show here first
         if kind is None and self.next != len(self.layout):
             raise ValueError(f"{self.path.name}: {len(self.layout) - self.next} tensors were never written")
         return False

@@ -198,3 +198,13 @@ def test_train_takes_a_config_or_its_fields_not_both(tmp_path):
         api.train(task="domain", output=tmp_path / "x", stepz=3)
     with pytest.raises(AdapterMergeError, match="not both"):
         api.train(api.TrainConfig(task="domain", output=tmp_path / "x"), max_steps=3)
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"seed": 2 ** 80}, "seed must be"),
+    ({"seed": 1.7}, "seed must be"),
+    ({"device": "tpu"}, "device must be cpu, cuda or cuda:N"),
+])
+def test_merge_refuses_bad_seed_and_device_as_the_cli_does(adapters, options, message):
+    with pytest.raises(AdapterMergeError, match=message):
+        merge([adapters["a"], adapters["b"]], "linear", **options)

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 from ..errors import AdapterMergeError
-from ..fileio import write_text_atomic
+from ..fileio import regular_file, write_text_atomic
 
 ROLES = ("system", "user", "assistant")
 # What scoring each built-in task needs in a record's meta (evalsuite.metrics reads these keys).
@@ -59,9 +59,7 @@ def read_jsonl(path: str | Path, task: str | None = None) -> list[dict]:
     `task`, when given and not "custom", also requires each row's meta to carry what that task's
     scoring needs (META_KEYS).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise AdapterMergeError(f"data file {path} does not exist")
+    path = regular_file(path, "data file")
     required: tuple[str, ...] = ()
     if task not in (None, "custom"):
         if task not in META_KEYS:

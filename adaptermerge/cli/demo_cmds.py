@@ -8,6 +8,7 @@ the table, not an error), 2 bad input.
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 
 import click
@@ -15,6 +16,8 @@ import click
 from ..errors import AdapterMergeError
 from ..recipe import example_path, load_recipe
 from ..recipe.schema import Recipe
+from ..validate import quote
+from .options import COUNT, SEED
 from .run_cmds import execute, run_options
 
 
@@ -28,10 +31,11 @@ def _parse_steps(text: str | None, names: list[str]) -> dict[str, int] | None:
     out = {}
     for part in text.split(","):
         name, _, n = part.partition("=")
-        if not n.strip().isdigit() or int(n) < 1:
-            raise AdapterMergeError(f"--train-steps {text!r}: expected adapter=steps,... e.g. domain=30,structured=12")
+        # ASCII digits, at most 9 of them: str.isdigit takes "²" and 5000-digit numbers, which int() refuses
+        if not re.fullmatch(r"[0-9]{1,9}", n.strip()) or int(n) < 1:
+            raise AdapterMergeError(f"--train-steps {quote(text)}: expected adapter=steps,... e.g. domain=30,structured=12")
         if name.strip() not in names:
-            raise AdapterMergeError(f"--train-steps: unknown adapter {name.strip()!r}: expected {', '.join(names)}")
+            raise AdapterMergeError(f"--train-steps: unknown adapter {quote(name.strip())}: expected {', '.join(names)}")
         out[name.strip()] = int(n)
     return out
 
@@ -66,14 +70,14 @@ def demo_recipe(recipe: Recipe, *, base=None, seed=None, mmlu_limit=None, train_
 @click.command("demo")
 @run_options(output_default=Path("demo"))
 @click.option("--base", default=None, help="Base model: HF id or folder (default: the embedded SmolLM2-135M-Instruct).")
-@click.option("--mmlu-limit", type=int, default=None, help="MMLU questions per subject (default 3; --quick 1).")
+@click.option("--mmlu-limit", type=COUNT, default=None, help="MMLU questions per subject (default 3; --quick 1).")
 @click.option("--train-steps", default=None, help="Override training steps per adapter, e.g. domain=30,structured=12.")
 @click.option("--methods", default=None, help="Comma-separated methods among the recipe's candidates (default: all of them).")
 @click.option("--no-baselines", is_flag=True, help="Skip the PEFT, mergekit and sequential-training rows.")
 @click.option("--no-sweep", is_flag=True, help="Do not run the sweep (a few more settings, chosen on the dev split) when the defaults miss the targets.")
 @click.option("--weight-search/--no-weight-search", default=False,
               help="Run the proxy weight search of task-arithmetic weights before the sweep (default: off; regmean does better).")
-@click.option("--seed", type=int, default=None,
+@click.option("--seed", type=SEED, default=None,
               help="Seed of training (initialization, data order), random merges (DARE), calibration and MMLU samples (default: the recipe's, 0); the built-in task data is fixed.")
 def demo_cmd(output, quick, mmlu_data, mergekit, threads, dtype, force, base, mmlu_limit, train_steps, methods, no_baselines,
              no_sweep, weight_search, seed) -> int:

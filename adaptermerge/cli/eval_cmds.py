@@ -17,6 +17,7 @@ from ..evalsuite.harness import TASKS_DIR
 from ..evalsuite.report import headline, summary_rows, write_report
 from ..api import EvalSettings, evaluate
 from ..fileio import check_destination
+from .options import COUNT, SEED, THREADS
 from .progress import console, progress_bar, results
 
 # Shared with `adaptermerge demo`, which evaluates the same way.
@@ -61,17 +62,17 @@ def _table(report):
 @click.option("--tasks", default=None, help="Comma-separated tasks (default: the gates file's, else domain,structured,safety,mmlu).")
 @click.option("--base", default=None, help="Base model: HF id or folder (default: the adapters' base, else the embedded one).")
 @click.option("--mmlu-data", default=None, help="Local cais/mmlu CSV folder (default: $ADAPTERMERGE_MMLU_DATA, else the hub).")
-@click.option("--mmlu-limit", type=int, default=None, help="Questions per MMLU subject (stratified, fixed seed).")
-@click.option("--mmlu-shots", type=int, default=0, show_default=True, help="Few-shot examples from the dev split (0-5).")
+@click.option("--mmlu-limit", type=COUNT, default=None, help="Questions per MMLU subject (stratified, fixed seed).")
+@click.option("--mmlu-shots", type=click.IntRange(0, 5), default=0, show_default=True, help="Few-shot examples from the dev split (0-5).")
 @click.option("--mmlu-split", type=click.Choice(["test", "dev"]), default="test", show_default=True,
               help="Where MMLU's questions come from: dev (5 per subject, no shots) to choose settings on questions a test score never uses.")
 @click.option("--mmlu-format", type=click.Choice(["auto", "cloze", "letter"]), default="auto", show_default=True,
               help="auto: cloze below 1B parameters (letter format is at chance there), letter above.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the MMLU sample (the built-in tasks' data is the one training uses).")
-@click.option("--data-seed", type=int, default=None,
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the MMLU sample (the built-in tasks' data is the one training uses).")
+@click.option("--data-seed", type=SEED, default=None,
               help="Seed the built-in tasks' data is generated with (default: the one training uses); an adapter trained on another seed's data is evaluated on that seed's.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True, help="Generation batch size.")
-@click.option("--threads", type=int, default=None,
+@click.option("--threads", type=THREADS, default=None,
               help="torch CPU threads of each evaluation process (default: the machine's, shared between the two "
                    "processes a multi-core CPU runs). Part of the results cache key: bfloat16 scores depend on it.")
 @click.option("--workers", type=click.IntRange(1, 2), default=None,

@@ -1,7 +1,8 @@
 """`adaptermerge` entry point: the click group and the one place errors become exit codes.
 
-Exit status: 0 ok, 1 a gate failed (eval, run), 2 bad input (AdapterMergeError or a usage error),
-3 an internal error (a bug: rerun with ADAPTERMERGE_DEBUG=1 for the traceback).
+Exit status: 0 ok, 1 a gate failed (eval, run), 2 bad input (AdapterMergeError, a usage error, a
+failing filesystem operation), 3 an internal error (a bug: rerun with ADAPTERMERGE_DEBUG=1 for the
+traceback and report it), 130 interrupted (SIGINT), 143 terminated (SIGTERM), 129 hung up (SIGHUP).
 
 Process-wide settings belong to this entry point, never to the library: `main` puts large CPU
 tensors on transparent huge pages (THP_MEM_ALLOC_ENABLE, unless set), and the merge commands ask
@@ -12,11 +13,14 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
+import threading
 
 import click
 
 from ..errors import AdapterMergeError
+from ..fileio import os_error_message
 from ..quiet import quiet_third_party
 from . import base_cmds, demo_cmds, eval_cmds, info_cmds, merge_cmds, quantize_cmds, run_cmds, train_cmds
 
@@ -36,6 +40,33 @@ for _module in COMMAND_MODULES:
     _module.register(cli)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised in the main thread: unwinds like Ctrl-C, so every atomic_dir
+    removes its temp folder, instead of the default action that kills the process on the spot."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _terminate(signum, frame) -> None:
+    signal.signal(signum, signal.SIG_IGN)  # a second signal must not cut the cleanup short
+    raise Terminated(signum)
+
+
+def _install_signal_handlers() -> dict:
+    """Route SIGTERM and SIGHUP to _terminate; returns the handlers replaced, to restore."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}  # main() called from a thread (an embedding program): signals are not ours
+    replaced = {}
+    for name in ("SIGTERM", "SIGHUP"):
+        signum = getattr(signal, name, None)
+        # only when the default action is in place: a parent that ignores it keeps its choice
+        if signum is not None and signal.getsignal(signum) is signal.SIG_DFL:
+            replaced[signum] = signal.signal(signum, _terminate)
+    return replaced
+
+
 def main(argv: list[str] | None = None) -> None:
     # Large CPU tensors on transparent huge pages: a merge allocates module-sized buffers over and
     # over, and on 4 KB pages a fresh 235 MB one (a Llama-3-8B MLP delta) costs ~60 ms of page
@@ -43,6 +74,20 @@ def main(argv: list[str] | None = None) -> None:
     # not at import, so setting it here, before any command runs, takes effect. The user's own
     # value wins (THP_MEM_ALLOC_ENABLE=0 turns it off).
     os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+    replaced = _install_signal_handlers()
+    try:
+        _run(argv)
+    finally:
+        for signum, handler in replaced.items():  # main() called in-process (tests) leaves none behind
+            signal.signal(signum, handler)
+
+
+def _terminated(exc: Terminated) -> None:
+    click.echo(f"terminated ({signal.Signals(exc.signum).name})", err=True)
+    sys.exit(128 + exc.signum)
+
+
+def _run(argv: list[str] | None) -> None:
     try:
         code = cli.main(args=argv, prog_name="adaptermerge", standalone_mode=False)
         # Commands return an int exit status (e.g. eval: 1 when a gate fails).
@@ -50,7 +95,9 @@ def main(argv: list[str] | None = None) -> None:
     except AdapterMergeError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
-    except click.exceptions.Abort:
+    except click.exceptions.Abort as exc:
+        if isinstance(exc.__context__, Terminated):  # click turns a KeyboardInterrupt into Abort
+            _terminated(exc.__context__)
         click.echo("aborted", err=True)
         sys.exit(130)
     except click.UsageError as exc:  # one line, as for bad input, instead of click's usage block
@@ -62,13 +109,26 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     except SystemExit:
         raise
+    except Terminated as exc:
+        _terminated(exc)
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         sys.exit(130)
+    except OSError as exc:  # the last net for a filesystem failure no writer turned into an error
+        if os.environ.get("ADAPTERMERGE_DEBUG"):
+            raise
+        click.echo(f"error: {os_error_message(exc)}", err=True)
+        sys.exit(2)
     except Exception as exc:  # a bug; keep the terminal readable, offer the traceback
         if os.environ.get("ADAPTERMERGE_DEBUG"):
             raise
-        click.echo(f"internal error: {type(exc).__name__}: {exc} (set ADAPTERMERGE_DEBUG=1 for the traceback)", err=True)
+        text = " ".join(f"{type(exc).__name__}: {exc}".split())
+        text = text if len(text) <= 300 else text[:297] + "..."
+        click.echo(
+            f"internal error: {text} -- this is a bug in adaptermerge: please report it with the command you ran "
+            "and the traceback (rerun with ADAPTERMERGE_DEBUG=1 to see it)",
+            err=True,
+        )
         sys.exit(3)
 
 

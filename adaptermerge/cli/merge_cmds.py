@@ -4,6 +4,7 @@ flags or a YAML file become a MergeJob, which api.run_merge_job runs; this modul
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from pathlib import Path
 
@@ -13,17 +14,22 @@ from rich.table import Table
 from ..api import METHODS, run_merge_job
 from ..errors import AdapterMergeError
 from ..mergeconfig import MergeJob, load_merge_config
+from ..validate import quote
+from .options import COUNT, FINITE, INT32, SEED
 from .progress import console, progress_bar
 from .quantize_cmds import quantization_table
 
 
-def _floats(text: str | None, what: str) -> list[float] | None:
+def _floats(text: str | None, what: str, finite: bool = True) -> list[float] | None:
     if text is None:
         return None
     try:
-        return [float(x) for x in text.split(",")]  # an empty entry ("1,,2") is an error, not skipped
+        values = [float(x) for x in text.split(",")]  # an empty entry ("1,,2") is an error, not skipped
     except ValueError:
-        raise AdapterMergeError(f"--{what} {text!r}: expected comma-separated numbers such as 0.6,0.4") from None
+        raise AdapterMergeError(f"--{what} {quote(text)}: expected comma-separated numbers such as 0.6,0.4") from None
+    if finite and not all(math.isfinite(v) for v in values):
+        raise AdapterMergeError(f"--{what} {quote(text)}: expected finite numbers")
+    return values
 
 
 def _param_options(method):
@@ -37,7 +43,7 @@ def _param_options(method):
         elif "choices" in f.metadata:
             options.append(click.Option([f"--{flag}", f.name], type=click.Choice(f.metadata["choices"]), default=None, help=help_text))
         else:
-            kind = {"float": float, "int": int, "str": str}.get(f.type if isinstance(f.type, str) else f.type.__name__, str)
+            kind = {"float": FINITE, "int": INT32, "str": str}.get(f.type if isinstance(f.type, str) else f.type.__name__, str)
             options.append(click.Option([f"--{flag}", f.name], type=kind, default=None, help=help_text))
     return options
 
@@ -47,14 +53,14 @@ COMMON = [
     click.Option(["-o", "--out"], required=True, type=click.Path(path_type=Path), help="Output folder."),
     click.Option(["--weights"], help="One weight per input, comma-separated (default: 1 each)."),
     click.Option(["--alpha"], help="lora_alpha for bare .safetensors inputs without a config: one value, or one per input."),
-    click.Option(["--rank"], type=int, help="Output rank (default: exact for linear families, sum of input ranks otherwise)."),
+    click.Option(["--rank"], type=COUNT, help="Output rank (default: exact for linear families, sum of input ranks otherwise)."),
     click.Option(["--base"], help="Base model: HF id or local folder (default: the adapters' base, else the embedded SmolLM2-135M-Instruct)."),
     click.Option(["--output", "output_kind"], type=click.Choice(["adapter", "model"]), default="adapter", show_default=True, help="A PEFT adapter, or the full merged model."),
     click.Option(["--shard-size"], default="2GB", show_default=True, help="Shard size for --output model."),
     click.Option(["--merge-onto"], help="--output model: add the delta to the original base weights, or to dequant(NF4(W0)) as QLoRA adapters were trained (original|dequantized; default from the adapters' training.json)."),
     click.Option(["--requantize"], help="--output model: write the merged model quantized with bitsandbytes (nf4|int8)."),
     click.Option(["--compute-dtype"], default="float32", show_default=True, help="With --requantize: float32, bfloat16 or float16."),
-    click.Option(["--seed"], type=int, default=0, show_default=True, help="Seed for random methods (DARE)."),
+    click.Option(["--seed"], type=SEED, default=0, show_default=True, help="Seed for random methods (DARE)."),
     click.Option(["--device"], type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True),
     click.Option(["--ignore-base-mismatch"], is_flag=True, help="Merge adapters whose recorded base models differ."),
     click.Option(["--force"], is_flag=True, help="Replace an existing output (never an input adapter or the base model's folder)."),
@@ -68,7 +74,7 @@ def _method_command(name: str, method) -> click.Command:
             out=out,
             method=name,
             weights=_floats(weights, "weights"),
-            alphas=_floats(alpha, "alpha"),
+            alphas=_floats(alpha, "alpha", finite=False),  # checked per input, with its name
             params={k: v for k, v in params.items() if v is not None},
             rank=rank,
             base=base,

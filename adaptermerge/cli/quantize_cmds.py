@@ -10,6 +10,7 @@ from rich.table import Table
 
 from ..api import quantize as quantize_model
 from ..quantization import worst_layers
+from .options import DEVICE
 
 STAGE_LABELS = {"load": "load + quantize", "save": "save", "layers": "layer errors", "kl": "KL on prompts"}
 
@@ -44,7 +45,7 @@ def register(group: click.Group) -> None:
     @click.option("-o", "--output", "out_dir", required=True, type=click.Path(path_type=str), help="Output folder.")
     @click.option("--compute-dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32", show_default=True,
                   help="Matmul dtype of NF4 layers and dtype of the parameters left unquantized.")
-    @click.option("--device", default="cpu", show_default=True, help="cpu or cuda[:N].")
+    @click.option("--device", type=DEVICE, default="cpu", show_default=True, help="cpu or cuda[:N].")
     @click.option("--force", is_flag=True, help="Replace an existing output folder.")
     def quantize(model_dir: str, scheme: str, out_dir: str, compute_dtype: str, device: str, force: bool) -> int:
         """Quantize MODEL_DIR (full precision) with bitsandbytes into a folder that reloads quantized."""

@@ -18,6 +18,7 @@ from ..api import run_recipe
 from ..recipe import RecipeResult, load_recipe
 from ..recipe.report import table_rows
 from .eval_cmds import dtype_option
+from .options import THREADS
 from .progress import console, results
 
 
@@ -35,7 +36,7 @@ def run_options(output_default: Path | None = None):
         click.option("--quick", is_flag=True, help="The recipe's quick settings: fewer training steps (or cached full adapters), evaluation subsets, fewer MMLU questions."),
         click.option("--mmlu-data", default=None, help="Local cais/mmlu CSV folder (default: $ADAPTERMERGE_MMLU_DATA, else ../shared/data/mmlu)."),
         click.option("--mergekit", default=None, help="mergekit-yaml executable (default: $ADAPTERMERGE_MERGEKIT, else on PATH; else that row is skipped)."),
-        click.option("--threads", type=int, default=None, help="torch CPU threads of each evaluation process (default: the machine's, shared between two)."),
+        click.option("--threads", type=THREADS, default=None, help="torch CPU threads of each evaluation process (default: the machine's, shared between two)."),
         dtype_option,
         click.option("--force", is_flag=True, help="Replace an existing output folder."),
     ])

@@ -14,6 +14,7 @@ from ..chat.records import jsonl_text, write_jsonl
 from ..errors import AdapterMergeError
 from ..training.presets import ALL_PROJECTIONS, PRESETS
 from ..api import TrainConfig, train
+from .options import COUNT, FRACTION, POSITIVE, SEED, THREADS
 
 TASK_CHOICES = ("domain", "structured", "safety", "custom")
 
@@ -31,7 +32,7 @@ def data_group() -> None:
 @data_group.command("build")
 @click.option("--task", required=True, help="domain, structured or safety.")
 @click.option("--split", default="train", show_default=True, help="train, eval or dev (dev: for choosing settings; neither trained nor reported on).")
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--seed", default=0, show_default=True, type=SEED)
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=None, help="JSONL file (default: stdout).")
 @click.option("--force", is_flag=True, help="Overwrite an existing output file.")
 def data_build(task: str, split: str, seed: int, output: Path | None, force: bool) -> None:
@@ -49,19 +50,19 @@ def data_build(task: str, split: str, seed: int, output: Path | None, force: boo
 @click.option("--data", type=click.Path(path_type=Path), default=None, help="JSONL chat records (overrides built-in data).")
 @click.option("--base", default=None, help="HF id or local folder (default: the embedded SmolLM2-135M-Instruct).")
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Adapter folder to write.")
-@click.option("--max-steps", type=int, default=None, help="Optimizer steps (preset default).")
-@click.option("--epochs", type=float, default=None, help="Passes over the data (with --max-steps: whichever ends first).")
-@click.option("--lr", type=float, default=None, help="Peak learning rate.")
-@click.option("--rank", type=int, default=None)
-@click.option("--alpha", type=float, default=None)
+@click.option("--max-steps", type=COUNT, default=None, help="Optimizer steps (preset default).")
+@click.option("--epochs", type=POSITIVE, default=None, help="Passes over the data (with --max-steps: whichever ends first).")
+@click.option("--lr", type=POSITIVE, default=None, help="Peak learning rate.")
+@click.option("--rank", type=COUNT, default=None)
+@click.option("--alpha", type=POSITIVE, default=None)
 @click.option("--targets", default=None, help="Comma-separated module names (default: all seven projections).")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--batch-size", type=int, default=None)
-@click.option("--max-length", type=int, default=None, help="Tokens per example; longer ones are cut.")
+@click.option("--seed", type=SEED, default=0, show_default=True)
+@click.option("--batch-size", type=COUNT, default=None)
+@click.option("--max-length", type=COUNT, default=None, help="Tokens per example; longer ones are cut.")
 @click.option("--no-qlora", is_flag=True, help="Plain LoRA on the fp32 base instead of an NF4 base.")
 @click.option("--dora", is_flag=True, help="Train a DoRA adapter.")
 @click.option("--on-top-of", type=click.Path(path_type=Path), default=None, help="Adapter merged into the base first (sequential training).")
-@click.option("--anchor-fraction", type=float, default=None,
+@click.option("--anchor-fraction", type=FRACTION, default=None,
               help="Share of rows that are general prompts answered as the base answers them, so the adapter acts only "
                    "on its task and merges compose (preset default; 0 turns it off).")
 @click.option("--anchor-tasks", default=None,
@@ -71,7 +72,7 @@ def data_build(task: str, split: str, seed: int, output: Path | None, force: boo
 @click.option("--compute-dtype", type=click.Choice(DTYPE_CHOICES), default="auto", show_default=True,
               help="The frozen base's compute dtype (LoRA factors train in float32). auto: bfloat16 where the "
                    "hardware has it natively, else float32.")
-@click.option("--threads", type=int, default=None,
+@click.option("--threads", type=THREADS, default=None,
               help="torch CPU threads (default: all of this machine's). Recorded in training.json: in bfloat16 "
                    "another count rounds differently, so it is part of what makes a run repeatable.")
 @click.option("--force", is_flag=True, help="Overwrite an existing output folder.")

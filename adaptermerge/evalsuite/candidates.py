@@ -14,7 +14,8 @@ from pathlib import Path
 
 from .. import base as base_mod
 from ..errors import AdapterMergeError
-from ..fileio import read_json_object, write_text_atomic
+from ..fileio import hf_folder, read_json_object, write_text_atomic
+from ..validate import quote
 
 BASE_NAMES = ("base", "embedded")
 
@@ -49,17 +50,27 @@ def resolve_candidate(spec: str, base: str | None = None) -> Candidate:
         return base_candidate(base)
     path = Path(spec).expanduser()
     if not path.is_dir():
-        raise AdapterMergeError(f"candidate {spec!r} is not a folder (expected an adapter folder, a merged model folder, or 'base')")
+        raise AdapterMergeError(f"candidate {quote(spec)} is not a folder (expected an adapter folder, a merged model folder, or 'base')")
     name = path.resolve().name
-    if (path / "adapter_config.json").is_file():
-        config = read_json_object(path / "adapter_config.json")
-        training = read_json_object(path / "training.json") if (path / "training.json").is_file() else {}
+    if (path / "adapter_config.json").exists():
+        # Checked before PEFT sees it: safetensors weights only (PEFT would torch.load an
+        # adapter_model.bin), and no FIFO or device among the files it opens.
+        hf_folder(path, "adapter folder", stem="adapter_model", config="adapter_config.json")
+        config = read_json_object(path / "adapter_config.json", "adapter config")
+        training = read_json_object(path / "training.json", "training record") if (path / "training.json").exists() else {}
         on_top = training.get("on_top_of")
+        for key, value in (("on_top_of", on_top), ("task", training.get("task"))):
+            if value is not None and not isinstance(value, str):
+                raise AdapterMergeError(f"{path / 'training.json'}: \"{key}\" must be a string, got {quote(value)}")
+        if base is None and not isinstance(config.get("base_model_name_or_path"), (str, type(None))):
+            raise AdapterMergeError(
+                f"{path / 'adapter_config.json'}: \"base_model_name_or_path\" must be a string, "
+                f"got {quote(config['base_model_name_or_path'])}"
+            )
         return Candidate(name, "adapter", path, base=base or config.get("base_model_name_or_path"),
                          task=training.get("task"), on_top_of=Path(on_top) if on_top else None)
-    if (path / "config.json").is_file():
-        if not list(path.glob("*.safetensors")):
-            raise AdapterMergeError(f"merged model folder {path} holds no .safetensors weights")
+    if (path / "config.json").exists():
+        hf_folder(path, "merged model folder")
         return Candidate(name, "merged", path, base=base)
     raise AdapterMergeError(f"{path} holds neither adapter_config.json (an adapter) nor config.json (a merged model)")
 
@@ -112,10 +123,9 @@ def content_hash(candidate: Candidate) -> str:
 # ---------------------------------------------------------------- loading
 
 def _apply_adapter(model, folder: Path):
-    from peft import PeftModel  # heavy: only when a model is loaded
-
     # Folded into the weights: the same function, and evaluation runs at the base model's speed.
-    return PeftModel.from_pretrained(model, folder).merge_and_unload()
+    # base.load_adapter checks the folder holds safetensors weights before PEFT opens it.
+    return base_mod.load_adapter(model, folder).merge_and_unload()
 
 
 def load(candidate: Candidate, reference_tokenizer_from: str | None = None, dtype: str = "float32"):
@@ -126,6 +136,7 @@ def load(candidate: Candidate, reference_tokenizer_from: str | None = None, dtyp
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if candidate.kind == "merged":
+        hf_folder(candidate.path, "merged model folder")  # a Candidate built in Python skips resolve_candidate
         model = AutoModelForCausalLM.from_pretrained(candidate.path, dtype=torch.float32, use_safetensors=True)
         has_tokenizer = any((candidate.path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json"))
         tokenizer_src = candidate.path if has_tokenizer else base_mod.resolve_base(candidate.base or reference_tokenizer_from)

@@ -20,6 +20,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .. import validate
 from ..errors import AdapterMergeError
 from ..fileio import read_yaml
 from . import stats
@@ -91,72 +92,69 @@ def task_metrics(task: str, user_tasks: dict[str, dict] | None = None) -> tuple[
         return METRICS[task]
     if user_tasks and task in user_tasks:
         return METRICS[METRIC_SCORER[user_tasks[task]["metric"]]]
-    raise AdapterMergeError(f"unknown task {task!r}: expected one of {', '.join((*BUILTIN_TASKS, MMLU))} or a user task with `data:`")
+    raise AdapterMergeError(f"unknown task {validate.quote(task)}: expected one of {', '.join((*BUILTIN_TASKS, MMLU))} or a user task with `data:`")
 
 
-def _number(value, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise AdapterMergeError(f"{where}: expected a number, got {value!r}")
-    return float(value)
+MAX_GEN_TOKS = 1 << 16  # tokens a user task's answer may take
 
 
 def parse_gates(data: dict, where: str = "gates", root: Path | None = None) -> GateConfig:
     """A GateConfig from the parsed YAML mapping; `where` names the file in error messages, and
-    relative `data:` paths are taken from `root` (the gates file's folder) when given."""
+    relative `data:` paths are taken from `root` (the gates file's folder) when given. Every value
+    is checked here, so a bad threshold fails when the file is read, not after the evaluation."""
+    validate.document(data, where)
     if not isinstance(data, dict):
-        raise AdapterMergeError(f"{where}: expected a mapping with `tasks:` and optionally `retention:`")
-    unknown_top = sorted(set(map(str, data)) - {"tasks", "retention"})
-    if unknown_top:
-        raise AdapterMergeError(f"{where}: unknown key(s) {', '.join(unknown_top)}: expected `tasks:` and optionally `retention:`")
-    tasks = data.get("tasks") or {}
-    if not isinstance(tasks, dict):
-        raise AdapterMergeError(f"{where}: `tasks` must map task names to gate settings")
+        raise AdapterMergeError(f"{where}: expected a mapping with `tasks:` and optionally `retention:`, got {validate.quote(data)}")
+    validate.mapping(data, where, keys=("tasks", "retention"))
+    tasks = validate.mapping(data.get("tasks"), f"{where}: tasks")
+    if not tasks:  # a file that gates nothing would pass every candidate
+        raise AdapterMergeError(f"{where}: tasks is empty: name at least one task, e.g. {{domain: {{min: 0.75}}}}")
     config = GateConfig()
     for task, spec in tasks.items():
-        at = f"{where}: tasks.{task}"
-        spec = spec or {}
-        if not isinstance(spec, dict):
-            raise AdapterMergeError(f"{at}: expected a mapping such as {{metric: exact_match, min: 0.75}}")
+        at = f"{where}: tasks.{validate.listing([task])}"
+        spec = validate.mapping(spec, at, optional=True)
         if "data" in spec:
-            metric = spec.get("metric", "exact_match")
-            if metric not in METRIC_SCORER:
-                raise AdapterMergeError(f"{at}.metric: {metric!r} is not one of {', '.join(METRIC_SCORER)}")
+            metric = validate.string(spec.get("metric", "exact_match"), f"{at}.metric", choices=tuple(METRIC_SCORER))
             if task in (*BUILTIN_TASKS, MMLU):
-                raise AdapterMergeError(f"{at}: `data` is for user tasks; {task!r} is built in")
-            data_path = Path(str(spec["data"])).expanduser()
-            if root is not None and not data_path.is_absolute():
-                data_path = root / data_path
+                raise AdapterMergeError(f"{at}: `data` is for user tasks; {validate.quote(task)} is built in")
+            data_path = validate.path(spec["data"], f"{at}.data", root=root)
             config.user_tasks[task] = {"data": str(data_path), "metric": metric,
-                                       "max_gen_toks": int(spec.get("max_gen_toks", 64))}
+                                       "max_gen_toks": validate.integer(spec.get("max_gen_toks", 64), f"{at}.max_gen_toks",
+                                                                        minimum=1, maximum=MAX_GEN_TOKS)}
+        elif "max_gen_toks" in spec:
+            validate.integer(spec["max_gen_toks"], f"{at}.max_gen_toks", minimum=1, maximum=MAX_GEN_TOKS)
         try:
             allowed = task_metrics(task, config.user_tasks)
         except AdapterMergeError as exc:
             raise AdapterMergeError(f"{where}: {exc}") from None
         metric = spec.get("metric", DEFAULT_METRIC.get(task) or config.user_tasks.get(task, {}).get("metric"))
         if metric not in allowed:
-            raise AdapterMergeError(f"{at}.metric: {metric!r} is not a metric of {task}: expected one of {', '.join(allowed)}")
+            raise AdapterMergeError(f"{at}.metric: {validate.quote(metric)} is not a metric of {task}: expected one of {', '.join(allowed)}")
         extra = {k for k in spec if k.endswith("_min") and k[: -len("_min")] in allowed}
         unknown = set(spec) - _TASK_KEYS - extra
         if unknown:
-            raise AdapterMergeError(f"{at}: unknown key(s) {', '.join(sorted(unknown))}: expected metric, min, max_drop, reference, data, max_gen_toks or <metric>_min")
+            raise AdapterMergeError(f"{at}: unknown key(s) {validate.listing(sorted(unknown))}: expected metric, min, max_drop, reference, "
+                                    "data, max_gen_toks or <metric>_min")
         if "min" in spec:
-            config.gates.append(Gate(task, metric, "min", _number(spec["min"], f"{at}.min")))
+            config.gates.append(Gate(task, metric, "min", validate.number(spec["min"], f"{at}.min")))
         if "max_drop" in spec:
-            ref = spec.get("reference")
-            config.gates.append(Gate(task, metric, "max_drop", _number(spec["max_drop"], f"{at}.max_drop"),
-                                     reference=str(ref) if ref is not None else None))
+            ref = validate.string(spec.get("reference"), f"{at}.reference", nonempty=True, optional=True)
+            config.gates.append(Gate(task, metric, "max_drop", validate.number(spec["max_drop"], f"{at}.max_drop"), reference=ref))
+        elif "reference" in spec:
+            validate.string(spec["reference"], f"{at}.reference", nonempty=True)
         for key in sorted(extra):
-            config.gates.append(Gate(task, key[: -len("_min")], "min", _number(spec[key], f"{at}.{key}")))
+            config.gates.append(Gate(task, key[: -len("_min")], "min", validate.number(spec[key], f"{at}.{key}")))
         config.tasks.append(task)
     retention = data.get("retention")
     if retention is not None:
-        if not isinstance(retention, dict) or "min" not in retention or not set(retention) <= {"min", "adapters"}:
-            raise AdapterMergeError(f"{where}: retention: expected {{min: 0.95}} and optionally adapters: {{task: folder}}")
-        config.retention_min = _number(retention["min"], f"{where}: retention.min")
-        adapters = retention.get("adapters") or {}
-        if not isinstance(adapters, dict):
-            raise AdapterMergeError(f"{where}: retention.adapters must map task names to adapter folders")
-        config.retention_adapters = {str(k): str(v) for k, v in adapters.items()}
+        if not isinstance(retention, dict) or "min" not in retention:
+            raise AdapterMergeError(f"{where}: retention: expected {{min: 0.95}} and optionally adapters: {{task: folder}}, "
+                                    f"got {validate.quote(retention)}")
+        validate.mapping(retention, f"{where}: retention", keys=("min", "adapters"))
+        config.retention_min = validate.number(retention["min"], f"{where}: retention.min")
+        adapters = validate.mapping(retention.get("adapters"), f"{where}: retention.adapters", optional=True)
+        config.retention_adapters = {k: str(validate.path(v, f"{where}: retention.adapters.{validate.listing([k])}"))
+                                     for k, v in adapters.items()}
     return config
 
 

@@ -58,15 +58,13 @@ def peft_merge(adapters: dict[str, Path], out: Path, combination_type: str, *, b
                weights: list[float], density: float, seed: int = 0, work: Path | None = None) -> Path:
     """Merge `adapters` ({name: folder}) with PEFT's add_weighted_adapter into the PEFT folder `out`.
     PEFT's factor methods need equal ranks: with `work`, lower-rank adapters are zero-padded there."""
-    from peft import PeftModel  # a slow import, only for this baseline
-
     torch.manual_seed(seed)
     if work is not None and not combination_type.endswith("svd"):
         adapters = equal_ranks(adapters, work)
     names = list(adapters)
-    model = PeftModel.from_pretrained(base_mod.load_model(base), str(adapters[names[0]]), adapter_name=names[0])
+    model = base_mod.load_adapter(base_mod.load_model(base), adapters[names[0]], adapter_name=names[0])
     for name in names[1:]:
-        model.load_adapter(str(adapters[name]), adapter_name=name)
+        base_mod.add_adapter(model, adapters[name], name)
     model.add_weighted_adapter(names, list(weights), "merged", combination_type=combination_type, density=density)
     with atomic_dir(out) as tmp:
         model.save_pretrained(tmp, selected_adapters=["merged"])  # a non-default name goes to tmp/merged/

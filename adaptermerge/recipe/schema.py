@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..engine import make_params
+from .. import validate
 from ..errors import AdapterMergeError
 from ..fileio import read_yaml
 from ..evalsuite import gates as gates_mod
@@ -147,69 +148,49 @@ class Recipe:
 # ---------------------------------------------------------------- strict reading
 
 class _Reader:
-    """Type checks that name the file and the key of a bad value."""
+    """validate's checks with the recipe file's name: each error names the file and the key."""
 
     def __init__(self, where: str):
         self.where = where
+
+    def at(self, key: str) -> str:
+        return f"{self.where}: {key}" if key else self.where
 
     def fail(self, key: str, message: str) -> AdapterMergeError:
         return AdapterMergeError(f"{self.where}: {key}: {message}")
 
     def mapping(self, value, key: str, allowed: tuple[str, ...], required: tuple[str, ...] = ()) -> dict:
-        if value is None:
-            value = {}
-        if not isinstance(value, dict):
-            raise self.fail(key, f"expected a mapping with keys among {', '.join(allowed)}, got {value!r}")
-        unknown = [str(k) for k in value if k not in allowed]
-        if unknown:
-            raise self.fail(f"{key}.{unknown[0]}" if key else unknown[0], f"unknown key: expected one of {', '.join(allowed)}")
+        value = validate.mapping(value, self.at(key), optional=True)
+        unknown = [k for k in value if k not in allowed]
+        if unknown:  # named as a dotted key, like every other error of a recipe
+            name = validate.listing([unknown[0]])
+            raise self.fail(f"{key}.{name}" if key else name, f"unknown key: expected one of {', '.join(allowed)}")
         for k in required:
             if k not in value:
                 raise self.fail(f"{key}.{k}" if key else k, "missing")
         return value
 
     def boolean(self, value, key: str) -> bool:
-        if not isinstance(value, bool):
-            raise self.fail(key, f"expected true or false, got {value!r}")
-        return value
+        return validate.boolean(value, self.at(key))
 
     def integer(self, value, key: str, minimum: int | None = None, optional: bool = False) -> int | None:
-        if value is None and optional:
-            return None
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise self.fail(key, f"expected an integer, got {value!r}")
-        if minimum is not None and value < minimum:
-            raise self.fail(key, f"must be at least {minimum}, got {value}")
-        return value
+        # counts and steps: beyond 2**31 is a typo, and torch takes no larger sizes
+        return validate.integer(value, self.at(key), minimum=minimum, maximum=2**31 - 1, optional=optional)
 
     def number(self, value, key: str, optional: bool = False) -> float | None:
-        if value is None and optional:
-            return None
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise self.fail(key, f"expected a number, got {value!r}")
-        if not math.isfinite(value):
-            raise self.fail(key, f"expected a finite number, got {value!r}")
-        return float(value)
+        return validate.number(value, self.at(key), optional=optional)
 
     def string(self, value, key: str, choices: tuple[str, ...] | None = None, optional: bool = False) -> str | None:
-        if value is None and optional:
-            return None
-        if not isinstance(value, str):
-            raise self.fail(key, f"expected a string, got {value!r}")
-        if choices is not None and value not in choices:
-            raise self.fail(key, f"{value!r} is not one of {', '.join(choices)}")
-        return value
+        return validate.string(value, self.at(key), choices=choices, optional=optional)
 
     def name(self, value, key: str) -> str:
         text = self.string(value, key)
-        if not text or "/" in text or text.startswith("."):
-            raise self.fail(key, f"{text!r} is not a usable name (it names folders: no '/', no leading '.')")
+        if not text or "/" in text or text.startswith(".") or "\0" in text:
+            raise self.fail(key, f"{validate.quote(text)} is not a usable name (it names folders: no '/', no leading '.')")
         return text
 
     def path(self, value, key: str, root: Path) -> Path:
-        text = self.string(value, key)
-        p = Path(text).expanduser()
-        return p if p.is_absolute() else root / p
+        return validate.path(value, self.at(key), root=root)
 
     def counts(self, value, key: str, tasks: list[str]) -> dict[str, int] | None:
         if value is None:
@@ -241,7 +222,7 @@ _TOP = ("name", "description", "base", "seed", "adapters", "candidates", "baseli
 def load_recipe(path: str | Path) -> Recipe:
     """Read and check a recipe file (yaml.safe_load only)."""
     path = Path(path).expanduser()
-    data = read_yaml(path, "recipe")
+    data = validate.document(read_yaml(path, "recipe"), str(path))
     return parse_recipe(data, where=str(path), root=path.parent.resolve(), source=path)
 
 
@@ -256,9 +237,9 @@ def parse_recipe(data, *, where: str = "recipe", root: Path | None = None, sourc
     name = r.name(data.get("name", source.stem if source else "recipe"), "name")
     description = r.string(data.get("description", ""), "description")
     base = r.string(data.get("base"), "base", optional=True)
-    if base is not None and not Path(base).is_absolute() and (root / base).exists():
+    if base is not None and not Path(base).is_absolute() and validate.probe(root / base) is not None:
         base = str(root / base)
-    seed = r.integer(data.get("seed", 0), "seed", minimum=0)
+    seed = validate.seed(data.get("seed", 0), r.at("seed"))
 
     gates, dev_data = _gates(r, data["gates"], root)
     tasks = list(gates.tasks)
@@ -268,7 +249,7 @@ def parse_recipe(data, *, where: str = "recipe", root: Path | None = None, sourc
     taken = {"base", *(a.name for a in adapters)}
     for c in (*candidates, *(MergeSpec(b, "") for b in baselines)):
         if c.name in taken:
-            raise r.fail("candidates", f"the name {c.name!r} is used twice (rows are named by adapters, candidates and baselines)")
+            raise r.fail("candidates", f"the name {validate.quote(c.name)} is used twice (rows are named by adapters, candidates and baselines)")
         taken.add(c.name)
 
     ev = r.mapping(data.get("eval"), "eval", ("docs", "mmlu_limit", "mmlu_subjects", "batch_size", "dtype"))
@@ -319,7 +300,7 @@ def _gates(r: _Reader, value, root: Path) -> tuple[gates_mod.GateConfig, dict[st
         if not isinstance(task, str):
             raise r.fail(key, "task names are strings")
         if not isinstance(spec, dict):
-            raise r.fail(key, f"expected a mapping such as {{metric: exact_match, min: 0.75}}, got {spec!r}")
+            raise r.fail(key, f"expected a mapping such as {{metric: exact_match, min: 0.75}}, got {validate.quote(spec)}")
         spec = dict(spec)
         if "dev" in spec:
             if "data" not in spec:
@@ -345,10 +326,10 @@ def _gates(r: _Reader, value, root: Path) -> tuple[gates_mod.GateConfig, dict[st
     except AdapterMergeError as exc:  # its message names the file and the key already
         raise AdapterMergeError(str(exc)) from None
     for task, spec in gates.user_tasks.items():
-        if not Path(spec["data"]).is_file():
+        if validate.probe(spec["data"]) != "file":
             raise r.fail(f"gates.tasks.{task}.data", f"{spec['data']} does not exist")
     for task, dev in dev_data.items():
-        if not dev.is_file():
+        if validate.probe(dev) != "file":
             raise r.fail(f"gates.tasks.{task}.dev", f"{dev} does not exist")
     return gates, dev_data
 
@@ -361,7 +342,7 @@ def _adapters(r: _Reader, value, root: Path, tasks: list[str]) -> tuple[AdapterS
         key = f"adapters.{name}"
         name = r.name(name, key)
         if name in RESERVED:
-            raise r.fail(key, f"{name!r} is reserved for the base model's row")
+            raise r.fail(key, f"{validate.quote(name)} is reserved for the base model's row")
         spec = r.mapping(spec, key, ("preset", "path", "task", "alpha", "steps"))
         if ("preset" in spec) == ("path" in spec):
             raise r.fail(key, "expected exactly one of `preset:` (train it) or `path:` (a PEFT folder or .safetensors file)")
@@ -369,9 +350,9 @@ def _adapters(r: _Reader, value, root: Path, tasks: list[str]) -> tuple[AdapterS
         path = None
         if "path" in spec:
             path = r.path(spec["path"], f"{key}.path", root)
-            if not path.exists():
+            if validate.probe(path) is None:
                 raise r.fail(f"{key}.path", f"{path} does not exist")
-            if not (path.is_dir() or path.suffix == ".safetensors"):
+            if not (validate.probe(path) == "folder" or path.suffix == ".safetensors"):
                 raise r.fail(f"{key}.path", f"{path}: expected a PEFT adapter folder or a .safetensors file")
             if "steps" in spec:
                 raise r.fail(f"{key}.steps", "only an adapter trained from a preset has training steps")
@@ -379,7 +360,7 @@ def _adapters(r: _Reader, value, root: Path, tasks: list[str]) -> tuple[AdapterS
             raise r.fail(f"{key}.alpha", "only a given .safetensors file may need its alpha")
         task = r.string(spec.get("task", preset if preset else (name if name in tasks else None)), f"{key}.task", optional=True)
         if task is not None and (task not in tasks or task == MMLU):
-            raise r.fail(f"{key}.task", f"{task!r} is not a task of the gates: expected one of {', '.join(t for t in tasks if t != MMLU)}")
+            raise r.fail(f"{key}.task", f"{validate.quote(task)} is not a task of the gates: expected one of {', '.join(t for t in tasks if t != MMLU)}")
         alpha = r.number(spec.get("alpha"), f"{key}.alpha", optional=True)
         if alpha is not None and alpha <= 0:
             raise r.fail(f"{key}.alpha", f"must be positive, got {alpha}")
@@ -389,35 +370,24 @@ def _adapters(r: _Reader, value, root: Path, tasks: list[str]) -> tuple[AdapterS
 
 def check_params(method: str, params, key: str, r: _Reader) -> dict:
     """The method's parameters, each of its default's type, under the Params field names."""
-    params = r.mapping(params, key, tuple(params) if isinstance(params, dict) else ())
-    fields = {f.name: f.default for f in dataclasses.fields(METHODS.get(method).Params)}
-    out = {}
-    for k, v in params.items():
+    params = validate.mapping(params, r.at(key), optional=True)
+    fields = {f.name for f in dataclasses.fields(METHODS.get(method).Params)}
+    names = {}
+    for k in params:
         name = k if k in fields else f"{k}_" if f"{k}_" in fields else None
         if name is None:
             known = ", ".join(n.rstrip("_") for n in fields) or "none"
-            raise r.fail(f"{key}.{k}", f"method {method} has no such parameter (its parameters: {known})")
-        default = fields[name]
-        where = f"{key}.{k}"
-        if isinstance(default, bool):
-            out[name] = r.boolean(v, where)
-        elif isinstance(default, int):
-            out[name] = r.integer(v, where)
-        elif isinstance(default, float):
-            out[name] = r.number(v, where)
-        else:
-            out[name] = r.string(v, where)
-    try:
-        make_params(METHODS.get(method), out)
-    except AdapterMergeError as exc:
-        raise r.fail(key, str(exc)) from None
-    return out
+            raise r.fail(f"{key}.{validate.listing([k])}", f"method {method} has no such parameter (its parameters: {known})")
+        names[k] = name
+    # the types and the method's own range checks: engine.make_params, strict about strings
+    typed = make_params(METHODS.get(method), params, where=r.at(key), strict=True)
+    return {name: getattr(typed, name) for name in names.values()}
 
 
 def _method(r: _Reader, value, key: str) -> str:
     method = r.string(value, key)
     if method not in METHODS:
-        raise r.fail(key, f"unknown method {method!r}: expected one of {', '.join(METHODS)}")
+        raise r.fail(key, f"unknown method {validate.quote(method)}: expected one of {', '.join(METHODS)}")
     return method
 
 
@@ -425,7 +395,7 @@ def _candidates(r: _Reader, value, n_adapters: int) -> tuple[MergeSpec, ...]:
     if value == "all":
         return tuple(MergeSpec(m, m) for m in METHODS)
     if not isinstance(value, list) or not value:
-        raise r.fail("candidates", f"expected `all` or a list of methods, got {value!r}")
+        raise r.fail("candidates", f"expected `all` or a list of methods, got {validate.quote(value)}")
     out = []
     for i, item in enumerate(value):
         key = f"candidates[{i}]"
@@ -438,7 +408,7 @@ def _candidates(r: _Reader, value, n_adapters: int) -> tuple[MergeSpec, ...]:
         weights = item.get("weights")
         if weights is not None:
             if not isinstance(weights, list) or len(weights) != n_adapters:
-                raise r.fail(f"{key}.weights", f"expected a list of {n_adapters} numbers (one per adapter), got {weights!r}")
+                raise r.fail(f"{key}.weights", f"expected a list of {n_adapters} numbers (one per adapter), got {validate.quote(weights)}")
             weights = tuple(r.number(w, f"{key}.weights[{j}]") for j, w in enumerate(weights))
         out.append(MergeSpec(r.name(item.get("name", method), f"{key}.name"), method,
                              check_params(method, item.get("params"), f"{key}.params", r), weights))
@@ -451,7 +421,7 @@ def _baselines(r: _Reader, value) -> tuple[str, ...]:
     if value in ("none", None):
         return ()
     if not isinstance(value, list):
-        raise r.fail("baselines", f"expected all, none or a list among {', '.join(BASELINES)}, got {value!r}")
+        raise r.fail("baselines", f"expected all, none or a list among {', '.join(BASELINES)}, got {validate.quote(value)}")
     for i, b in enumerate(value):
         r.string(b, f"baselines[{i}]", BASELINES)
     return tuple(value)
@@ -461,7 +431,7 @@ def _quick_params(r: _Reader, value) -> dict[str, dict]:
     if value is None:
         return {}
     if not isinstance(value, dict):
-        raise r.fail("quick.params", f"expected a mapping of methods to parameters, got {value!r}")
+        raise r.fail("quick.params", f"expected a mapping of methods to parameters, got {validate.quote(value)}")
     return {_method(r, m, f"quick.params.{m}"): check_params(m, p, f"quick.params.{m}", r) for m, p in value.items()}
 
 

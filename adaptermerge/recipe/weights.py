@@ -138,7 +138,6 @@ class AdapterStack:
 
     def __init__(self, base: str | None, adapters: dict[str, Path]):
         # Slow imports, only when the search runs.
-        from peft import PeftModel
         from peft.tuners.lora import LoraLayer
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -152,9 +151,9 @@ class AdapterStack:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.names = list(adapters)
         first, *rest = self.names
-        peft = PeftModel.from_pretrained(model, adapters[first], adapter_name=first)
+        peft = base_mod.load_adapter(model, adapters[first], adapter_name=first)
         for name in rest:
-            peft.load_adapter(adapters[name], adapter_name=name)
+            base_mod.add_adapter(peft, adapters[name], name)
         peft.base_model.set_adapter(self.names)
         peft.eval()
         self.model = peft

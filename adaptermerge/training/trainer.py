@@ -35,7 +35,7 @@ from ..chat.generation import generate_responses
 from ..chat.records import jsonl_text, read_jsonl
 from ..chat.tokens import IGNORE, collate, tokenize_record
 from ..errors import AdapterMergeError
-from ..fileio import atomic_dir, check_destination, sha256_file, write_text_atomic
+from ..fileio import atomic_dir, check_destination, hf_folder, sha256_file, write_text_atomic
 from .presets import ALL_PROJECTIONS, preset
 
 log = logging.getLogger(__name__)
@@ -120,8 +120,11 @@ class TrainConfig:
             raise AdapterMergeError(f"--anchor-tasks names the task being trained ({cfg.task}): its prompts already have answers")
         if not cfg.targets:
             raise AdapterMergeError("--targets names no module")
-        if cfg.on_top_of is not None and not (Path(cfg.on_top_of) / "adapter_config.json").is_file():
-            raise AdapterMergeError(f"--on-top-of {cfg.on_top_of}: not a PEFT adapter folder (no adapter_config.json)")
+        if cfg.on_top_of is not None:
+            if not (Path(cfg.on_top_of) / "adapter_config.json").is_file():
+                raise AdapterMergeError(f"--on-top-of {cfg.on_top_of}: not a PEFT adapter folder (no adapter_config.json)")
+            # before any slow work: safetensors weights only (PEFT would torch.load adapter_model.bin)
+            hf_folder(cfg.on_top_of, "--on-top-of adapter", stem="adapter_model", config="adapter_config.json")
         return cfg
 
 
@@ -249,9 +252,7 @@ def _full_precision_base(cfg: TrainConfig):
     model = base_mod.load_model(cfg.base)
     if cfg.on_top_of is None:
         return model
-    from peft import PeftModel  # heavy: imported when a run starts, not with the module
-
-    return PeftModel.from_pretrained(model, str(cfg.on_top_of)).merge_and_unload()
+    return base_mod.load_adapter(model, cfg.on_top_of).merge_and_unload()
 
 
 def _load_base(cfg: TrainConfig, scratch: Path):

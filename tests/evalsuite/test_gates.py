@@ -48,7 +48,7 @@ def test_parse_issue_example():
     ("tasks: {nonsense: {min: 0.5}}", "nonsense"),
     ("tasks: {domain: {min: 0.5}}\nretention: 0.9", "retention"),
     ("gates: {}", "tasks"),
-    ("tasks: {domain: {min: 0.5}}\nretension: {min: 0.9}", "unknown key.s. retension"),
+    ("tasks: {domain: {min: 0.5}}\nretension: {min: 0.9}", "unknown keys? retension"),
     ("tasks: {domian: {min: 0.5}}", "g.yaml: unknown task 'domian'"),
 ])
 def test_parse_errors_name_the_key(text, needle):
@@ -172,3 +172,56 @@ def test_retention_is_paired_against_the_single_adapter():
     assert r.detail.endswith("within noise; 1 more of 60 items needed")  # 57 / 59 = 0.966 passes
     passing = check_retention(Gate("structured", "schema_valid", "retention", 0.9), "merged", "single", results)
     assert passing.passed and "items needed" not in passing.detail
+
+
+BOMB = "x: &a [0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5]\n" + "".join(
+    f"{n}: &{n} [{', '.join([f'*{p}'] * 9)}]\n" for p, n in zip("abcdefgh", "bcdefghi"))
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("tasks: {1: {min: 0.5}}", "g.yaml: tasks: keys must be strings, got the key 1"),
+    ("tasks: {domain: {min: 0.5, 7: 1}}", "g.yaml: tasks.domain: keys must be strings, got the key 7"),
+    ("tasks: {faq: {data: f.jsonl, max_gen_toks: abc}}", "g.yaml: tasks.faq.max_gen_toks must be an integer, got 'abc'"),
+    ("tasks: {faq: {data: f.jsonl, max_gen_toks: 12.5}}", "tasks.faq.max_gen_toks must be an integer, got 12.5"),
+    ("tasks: {faq: {data: f.jsonl, max_gen_toks: 1208925819614629174706176}}", "tasks.faq.max_gen_toks must be an integer in 1..65536"),
+    ("tasks: {domain: {max_gen_toks: abc}}", "tasks.domain.max_gen_toks must be an integer, got 'abc'"),
+    ("tasks: {faq: {data: 123}}", "tasks.faq.data must be a path"),
+    ("tasks: {domain: {min: .nan}}", "g.yaml: tasks.domain.min must be a finite number, got nan"),
+    ("tasks: {domain: {min: .inf}}", "tasks.domain.min must be a finite number, got inf"),
+    ("tasks: {domain: {min: true}}", "tasks.domain.min must be a number, got True"),
+    ("tasks: {mmlu: {max_drop: -.inf}}", "tasks.mmlu.max_drop must be a finite number, got -inf"),
+    ("tasks: {safety: {benign_answer_rate_min: .nan}}", "tasks.safety.benign_answer_rate_min must be a finite number"),
+    ("tasks: {mmlu: {max_drop: 0.1, reference: 5}}", "tasks.mmlu.reference must be a string, got 5"),
+    ("tasks: {domain: {metric: [exact_match]}}", "tasks.domain.metric: ['exact_match'] is not a metric of domain"),
+    ("tasks: [domain]", "g.yaml: tasks must be a mapping, got ['domain']"),
+    ("tasks: {domain: {min: 0.5}}\nretention: {min: .nan}", "g.yaml: retention.min must be a finite number, got nan"),
+    ("tasks: {domain: {min: 0.5}}\nretention: {min: 0.9, adapters: [a]}", "retention.adapters must be a mapping"),
+    ("tasks: {domain: {min: 0.5}}\nretention: {min: 0.9, adapters: {domain: 5}}", "retention.adapters.domain must be a path"),
+    ("- tasks", "g.yaml: expected a mapping with `tasks:`"),
+    (BOMB + "tasks: {domain: {min: *i}}", "g.yaml: more than 200000 values"),
+    ("tasks: {domain: {min: &a [1, 1, 1, 1, 1, 1, 1, 1], max_drop: &b [*a, *a, *a, *a, *a, *a, *a, *a]}}",
+     "tasks.domain.min must be a number, got [1, 1, 1"),
+    ("tasks: {domain: {metric: " + "x" * 100000 + "}}", "tasks.domain.metric: 'xxxxx"),
+    ("tasks: {" + "y" * 1000 + ": {min: 0.5}}", "g.yaml: unknown task 'yyyy"),  # YAML keys stop at 1024 characters
+], ids=lambda v: v[:40])
+def test_every_bad_value_is_refused_when_read_in_one_short_line(text, needle):
+    with pytest.raises(AdapterMergeError) as info:
+        parse_gates(yaml.safe_load(text), "g.yaml")
+    message = str(info.value)
+    assert needle in message and "\n" not in message and len(message) < 300, message
+
+
+def test_a_nan_gate_fails_before_the_evaluation(tmp_path, capsys):
+    """`eval` reads the gates file before it loads a model: the error comes in well under a second."""
+    import time
+
+    from adaptermerge.cli.main import main
+
+    gates = tmp_path / "g.yaml"
+    gates.write_text("tasks:\n  domain: {metric: exact_match, min: .nan}\n")
+    start = time.perf_counter()
+    with pytest.raises(SystemExit) as info:
+        main(["eval", str(tmp_path / "no-such-candidate"), "--gates", str(gates)])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and err == f"error: {gates}: tasks.domain.min must be a finite number, got nan\n"
+    assert time.perf_counter() - start < 5

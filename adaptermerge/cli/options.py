@@ -1,0 +1,51 @@
+"""Bounded click types for the commands' options. click's own `int` takes 2**80 and its `float`
+takes nan and inf, which would fail deep inside a run (or silently do the wrong thing); these
+refuse them at parse time, and main() prints click's message as one `error:` line with exit 2."""
+
+from __future__ import annotations
+
+import click
+
+from .. import validate
+from ..errors import AdapterMergeError
+
+SEED = click.IntRange(0, validate.SEED_MAX)
+COUNT = click.IntRange(1, 2**31 - 1)  # steps, ranks, sizes, questions, threads: 1 or more
+INT32 = click.IntRange(-(2**31), 2**31 - 1)
+THREADS = click.IntRange(1, 1024)  # torch would try to start 2**31 threads
+
+
+class Number(click.ParamType):
+    """A finite float, within [minimum, maximum] and greater than `above` when given."""
+
+    name = "number"
+
+    def __init__(self, minimum: float | None = None, maximum: float | None = None, above: float | None = None):
+        self.bounds = {"minimum": minimum, "maximum": maximum, "above": above}
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                self.fail(f"{validate.quote(value)} is not a valid float.", param, ctx)  # click's own words
+        try:
+            return validate.number(value, "", **self.bounds)
+        except AdapterMergeError as exc:
+            self.fail(str(exc).strip(), param, ctx)
+
+
+class Device(click.ParamType):
+    name = "device"
+
+    def convert(self, value, param, ctx):
+        try:
+            return validate.device(value, "")
+        except AdapterMergeError as exc:
+            self.fail(str(exc).strip(), param, ctx)
+
+
+FINITE = Number()
+POSITIVE = Number(above=0)
+FRACTION = Number(minimum=0, maximum=1)
+DEVICE = Device()
