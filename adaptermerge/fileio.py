@@ -30,23 +30,28 @@ from .validate import quote
 log = logging.getLogger(__name__)
 
 
-def regular_file(path: str | Path, what: str = "file") -> Path:
-    """`path` if it is a regular file (after following symlinks); anything else is a one-line
-    error naming `what` and the path. Call it before opening an input: opening a FIFO blocks
-    forever, a device or socket streams garbage, and a symlink loop fails deep in a library."""
-    path = Path(path)
+def _stat(path: Path, what: str) -> os.stat_result:
+    """os.stat following symlinks, its failures as one-line errors naming `what` and the path."""
     try:
-        st = os.stat(path)
+        return os.stat(path)
     except FileNotFoundError:
         raise AdapterMergeError(f"{what} {path} does not exist") from None
     except OSError as exc:
         raise AdapterMergeError(f"{what} {path}: cannot be read ({_reason(exc)})") from None
     except ValueError:  # a NUL byte in the name (from a YAML or JSON string)
         raise AdapterMergeError(f"{what} {quote(str(path))} is not a valid path") from None
-    if stat.S_ISDIR(st.st_mode):
+
+
+def regular_file(path: str | Path, what: str = "file") -> Path:
+    """`path` if it is a regular file (after following symlinks); anything else is a one-line
+    error naming `what` and the path. Call it before opening an input: opening a FIFO blocks
+    forever, a device or socket streams garbage, and a symlink loop fails deep in a library."""
+    path = Path(path)
+    mode = _stat(path, what).st_mode
+    if stat.S_ISDIR(mode):
         raise AdapterMergeError(f"{what} {path} is a folder, expected a file")
-    if not stat.S_ISREG(st.st_mode):
-        raise AdapterMergeError(f"{what} {path} is a {_kind(st.st_mode)}, expected a regular file")
+    if not stat.S_ISREG(mode):
+        raise AdapterMergeError(f"{what} {path} is a {_kind(mode)}, expected a regular file")
     return path
 
 
@@ -54,16 +59,9 @@ def folder(path: str | Path, what: str = "folder") -> Path:
     """`path` if it is a folder (after following symlinks); otherwise a one-line error naming
     `what` and the path (missing, a symlink loop, a file, a FIFO...)."""
     path = Path(path)
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        raise AdapterMergeError(f"{what} {path} does not exist") from None
-    except OSError as exc:
-        raise AdapterMergeError(f"{what} {path}: cannot be read ({_reason(exc)})") from None
-    except ValueError:  # a NUL byte in the name
-        raise AdapterMergeError(f"{what} {quote(str(path))} is not a valid path") from None
-    if not stat.S_ISDIR(st.st_mode):
-        raise AdapterMergeError(f"{what} {path} is a {_kind(st.st_mode)}, expected a folder")
+    mode = _stat(path, what).st_mode
+    if not stat.S_ISDIR(mode):
+        raise AdapterMergeError(f"{what} {path} is a {_kind(mode)}, expected a folder")
     return path
 
 
