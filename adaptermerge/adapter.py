@@ -37,6 +37,7 @@ from . import validate
 from .base import EMBEDDED_ID, is_embedded
 from .errors import AdapterMergeError
 from .fileio import atomic_dir, read_json_object, regular_file, sha256_file
+from .modelcard import model_card
 
 log = logging.getLogger(__name__)
 
@@ -300,7 +301,8 @@ class Adapter:
         lora_alpha = alphas.most_common(1)[0][0] if alphas else float(r)
         rank_pattern = {re.escape(m): s.rank for m, s in self.specs.items() if s.rank != r}
         alpha_pattern = {re.escape(m): alpha_of[m] for m in self.specs if alpha_of[m] != lora_alpha}
-        keep = {k: v for k, v in self.config.items() if k in ("task_type", "revision", "lora_dropout", "fan_in_fan_out", "bias")}
+        keep = {k: v for k, v in self.config.items() if k in ("revision", "lora_dropout", "fan_in_fan_out", "bias")}
+        keep.update(shared_peft_fields([self]))  # task_type / auto_mapping, when well-formed
         return {
             **keep,
             "peft_type": "LORA",
@@ -338,7 +340,33 @@ class Adapter:
                 (tmp / name).write_text(text)
             if self.metadata:
                 (tmp / "adaptermerge.json").write_text(json.dumps(self.metadata, indent=2, default=str) + "\n")
+                if "method" in self.metadata and "README.md" not in (extra_files or {}):  # a merge's provenance
+                    (tmp / "README.md").write_text(model_card({**self.metadata, "output": "adapter"}))
         return Path(path)
+
+
+# adapter_config fields that tell AutoPeftModel* which model class to load: PEFT writes task_type
+# (e.g. CAUSAL_LM), or, when it is None, auto_mapping {base_model_class, parent_library}
+PEFT_LOAD_FIELDS = ("task_type", "auto_mapping")
+
+
+def shared_peft_fields(adapters: Iterable["Adapter"]) -> dict:
+    """The PEFT_LOAD_FIELDS that every adapter's config gives with the same value, so that a merge
+    of CAUSAL_LM adapters is a CAUSAL_LM adapter (AutoPeftModelForCausalLM loads it). A field one
+    input lacks, or on which inputs differ, is left out: which would be right is a guess."""
+    adapters = list(adapters)
+    out = {}
+    for key in PEFT_LOAD_FIELDS:
+        values = [a.config.get(key) for a in adapters]
+        first = values[0] if values else None
+        if first is None or any(v != first for v in values):
+            continue
+        if key == "task_type" and isinstance(first, str):
+            out[key] = first
+        elif key == "auto_mapping" and isinstance(first, dict) and all(
+                isinstance(first.get(k), str) for k in ("base_model_class", "parent_library")):
+            out[key] = {"base_model_class": first["base_model_class"], "parent_library": first["parent_library"]}
+    return out
 
 
 # ---------------------------------------------------------------------------------------------

@@ -110,6 +110,7 @@ def merge(
     check_base: bool = True,
     progress: Progress | None = None,
     tune_allocator: bool = False,
+    dtype: str | None = None,
     **params,
 ) -> Adapter:
     """Merge adapters into one LoRA adapter; with `out`, also write it there as a PEFT folder.
@@ -119,6 +120,8 @@ def merge(
     weights: one per adapter (default 1 each). base: the base model (HF id or folder) for methods
     that read it (default: the adapters' recorded base). rank: the output rank (default: exact for
     the linear family, the sum of input ranks otherwise). seed: for random methods (DARE).
+    dtype: the factors' dtype, float16, bfloat16 or float32 (default: the first input's half
+    precision, else float32). With `out`, README.md (a model card) is written beside the weights.
     out/force: checked before the merge runs; the returned adapter's `save` checks the same rule.
     tune_allocator: see the module docstring. Raises AdapterMergeError on any bad input.
     """
@@ -126,7 +129,7 @@ def merge(
     if out is not None:
         check_destination(out, force, input_paths(items, (base,)))  # before the merge's minutes, not after
     merged = _merge(items, method, weights, base=base, rank=rank, seed=seed, device=device, progress=progress,
-                    check_base=check_base, tune_allocator=tune_allocator, **params)
+                    check_base=check_base, tune_allocator=tune_allocator, dtype=dtype, **params)
     if out is not None:
         merged.save(out, force=force)
     return merged
@@ -147,6 +150,7 @@ def merge_to_model(
     merge_onto: str | None = None,
     requantize: str | None = None,
     compute_dtype: str = "float32",
+    dtype: str | None = None,
     progress: Progress | None = None,
     quantize_progress: StageProgress | None = None,
     **params,
@@ -157,12 +161,14 @@ def merge_to_model(
     merge_onto: "original" (W0), "dequantized" (dequant(NF4(W0)), what a QLoRA adapter was trained
     against) or None to choose from the adapters' training.json and requantize (adaptermerge.qlora).
     requantize: "nf4" or "int8" writes the model quantized with bitsandbytes, with the quantization
-    report in adaptermerge.json; compute_dtype is its matmul dtype. Every option and the output
+    report in adaptermerge.json; compute_dtype is its matmul dtype. dtype (float16, bfloat16,
+    float32) is the unquantized model's weight dtype (default: the base's). Every option and the output
     folder are checked before any weight is read. Returns `out`.
     """
     return _merge_to_model(_adapters(adapters), out, method, weights, base=base, seed=seed, device=device, shard_size=shard_size,
                            force=force, check_base=check_base, merge_onto=merge_onto, requantize=requantize,
-                           compute_dtype=compute_dtype, progress=progress, quantize_progress=quantize_progress, **params)
+                           compute_dtype=compute_dtype, dtype=dtype, progress=progress, quantize_progress=quantize_progress,
+                           **params)
 
 
 def run_merge_job(
@@ -179,9 +185,10 @@ def run_merge_job(
     if job.output == "model":
         out = merge_to_model(adapters, job.out, job.method, job.weights, shard_size=job.shard_size, force=job.force,
                              merge_onto=job.merge_onto, requantize=job.requantize, compute_dtype=job.compute_dtype,
-                             quantize_progress=quantize_progress, **common)
+                             dtype=job.dtype, quantize_progress=quantize_progress, **common)
         return read_json_object(out / "adaptermerge.json")
-    merged = merge(adapters, job.method, job.weights, out=job.out, force=job.force, rank=job.rank, tune_allocator=tune_allocator, **common)
+    merged = merge(adapters, job.method, job.weights, out=job.out, force=job.force, rank=job.rank, tune_allocator=tune_allocator,
+                   dtype=job.dtype, **common)
     return merged.metadata
 
 

@@ -25,14 +25,14 @@ import torch
 
 from . import base as base_mod
 from . import validate
-from .adapter import F32_MAX, Adapter, LoraFactors, canonical_base, delta_problem, max_abs
+from .adapter import F32_MAX, Adapter, LoraFactors, canonical_base, delta_problem, max_abs, shared_peft_fields
 from .basemodel import BaseWeights
 from .errors import AdapterMergeError
 from .fileio import check_destination
 from .lowrank import LowRankStats, factor_sum, truncate
 from .methods import METHODS, MergeContext, ModuleResult
 from .methods.math import dora_weight, row_norm
-from .model_output import ModelOutput, write_full_model
+from .model_output import OUTPUT_DTYPES, ModelOutput, check_dtype, write_full_model
 from .progress import Progress, StageProgress
 from .provenance import provenance
 from .workers import heap_reuse, ordered_map, worker_count
@@ -192,7 +192,9 @@ class MergePlan:
                     f"base {base} (--base) differs from the adapters' base model {recorded[0][1]}; pass --ignore-base-mismatch (check_base=False) if it is the same model"
                 )
         if base is not None:
-            return base
+            # a local folder is recorded absolute: a relative one means nothing beside the output
+            local = Path(str(base)).expanduser()
+            return str(local.resolve()) if not base_mod.is_embedded(base) and validate.probe(local) == "folder" else base
         return recorded[0][1] if recorded else None
 
     def _modules(self) -> list[str]:
@@ -294,7 +296,11 @@ class MergePlan:
             raise self.overflow(module, f"the merged factors: {problem.removeprefix('has ')}")
 
     # -- outputs ---------------------------------------------------------------------------
-    def to_adapter(self, rank: int | None = None, progress: Progress | None = None, name: str = "merged") -> Adapter:
+    def to_adapter(self, rank: int | None = None, progress: Progress | None = None, name: str = "merged",
+                   dtype: str | None = None) -> Adapter:
+        """The merged adapter, in memory. `dtype` (float16, bfloat16, float32) sets the factors'
+        dtype; None keeps the inputs' half precision when the first input has it, else float32."""
+        target = OUTPUT_DTYPES[check_dtype(dtype)] if dtype is not None else None
         if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
             raise AdapterMergeError(f"rank (--rank) must be a positive integer, got {rank!r}")
         if rank is not None and self.method.name == "cat":
@@ -310,14 +316,18 @@ class MergePlan:
             for i, (module, (factors[module], stats[module])) in enumerate(done):
                 if progress:
                     progress(i + 1, len(self.modules), module)
-        meta = provenance(self, output="adapter", rank=rank, modules=stats, wall_s=time.time() - start)
-        dtype = self.adapters[0].dtype
-        if dtype in (torch.float16, torch.bfloat16):
-            factors = {m: _cast(f, dtype) for m, f in factors.items()}
+        if target is None:
+            first = self.adapters[0].dtype
+            target = first if first in (torch.float16, torch.bfloat16) else torch.float32
+        meta = provenance(self, output="adapter", rank=rank, modules=stats, wall_s=time.time() - start,
+                          dtype=str(target).removeprefix("torch."))
+        if target != torch.float32:
+            factors = {m: _cast(f, target) for m, f in factors.items()}
             for module, f in factors.items():  # float16 overflows long before float32
                 self.check_output(module, f)
         base_model = base_mod.base_id(self.base_model) if self.base_model else None
-        return Adapter.from_factors(name, factors, base_model=base_model, metadata=meta, inputs=self.sources)
+        return Adapter.from_factors(name, factors, base_model=base_model, config=shared_peft_fields(self.adapters), metadata=meta,
+                                    inputs=self.sources)
 
     def merged_weight(self, module: str) -> torch.Tensor:
         """The full merged weight of one module (float32): W0 + delta, or the DoRA weight."""
@@ -345,18 +355,20 @@ def merge(
     progress: Progress | None = None,
     check_base: bool = True,
     tune_allocator: bool = False,
+    dtype: str | None = None,
     **params,
 ) -> Adapter:
     """Merge adapters into one adapter, in memory (`.save(path)` writes a PEFT folder).
 
     `params` are the method's parameters (e.g. density=0.2 for ties; see `adaptermerge methods`).
     `rank` caps the output rank (default: exact for linear families, sum of input ranks for
-    sparse ones). The result's `metadata` is the provenance written as adaptermerge.json, and its
+    sparse ones). `dtype` (float16, bfloat16, float32) sets the factors' dtype (default: the first
+    input's half precision, else float32). The result's `metadata` is the provenance written as adaptermerge.json, and its
     `inputs` the adapters' files and the base folder, which its `save` refuses to overwrite.
     """
     plan = MergePlan(list(adapters), method, weights, base=base, seed=seed, device=device, check_base=check_base, progress=progress,
                      tune_allocator=tune_allocator, **params)
-    return plan.to_adapter(rank, progress)
+    return plan.to_adapter(rank, progress, dtype=dtype)
 
 
 def merge_to_model(
@@ -374,6 +386,7 @@ def merge_to_model(
     merge_onto: str | None = None,
     requantize: str | None = None,
     compute_dtype: str = "float32",
+    dtype: str | None = None,
     progress: Progress | None = None,
     quantize_progress: StageProgress | None = None,
     **params,
@@ -385,11 +398,12 @@ def merge_to_model(
     against) or None to choose from the adapters' training.json and requantize (see adaptermerge.qlora).
     requantize: "nf4" or "int8" writes the merged model quantized with bitsandbytes, with the
     quantization report in adaptermerge.json; compute_dtype is its matmul dtype, and
-    quantize_progress(stage, done, total) follows that step. The options and the output folder
+    quantize_progress(stage, done, total) follows that step. dtype (float16, bfloat16, float32)
+    is the floating-point weights' dtype in the shards (default: the base's own). The options and the output folder
     (never an input adapter or the base folder, even with force) are checked before any weight is
     read. Returns `out`.
     """
-    output = ModelOutput(Path(out), force, shard_size, merge_onto, requantize, compute_dtype)
+    output = ModelOutput(Path(out), force, shard_size, merge_onto, requantize, compute_dtype, dtype)
     adapters = list(adapters)
     # before the plan: a method's preparation (regmean's calibration) can take minutes
     check_destination(output.out, force, input_paths(adapters, (base,)))

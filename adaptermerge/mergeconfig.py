@@ -12,13 +12,21 @@ Nothing runs here: adaptermerge.api.run_merge_job does the merge.
     output: adapter                    # or model
     merge_onto: dequantized            # model output: original | dequantized (default from training.json)
     requantize: nf4                    # model output: nf4 | int8, with compute_dtype: float32
+    dtype: bfloat16                    # float16 | bfloat16 | float32: the factors, or the model's weights
     rank: 32
     seed: 0
-    out: merged/
+    out: merged/                       # optional: -o gives it (as mergekit's command line does)
+
+mergekit's own files run as they are: the base model may be listed among the models (it is the
+reference, not an input, and is left out), a method parameter may sit under each model's
+parameters when every model gives the same value (`density: 0.5` under each), and `int8_mask`
+(a mergekit memory option) and `normalize: true` for ties and dare_ties (what their weighted
+disjoint mean always does) are accepted.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,14 +35,18 @@ from .engine import make_params
 from .errors import AdapterMergeError
 from .fileio import read_yaml
 from .methods import METHODS
+from .model_output import check_dtype
 from .qlora import MERGE_ONTO
 from .quantization import COMPUTE_DTYPES, SCHEMES
 
 # key -> its other spelling (mergekit's or ours); a file gives one of the two
 _ALIASES = {"merge_method": "method", "base_model": "base", "models": "adapters", "out": "output_path"}
 _TOP_KEYS = ("merge_method", "method", "base_model", "base", "models", "adapters", "parameters", "output", "rank", "seed", "out",
-             "output_path", "device", "shard_size", "force", "check_base", "requantize", "compute_dtype", "merge_onto")
+             "output_path", "device", "shard_size", "force", "check_base", "requantize", "compute_dtype", "merge_onto", "dtype")
 _MODEL_KEYS = ("model", "path", "parameters", "weight", "alpha")
+# mergekit parameters that change nothing here: int8_mask stores its masks in int8 to save memory;
+# normalize: true is what ties' and dare_ties' disjoint mean does (divide by the agreeing weights)
+_MERGEKIT_NOOPS = {"int8_mask": None, "normalize": ("ties", "dare_ties")}
 
 OUTPUTS = ("adapter", "model")
 # options that only a full-model output takes, with their defaults
@@ -65,6 +77,7 @@ class MergeJob:
     merge_onto: str | None = None  # None: from the adapters' training.json (adaptermerge.qlora)
     requantize: str | None = None  # nf4 | int8, with output model
     compute_dtype: str = "float32"
+    dtype: str | None = None  # float16 | bfloat16 | float32: adapter factors or model weights (None: as the inputs)
 
     def __post_init__(self):
         # The flags' own types: a YAML file's values were checked with its name by load_merge_config.
@@ -75,6 +88,8 @@ class MergeJob:
         validate.boolean(self.check_base, "check_base")
         validate.integer(self.rank, "--rank", minimum=1, maximum=2**31 - 1, optional=True)
         validate.device(self.device, "--device")
+        if self.dtype is not None:
+            check_dtype(self.dtype, "dtype")
         if self.output == "adapter":
             for flag, (name, default) in _MODEL_ONLY.items():
                 if getattr(self, name) != default:
@@ -99,9 +114,10 @@ def _one_of(path: Path, data: dict, key: str):
     return data.get(key, data.get(alias))
 
 
-def _model(path: Path, root: Path, i: int, item) -> tuple[Path, float | None, float | None]:
-    """(input path, weight, alpha) of models[i]: a path, or a mapping with model (or path) and
-    weight / alpha, directly or under parameters."""
+def _model(path: Path, root: Path, i: int, item, method_params: tuple[str, ...]) -> tuple[Path, float | None, float | None, dict]:
+    """(input path, weight, alpha, method parameters) of models[i]: a path, or a mapping with model
+    (or path) and weight / alpha, directly or under parameters; a method parameter under
+    parameters (mergekit's per-model density) is returned for load_merge_config to check."""
     at = f"{path}: models[{i}]"
     if isinstance(item, str):
         item = {"model": item}
@@ -113,7 +129,7 @@ def _model(path: Path, root: Path, i: int, item) -> tuple[Path, float | None, fl
         raise AdapterMergeError(f"{at} needs a model (or path) entry")
     src = validate.path(src, f"{at} model", root=root)
     params = validate.mapping(item.get("parameters"), f"{at} parameters", optional=True)
-    extra = [k for k in params if k not in ("weight", "alpha")]
+    extra = [k for k in params if k not in ("weight", "alpha", *method_params)]
     if extra:
         raise AdapterMergeError(f"{at} has per-model parameters {validate.listing(extra)}; only weight and alpha "
                                 "are per model, others go under the top-level parameters")
@@ -123,7 +139,7 @@ def _model(path: Path, root: Path, i: int, item) -> tuple[Path, float | None, fl
     values = {**params, **{k: item[k] for k in ("weight", "alpha") if k in item}}
     weight = validate.number(values.get("weight"), f"{at} weight", optional=True)
     alpha = validate.number(values.get("alpha"), f"{at} alpha", above=0, optional=True)
-    return src, weight, alpha
+    return src, weight, alpha, {k: v for k, v in params.items() if k in method_params}
 
 
 def load_merge_config(path: str | Path, *, out: str | Path | None = None, force: bool = False) -> MergeJob:
@@ -145,12 +161,27 @@ def load_merge_config(path: str | Path, *, out: str | Path | None = None, force:
     method = validate.string(method, key("merge_method"), choices=tuple(METHODS))
     items = validate.sequence(_one_of(path, data, "models"), key("models"), nonempty=True)
     root = path.parent
-    inputs, weights, alphas = [], [], []
+    base = _one_of(path, data, "base_model")
+    local = None
+    if base is not None:
+        local = validate.path(base, key("base_model"), root=root)
+        base = str(local) if validate.probe(local) == "folder" else base
+    method_params = tuple(f.name.rstrip("_") for f in dataclasses.fields(METHODS.get(method).Params))
+    inputs, weights, alphas, per_model = [], [], [], []
     for i, item in enumerate(items):
-        src, weight, alpha = _model(path, root, i, item)
+        src, weight, alpha, extra = _model(path, root, i, item, method_params)
+        if local is not None and src == local:
+            # mergekit lists the base model among the models; it is the reference, not an input
+            if weight is not None or alpha is not None or extra:
+                raise AdapterMergeError(f"{path}: models[{i}] is the base model, which adds nothing to merge: "
+                                        "drop its parameters (or the entry)")
+            continue
         inputs.append(src)
         weights.append(weight)
         alphas.append(alpha)
+        per_model.append(extra)
+    if not inputs:
+        raise AdapterMergeError(f"{path}: models lists only the base model: give the adapters to merge")
     if any(w is not None for w in weights) and any(w is None for w in weights):
         raise AdapterMergeError(f"{path}: give a weight for every model or for none")
     if out is None:
@@ -158,11 +189,8 @@ def load_merge_config(path: str | Path, *, out: str | Path | None = None, force:
         if out is None:
             raise AdapterMergeError(f"{path}: missing out (the output folder), or pass -o")
         out = validate.path(out, key("out"), root=root)
-    base = _one_of(path, data, "base_model")
-    if base is not None:
-        local = validate.path(base, key("base_model"), root=root)
-        base = str(local) if validate.probe(local) == "folder" else base
-    params = validate.mapping(data.get("parameters"), key("parameters"), optional=True)
+    params = dict(validate.mapping(data.get("parameters"), key("parameters"), optional=True))
+    params = _mergekit_params(path, method, params, per_model)
     make_params(METHODS.get(method), params, where=key("parameters"), strict=True)  # checked now, with the file's name
     shard_size = data.get("shard_size", "2GB")
     if isinstance(shard_size, int) and not isinstance(shard_size, bool):
@@ -188,5 +216,32 @@ def load_merge_config(path: str | Path, *, out: str | Path | None = None, force:
         requantize=validate.string(data.get("requantize"), key("requantize"), choices=SCHEMES, optional=True),
         compute_dtype=validate.string(data.get("compute_dtype", "float32"), key("compute_dtype"),
                                       choices=tuple(COMPUTE_DTYPES)),
+        dtype=None if data.get("dtype") is None else check_dtype(data["dtype"], key("dtype")),
     )
+
+
+def _mergekit_params(path: Path, method: str, params: dict, per_model: list[dict]) -> dict:
+    """The top-level parameters with mergekit's spellings taken in: a method parameter given under
+    every model with one value moves up (a different value per model is a one-line error: the
+    methods here take one), and the no-op options of _MERGEKIT_NOOPS are dropped when they hold."""
+    for name in sorted({k for extra in per_model for k in extra}):
+        values = [extra.get(name) for extra in per_model]
+        if any(v is None for v in values) or any(v != values[0] for v in values):
+            raise AdapterMergeError(f"{path}: models give parameters.{name} {validate.quote(values)}: {method} takes one {name} "
+                                    f"for every model; give the same value under each model, or one under the top-level parameters")
+        if name in params and params[name] != values[0]:
+            raise AdapterMergeError(f"{path}: parameters.{name} is {validate.quote(params[name])} but the models give "
+                                    f"{validate.quote(values[0])}: give one")
+        params[name] = values[0]
+    fields = {f.name.rstrip("_") for f in dataclasses.fields(METHODS.get(method).Params)}
+    for name, methods in _MERGEKIT_NOOPS.items():
+        if name not in params or name in fields:
+            continue
+        value = validate.boolean(params[name], f"{path}: parameters.{name}")
+        if methods is not None and (method not in methods or not value):
+            raise AdapterMergeError(f"{path}: parameters.{name}: {validate.quote(value)} is not supported by {method} here"
+                                    + (" (ties and dare_ties always divide by the agreeing weights: normalize: true)"
+                                       if method in methods else ""))
+        del params[name]
+    return params
 

@@ -27,6 +27,7 @@ from .adapter import max_abs
 from .basemodel import BaseWeights
 from .errors import AdapterMergeError
 from .fileio import atomic_dir, check_destination
+from .modelcard import model_card
 from .progress import Progress, StageProgress
 from .provenance import provenance
 from .qlora import apply_merge_onto, check_merge_onto
@@ -40,6 +41,16 @@ _SKIP_NAMES = {"model.safetensors.index.json", "adaptermerge.json", "adaptermerg
 
 # 1 PB: a shard size beyond any disk is a typo (and infGB or 1e400B no size at all)
 MAX_SHARD = 10**15
+
+# an output's `dtype` (mergekit's key): the adapter's factors, or a full model's floating-point weights
+OUTPUT_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+_SAFETENSORS_NAMES = {"float16": "F16", "bfloat16": "BF16", "float32": "F32"}
+_FLOAT_CODES = ("F64", "F32", "F16", "BF16")
+
+
+def check_dtype(dtype, where: str = "dtype") -> str:
+    """An output dtype name (float16, bfloat16, float32), or a one-line error naming `where`."""
+    return validate.string(dtype, where, choices=tuple(OUTPUT_DTYPES))
 
 
 def parse_size(size: str | int) -> int:
@@ -95,6 +106,8 @@ class ModelOutput:
     "dequantized" or None (from the adapters' training.json; see adaptermerge.qlora).
     requantize: "nf4" or "int8" writes the model quantized with bitsandbytes; compute_dtype is then
     its matmul dtype (float32, bfloat16, float16), and must stay float32 without it.
+    dtype: the floating-point weights' dtype in the shards (float16, bfloat16, float32; None: the
+    base's own); not with requantize, whose compute_dtype plays that part.
     """
 
     out: Path
@@ -103,12 +116,18 @@ class ModelOutput:
     merge_onto: str | None = None
     requantize: str | None = None
     compute_dtype: str = "float32"
+    dtype: str | None = None
 
     def __post_init__(self):
         set_ = object.__setattr__  # frozen: normalized once, here
         set_(self, "out", Path(self.out))
         set_(self, "shard_size", parse_size(self.shard_size))
         set_(self, "merge_onto", check_merge_onto(self.merge_onto))
+        if self.dtype is not None:
+            check_dtype(self.dtype)
+            if self.requantize is not None:
+                raise AdapterMergeError(f"dtype {self.dtype} applies to an unquantized model; with --requantize the quantized "
+                                        "model's compute dtype is --compute-dtype")
         if self.requantize is None:
             if self.compute_dtype != "float32":
                 raise AdapterMergeError(
@@ -136,8 +155,11 @@ def plan_shards(layout: list[tuple[str, str, list[int]]], limit: int) -> list[li
     return shards
 
 
-def write_model(plan: ModelPlan, out: str | Path, *, shard_size: str | int = "2GB", force: bool = False, progress: Progress | None = None, extra_meta: dict | None = None) -> Path:
-    """Write base + merged update as a full model folder (loads with AutoModelForCausalLM).
+def write_model(plan: ModelPlan, out: str | Path, *, shard_size: str | int = "2GB", force: bool = False, progress: Progress | None = None,
+                extra_meta: dict | None = None, dtype: str | None = None) -> Path:
+    """Write base + merged update as a full model folder (loads with AutoModelForCausalLM), with
+    adaptermerge.json and a model card (README.md). `dtype` (float16, bfloat16, float32) casts every
+    floating-point tensor, and config.json says so; None keeps each tensor's dtype in the base.
 
     Every output shard's header is known from the base's headers, so tensors stream into the files
     one at a time: peak memory is a few copies of the largest weight, whatever the shard size.
@@ -150,22 +172,26 @@ def write_model(plan: ModelPlan, out: str | Path, *, shard_size: str | int = "2G
     start = time.time()
     done = 0
     layout = [entry for shard in base.shards for entry in base.shard_layout(shard)]
-    for key, dtype, _ in layout:
-        if dtype not in DTYPES:
+    for key, code, _ in layout:
+        if code not in DTYPES:
             raise AdapterMergeError(f"base model {base.folder / base.location[key]}: tensor {validate.quote(key)} has dtype "
-                                    f"{validate.quote(dtype)}, which the model writer does not copy ({', '.join(DTYPES)})")
+                                    f"{validate.quote(code)}, which the model writer does not copy ({', '.join(DTYPES)})")
+    if dtype is not None:  # floating-point tensors in the dtype asked for; integer ones (if any) as they are
+        wanted = _SAFETENSORS_NAMES[check_dtype(dtype)]
+        layout = [(key, wanted if code in _FLOAT_CODES else code, shape) for key, code, shape in layout]
     shards = plan_shards(layout, limit)
     with atomic_dir(out, force=force, inputs=plan.sources) as tmp:
         weight_map = {}
         for i, entries in enumerate(shards):
             name = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
             with StreamingSafetensors(tmp / name, entries, metadata={"format": "pt"}) as writer:
-                for key, dtype, _ in entries:
+                for key, code, _ in entries:
                     module = key[: -len(".weight")] if key.endswith(".weight") else None
                     if module in targets:
-                        tensor = plan.merged_weight(module).to(dtype=DTYPES[dtype], device="cpu")
+                        tensor = plan.merged_weight(module).to(dtype=DTYPES[code], device="cpu")
                         if not math.isfinite(max_abs(tensor)):  # finite in float32, past a float16 base's range
-                            raise AdapterMergeError(f"module {module}: the merged weight exceeds the range of {dtype}, the base's dtype "
+                            whose = "the base's dtype" if dtype is None else "the dtype asked for"
+                            raise AdapterMergeError(f"module {module}: the merged weight exceeds the range of {code}, {whose} "
                                                     f"for {key}: use smaller weights or inputs")
                         done += 1
                         if progress:
@@ -174,21 +200,39 @@ def write_model(plan: ModelPlan, out: str | Path, *, shard_size: str | int = "2G
                         tensor = base.tensor(key)
                         if module is not None and base.transform is not None:
                             tensor = base.transform(module, tensor)  # e.g. dequant(NF4(W0)) for --merge-onto dequantized
-                    writer.write(key, tensor)
+                    writer.write(key, tensor.to(DTYPES[code]))
                     weight_map[key] = name
                     del tensor
         total = len(shards)
         # the tensors' bytes, as transformers writes it (the files also hold their headers)
-        total_size = sum(math.prod(shape) * DTYPES[dtype].itemsize for _, dtype, shape in layout)
+        total_size = sum(math.prod(shape) * DTYPES[code].itemsize for _, code, shape in layout)
         (tmp / "model.safetensors.index.json").write_text(
             json.dumps({"metadata": {"total_size": total_size}, "weight_map": weight_map}, indent=2)
         )
         for item in base.folder.iterdir():
             if item.is_file() and item.suffix not in _SKIP_SUFFIXES and item.name not in _SKIP_NAMES:
                 shutil.copy2(item, tmp / item.name)
-        meta = provenance(plan, output="model", wall_s=time.time() - start, shards=total, **(extra_meta or {}))
+        if dtype is not None:
+            _set_config_dtype(tmp / "config.json", dtype)
+        meta = provenance(plan, output="model", wall_s=time.time() - start, shards=total, **(extra_meta or {}),
+                          **({"dtype": dtype} if dtype is not None else {}))
         (tmp / "adaptermerge.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
+        (tmp / "README.md").write_text(model_card(meta))  # the base's own card (copied above) described another model
     return Path(out)
+
+
+def _set_config_dtype(config: Path, dtype: str) -> None:
+    """config.json's torch_dtype (and transformers 5's `dtype`) say what the shards hold, so that
+    from_pretrained(dtype="auto") loads them as written."""
+    if not config.is_file():
+        return
+    data = json.loads(config.read_text())
+    if not isinstance(data, dict):
+        return
+    data["torch_dtype"] = dtype
+    if "dtype" in data:
+        data["dtype"] = dtype
+    config.write_text(json.dumps(data, indent=2) + "\n")
 
 
 def write_full_model(
@@ -211,7 +255,8 @@ def write_full_model(
     choice = apply_merge_onto(plan, output.merge_onto, output.requantize)
     extra_meta = {"merge_onto": choice}
     if output.requantize is None:
-        write_model(plan, out, shard_size=output.shard_size, force=output.force, progress=progress, extra_meta=extra_meta)
+        write_model(plan, out, shard_size=output.shard_size, force=output.force, progress=progress, extra_meta=extra_meta,
+                    dtype=output.dtype)
         return json.loads((out / "adaptermerge.json").read_text())
     out.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}.fp-", dir=out.parent))

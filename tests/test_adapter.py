@@ -231,3 +231,17 @@ def test_a_fifo_is_refused_before_it_is_opened(adapters, tmp_path):
     os.mkfifo(tmp_path / "x.safetensors")
     with pytest.raises(AdapterMergeError, match="is a FIFO"):
         load_adapter(tmp_path / "x.safetensors")
+
+
+def test_shared_peft_fields_keeps_only_what_every_input_says(adapters):
+    from adaptermerge.adapter import shared_peft_fields
+
+    a, b = load_adapter(adapters["a"]), load_adapter(adapters["b"])
+    mapping = {"base_model_class": "LlamaForCausalLM", "parent_library": "transformers.models.llama.modeling_llama"}
+    assert shared_peft_fields([a, b]) == {"auto_mapping": mapping}
+    a.config["task_type"] = b.config["task_type"] = "CAUSAL_LM"
+    assert shared_peft_fields([a, b]) == {"task_type": "CAUSAL_LM", "auto_mapping": mapping}
+    b.config["task_type"], b.config["auto_mapping"] = "SEQ_CLS", None
+    assert shared_peft_fields([a, b]) == {}
+    a.config["auto_mapping"] = b.config["auto_mapping"] = {"base_model_class": 3}  # not what PEFT writes: left out
+    assert shared_peft_fields([a, b]) == {}

@@ -253,3 +253,74 @@ def test_dora_without_normalize_adds_the_changes_of_magnitude_and_direction(tiny
     # direction changes outweigh V0, which no W0 + delta can express; that is an error, not a flip.
     with pytest.raises(AdapterMergeError, match=r"dora, module .*past zero"):
         merge([d1, d2], "dora", [1.0, 1.0], base=str(tiny_base), normalize=False)
+
+
+def _as_causal_lm(src, dst):
+    """A copy of a fixture adapter as PEFT saves a CAUSAL_LM one: task_type set, auto_mapping null."""
+    import shutil
+
+    shutil.copytree(src, dst)
+    config = json.loads((dst / "adapter_config.json").read_text())
+    config.update(task_type="CAUSAL_LM", auto_mapping=None)
+    (dst / "adapter_config.json").write_text(json.dumps(config))
+    return dst
+
+
+def test_a_merge_of_causal_lm_adapters_loads_with_auto_peft_model(tiny_base, adapters, tmp_path):
+    from peft import AutoPeftModelForCausalLM, PeftModel
+    from transformers import LlamaForCausalLM
+
+    a, c = _as_causal_lm(adapters["a"], tmp_path / "a"), _as_causal_lm(adapters["c"], tmp_path / "c")
+    merge([load_adapter(a), load_adapter(c)], "ties", density=0.5, out=tmp_path / "m")
+    config = json.loads((tmp_path / "m" / "adapter_config.json").read_text())
+    assert config["task_type"] == "CAUSAL_LM" and "auto_mapping" not in config
+    ids = torch.tensor([[1, 2, 3, 4]])
+    auto = AutoPeftModelForCausalLM.from_pretrained(tmp_path / "m").eval()
+    ref = PeftModel.from_pretrained(LlamaForCausalLM.from_pretrained(tiny_base), tmp_path / "m").eval()
+    with torch.no_grad():
+        logits = auto(ids).logits
+        assert logits.shape == (1, 4, 128) and torch.isfinite(logits).all()
+        torch.testing.assert_close(logits, ref(ids).logits)
+
+
+def test_peft_auto_mapping_is_kept_and_disagreeing_task_types_are_dropped(adapters, tmp_path):
+    from peft import AutoPeftModelForCausalLM
+
+    merge([load_adapter(adapters["a"]), load_adapter(adapters["b"])], "linear", out=tmp_path / "plain")
+    config = json.loads((tmp_path / "plain" / "adapter_config.json").read_text())
+    # the fixtures, saved by PEFT without a task type, carry auto_mapping: it loads them, and the merge
+    assert config["auto_mapping"] == {"base_model_class": "LlamaForCausalLM", "parent_library": "transformers.models.llama.modeling_llama"}
+    assert "task_type" not in config
+    assert torch.isfinite(AutoPeftModelForCausalLM.from_pretrained(tmp_path / "plain")(torch.tensor([[5, 6]])).logits).all()
+    causal = _as_causal_lm(adapters["a"], tmp_path / "a")
+    merge([load_adapter(causal), load_adapter(adapters["b"])], "linear", out=tmp_path / "mixed")
+    config = json.loads((tmp_path / "mixed" / "adapter_config.json").read_text())
+    assert "task_type" not in config and "auto_mapping" not in config  # the inputs disagree: neither is a fact
+
+
+def test_a_relative_base_folder_is_recorded_absolute(tiny_base, adapters, tmp_path, monkeypatch):
+    monkeypatch.chdir(tiny_base.parent)
+    merged = merge([load_adapter(adapters["a"])], "ties", base=tiny_base.name, out=tmp_path / "m")
+    config = json.loads((tmp_path / "m" / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == str(tiny_base.resolve()) == merged.metadata["base_model"]
+    hub = merge([load_adapter(adapters["a"])], "linear", base="org/not-a-folder", check_base=False)
+    assert hub.base_model == "org/not-a-folder"  # a hub id is kept as given
+
+
+@pytest.mark.parametrize("dtype, torch_dtype", [("float16", torch.float16), ("bfloat16", torch.bfloat16), ("float32", torch.float32)])
+def test_dtype_sets_the_adapter_factors_dtype(adapters, tmp_path, dtype, torch_dtype):
+    from safetensors.torch import load_file
+
+    a = load_adapter(adapters["a"])
+    merge([a], "linear", dtype=dtype, out=tmp_path / "m")
+    tensors = load_file(tmp_path / "m" / "adapter_model.safetensors")
+    assert {t.dtype for t in tensors.values()} == {torch_dtype}
+    assert json.loads((tmp_path / "m" / "adaptermerge.json").read_text())["dtype"] == dtype
+    back = load_adapter(tmp_path / "m")
+    assert_same_deltas(deltas_of(back), deltas_of(a), atol=1e-2 if dtype != "float32" else 1e-5)
+
+
+def test_an_unknown_dtype_is_one_line_before_any_work(adapters, tmp_path):
+    with pytest.raises(AdapterMergeError, match=r"^dtype must be one of float16, bfloat16, float32, got 'float8'$") as info:
+        merge([load_adapter(adapters["a"])], "linear", dtype="float8", out=tmp_path / "m")
+    assert "\n" not in str(info.value) and not (tmp_path / "m").exists()

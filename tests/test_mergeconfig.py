@@ -5,8 +5,10 @@ written. A string is never a bool: `force: "false"` once replaced an existing ou
 from __future__ import annotations
 
 import hashlib
+import json
 
 import pytest
+import torch
 import yaml
 
 from adaptermerge.cli.main import main
@@ -34,7 +36,7 @@ def _error(path, **kwargs) -> str:
     with pytest.raises(AdapterMergeError) as info:
         load_merge_config(path, **kwargs)
     message = str(info.value)
-    assert "\n" not in message and len(message) < 300, message
+    assert "\n" not in message and len(message) < 320, message  # pytest's tmp path is 70-80 of them
     assert message.startswith(str(path)), message
     return message
 
@@ -62,7 +64,18 @@ def test_a_good_file_is_typed(tmp_path):
     (dict(models=[{"model": "a", "parameters": {"weight": "abc"}}]), "models[0] weight must be a number, got 'abc'"),
     (dict(models=[{"model": "a", "parameters": {"weight": float("nan")}}]), "models[0] weight must be a finite number, got nan"),
     (dict(models=[{"model": "a", "alpha": -8}]), "models[0] alpha must be a number greater than 0, got -8"),
-    (dict(models=[{"model": "a", "parameters": {"density": 0.5}}]), "models[0] has per-model parameters density"),
+    (dict(models=[{"model": "a", "parameters": {"gamma": 0.5}}]), "models[0] has per-model parameters gamma"),
+    (dict(models=[{"model": "a", "parameters": {"density": 0.5}}, {"model": "b", "parameters": {"density": 0.4}}]),
+     "models give parameters.density [0.5, 0.4]: ties takes one density for every model"),
+    (dict(models=[{"model": "a", "parameters": {"density": 0.5}}, "b"]), "models give parameters.density [0.5, None]"),
+    (dict(models=[{"model": "a", "parameters": {"density": 0.4}}]), "parameters.density is 0.5 but the models give 0.4: give one"),
+    (dict(base_model="a", models=["a", {"model": "a", "parameters": {"weight": 1}}, "b"]),
+     "models[1] is the base model, which adds nothing to merge"),
+    (dict(base_model="a", models=["a"]), "models lists only the base model"),
+    (dict(parameters={"density": 0.5, "normalize": False}), "parameters.normalize: False is not supported by ties here (ties and dare_ties"),
+    (dict(merge_method="dare_linear", parameters={"int8_mask": "yes"}), "parameters.int8_mask must be true or false, got 'yes'"),
+    (dict(dtype="float8"), "dtype must be one of float16, bfloat16, float32, got 'float8'"),
+    (dict(dtype=16), "dtype must be one of float16, bfloat16, float32, got 16"),
     (dict(models=[]), "models must be a non-empty list"),
     (dict(models="a"), "models must be a list, got 'a'"),
     (dict(models=None), "models must be a list, got None"),
@@ -186,3 +199,57 @@ def test_cli_method_parameters_are_finite_and_in_range(adapters, tmp_path, capsy
     code, err = _run(["ties", adapters["a"], adapters["c"], "-o", tmp_path / "o", *argv], capsys)
     assert code == 2 and err.count("\n") == 1 and "density" in err, err
     assert not (tmp_path / "o").exists()
+
+
+def test_mergekit_spellings_are_taken_in(tmp_path):
+    job = load_merge_config(_write(tmp_path, _with(
+        base_model="base", dtype="bfloat16", parameters={"normalize": True, "int8_mask": True},
+        models=["base", {"model": "a", "parameters": {"weight": 0.6, "density": 0.5}},
+                {"model": "b", "parameters": {"weight": 0.4, "density": 0.5}}])))
+    assert job.inputs == [tmp_path / "a", tmp_path / "b"] and job.weights == [0.6, 0.4]  # the base is no input
+    assert job.params == {"density": 0.5} and job.dtype == "bfloat16" and job.base == "base"
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32", None])
+def test_dtype_is_read_for_both_outputs(tmp_path, dtype):
+    for output in ("adapter", "model"):
+        job = load_merge_config(_write(tmp_path, _with(dtype=dtype, output=output)))
+        assert job.dtype == dtype and job.output == output
+
+
+def test_dash_o_stands_in_for_a_missing_out(tmp_path):
+    path = _write(tmp_path, _with(out=None))
+    assert load_merge_config(path, out=tmp_path / "elsewhere").out == tmp_path / "elsewhere"
+    assert "missing out (the output folder), or pass -o" in _error(path)
+
+
+def test_the_mergekit_example_runs_unchanged_apart_from_its_model_paths(tiny_base, adapters, tmp_path, capsys):
+    """examples/mergekit-ties.yaml, its model paths pointed at the tiny fixtures: the base listed among
+    the models, per-model density, normalize and int8_mask, dtype, no out (-o gives it)."""
+    from safetensors.torch import load_file
+    from support import REPO
+
+    text = (REPO / "examples" / "mergekit-ties.yaml").read_text()
+    assert "out:" not in text and text.count("HuggingFaceTB/SmolLM2-135M-Instruct") == 2
+    text = (text.replace("HuggingFaceTB/SmolLM2-135M-Instruct", str(tiny_base))
+            .replace("adapters/domain", str(adapters["a"])).replace("adapters/structured", str(adapters["c"])))
+    config = tmp_path / "mergekit-ties.yaml"
+    config.write_text(text)
+    raw = yaml.safe_load(text)
+    assert raw["merge_method"] == "ties" and raw["dtype"] == "bfloat16" and len(raw["models"]) == 3
+    with pytest.raises(SystemExit) as info:
+        main(["merge", str(config), "-o", str(tmp_path / "merged")])
+    assert info.value.code in (0, None), capsys.readouterr().err
+    out = tmp_path / "merged"
+    meta = json.loads((out / "adaptermerge.json").read_text())
+    assert meta["method"] == "ties" and meta["weights"] == [0.6, 0.4] and meta["params"]["density"] == 0.5
+    assert [i["path"] for i in meta["inputs"]] == [str(adapters["a"]), str(adapters["c"])] and meta["dtype"] == "bfloat16"
+    assert {t.dtype for t in load_file(out / "adapter_model.safetensors").values()} == {torch.bfloat16}
+    assert "library_name: peft" in (out / "README.md").read_text()
+    # the same merge through the API, with the file's values
+    from adaptermerge import load_adapter, merge
+
+    ref = merge([load_adapter(adapters["a"]), load_adapter(adapters["c"])], "ties", [0.6, 0.4], density=0.5, dtype="bfloat16")
+    back = load_adapter(out)
+    for m in ref.modules:
+        torch.testing.assert_close(back.factors(m).delta(), ref.factors(m).delta())

@@ -168,3 +168,33 @@ def test_streaming_safetensors_writer_round_trips_every_dtype(tmp_path):
     with pytest.raises(ValueError, match="expected a F32"):
         with StreamingSafetensors(tmp_path / "y.safetensors", layout) as w:
             w.write("a", tensors["a"].double())
+
+
+@pytest.mark.parametrize("dtype, code", [("float16", torch.float16), ("bfloat16", torch.bfloat16)])
+def test_dtype_sets_the_shards_dtype_and_config(tiny_base, adapters, tmp_path, dtype, code):
+    from transformers import AutoModelForCausalLM
+
+    a = load_adapter(adapters["a"])
+    merge_to_model([a], tmp_path / "full", "linear", base=str(tiny_base), dtype=dtype, shard_size="100KB")
+    merge_to_model([a], tmp_path / "ref", "linear", base=str(tiny_base))
+    ours, ref = state(tmp_path / "full"), state(tmp_path / "ref")
+    assert set(ours) == set(ref) and {t.dtype for t in ours.values()} == {code}
+    for key in ref:
+        torch.testing.assert_close(ours[key], ref[key].to(code))
+    config = json.loads((tmp_path / "full" / "config.json").read_text())
+    assert config["torch_dtype"] == dtype and config.get("dtype", dtype) == dtype
+    index = json.loads((tmp_path / "full" / "model.safetensors.index.json").read_text())
+    assert index["metadata"]["total_size"] == sum(t.numel() * t.element_size() for t in ours.values())
+    assert json.loads((tmp_path / "full" / "adaptermerge.json").read_text())["dtype"] == dtype
+    assert f"- dtype: {dtype}" in (tmp_path / "full" / "README.md").read_text()
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "full", dtype="auto")
+    assert model.dtype == code and torch.isfinite(model(torch.tensor([[1, 2, 3]])).logits.float()).all()
+
+
+def test_dtype_is_checked_before_any_work(tiny_base, adapters, tmp_path):
+    a = load_adapter(adapters["a"])
+    with pytest.raises(AdapterMergeError, match=r"^dtype must be one of float16, bfloat16, float32, got 'int8'$"):
+        merge_to_model([a], tmp_path / "full", "linear", base=str(tiny_base), dtype="int8")
+    with pytest.raises(AdapterMergeError, match="dtype float16 applies to an unquantized model"):
+        merge_to_model([a], tmp_path / "full", "linear", base=str(tiny_base), dtype="float16", requantize="nf4")
+    assert not (tmp_path / "full").exists()

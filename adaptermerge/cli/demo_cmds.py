@@ -10,15 +10,18 @@ from __future__ import annotations
 import dataclasses
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from ..errors import AdapterMergeError
-from ..recipe import example_path, load_recipe
-from ..recipe.schema import Recipe
 from ..validate import quote
 from .options import COUNT, SEED
 from .run_cmds import execute, run_options
+from .startup import load_api
+
+if TYPE_CHECKING:
+    from ..recipe.schema import Recipe
 
 
 def register(group: click.Group) -> None:
@@ -90,6 +93,9 @@ def demo_cmd(output, quick, mmlu_data, mergekit, threads, dtype, force, base, mm
       adaptermerge demo -o demo/
       adaptermerge demo --quick -o demo-quick/
     """
+    load_api()  # torch, transformers: loaded when a command runs (start-up time)
+    from ..recipe import example_path, load_recipe
+
     recipe = demo_recipe(load_recipe(example_path()), base=base, seed=seed, mmlu_limit=mmlu_limit, train_steps=train_steps,
                          methods=methods, baselines=not no_baselines, sweep=not no_sweep, weight_search=weight_search, dtype=dtype)
     execute(recipe, output=output, quick=quick, mmlu_data=mmlu_data, mergekit=mergekit, threads=threads, force=force)

@@ -5,20 +5,17 @@ Exit status: 0 every gate passes, 1 a gate fails or an evaluation errors, 2 bad 
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import click
 from rich.table import Table
 
 from ..base import DTYPE_CHOICES
-from ..evalsuite import gates as gates_mod
 from ..evalsuite.harness import TASKS_DIR
-from ..evalsuite.report import headline, summary_rows, write_report
-from ..api import EvalSettings, evaluate
 from ..fileio import check_destination
 from .options import COUNT, SEED, THREADS
 from .progress import console, progress_bar, results
+from .startup import load_api, require_eval_extra
 
 # Shared with `adaptermerge demo`, which evaluates the same way.
 dtype_option = click.option(
@@ -34,6 +31,8 @@ def register(group: click.Group) -> None:
 
 
 def _table(report):
+    from ..evalsuite.report import headline, summary_rows  # imported when a report is shown: start-up time
+
     has_mmlu = "mmlu" in report.tasks
     table = Table(title=f"adaptermerge eval: {'PASS' if report.passed else 'FAIL'}", title_style="green" if report.passed else "bold red")
     table.add_column("candidate")
@@ -90,7 +89,7 @@ def eval_cmd(candidates, gates_path, tasks, base, mmlu_data, mmlu_limit, mmlu_sh
 
     \b
       adaptermerge eval merged/ adapters/domain --gates gates.yaml -o report/
-      adaptermerge eval merged/ --mmlu-limit 10 --mmlu-data ../shared/data/mmlu -o report/
+      adaptermerge eval merged/ --mmlu-limit 10 --mmlu-data ~/data/mmlu -o report/
     The same tasks run on lm-eval's CLI:
       lm-eval run --model hf --model_args pretrained=HF_ID,peft=ADAPTER --device cpu --apply_chat_template \\
         --include_path $(adaptermerge eval --print-include-path) --tasks adaptermerge_domain
@@ -99,18 +98,21 @@ def eval_cmd(candidates, gates_path, tasks, base, mmlu_data, mmlu_limit, mmlu_sh
     if print_include_path:
         click.echo(str(TASKS_DIR))
         return 0
-    # datasets and lm-eval draw tqdm bars of their own (the model's are switched off by the runner);
-    # this silences those that do not pass `disable` explicitly. The rich bar below is the one to read.
-    os.environ.setdefault("TQDM_DISABLE", "1")
+    # (datasets' and lm-eval's own tqdm bars are off: main() sets TQDM_DISABLE before tqdm is imported)
+    require_eval_extra("eval")
     if output is not None:  # before the evaluation's minutes: the report never replaces a candidate
         check_destination(output, force, candidates)
+    api = load_api()
+    from ..evalsuite import gates as gates_mod
+    from ..evalsuite.report import write_report
+
     config = gates_mod.load_gates(gates_path) if gates_path else None
     task_list = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else None
-    settings = EvalSettings(base=base, data_seed=data_seed, mmlu_data=mmlu_data, mmlu_limit=mmlu_limit, mmlu_shots=mmlu_shots, mmlu_split=mmlu_split,
+    settings = api.EvalSettings(base=base, data_seed=data_seed, mmlu_data=mmlu_data, mmlu_limit=mmlu_limit, mmlu_shots=mmlu_shots, mmlu_split=mmlu_split,
                             mmlu_format=mmlu_format, seed=seed, batch_size=batch_size, threads=threads, dtype=dtype,
                             use_cache=not no_cache, workers=workers)
     with progress_bar("evaluating") as update:
-        report = evaluate(list(candidates), task_list, config, settings, progress=update)
+        report = api.evaluate(list(candidates), task_list, config, settings, progress=update)
     results.print(_table(report))
     for note in report.notes:
         results.print(f"[dim]{note}[/]")

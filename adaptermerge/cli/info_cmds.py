@@ -1,30 +1,26 @@
-"""`adaptermerge methods` and `adaptermerge inspect`."""
+"""`adaptermerge methods` and `adaptermerge inspect`. `methods` lists the registry as cli/catalog.py
+reads it."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
 import click
 from rich.table import Table
 
-from ..api import METHODS, load_adapter
-from ..inspection import describe
+from . import catalog
 from .progress import results
+from .startup import load_api
 
 
 @click.command("methods")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def methods_cmd(as_json):
     """The merge methods and their parameters, with defaults."""
-    rows = []
-    for name, m in METHODS.items():
-        params = [
-            {"name": f.name.rstrip("_"), "default": f.default, "help": f.metadata.get("help", "")}
-            for f in dataclasses.fields(m.Params)
-        ]
-        rows.append({"method": name, "summary": m.summary, "needs_base": m.needs_base([]), "dora_inputs": m.accepts_dora, "exact_adapter_output": m.output_exact, "parameters": params})
+    rows = [{**{k: v for k, v in entry.items() if k != "doc"},
+             "parameters": [{k: v for k, v in p.items() if k != "field"} for p in entry["parameters"]]}
+            for entry in catalog.METHODS]
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return 0
@@ -44,7 +40,10 @@ def methods_cmd(as_json):
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def inspect_cmd(adapter, alpha, as_json):
     """Modules, ranks, alphas, scales, delta norms, DoRA or not."""
-    info = describe(load_adapter(adapter, alpha=alpha))
+    api = load_api()
+    from ..inspection import describe  # with the api: start-up time
+
+    info = describe(api.load_adapter(adapter, alpha=alpha))
     if as_json:
         click.echo(json.dumps(info, indent=2))
         return 0

@@ -4,13 +4,23 @@ Exit status: 0 ok, 1 a gate failed (eval, run), 2 bad input (AdapterMergeError, 
 failing filesystem operation), 3 an internal error (a bug: rerun with ADAPTERMERGE_DEBUG=1 for the
 traceback and report it), 130 interrupted (SIGINT), 143 terminated (SIGTERM), 129 hung up (SIGHUP).
 
+Output: results (tables, verdicts, paths, --json) on stdout; progress bars, warnings and errors on
+stderr. docs/cli.md describes these conventions, default outputs and shell completion.
+
+Start-up: a command imports the api (transformers, lm-eval) when it runs (cli/startup.py); the
+method commands are built from the method registry, which imports torch
+(benchmarks/bench_startup.py measures the start-up time).
+
 Process-wide settings belong to this entry point, never to the library: `main` puts large CPU
-tensors on transparent huge pages (THP_MEM_ALLOC_ENABLE, unless set), and the merge commands ask
-the engine to tune glibc's allocator (tune_allocator=True; ADAPTERMERGE_MALLOPT=0 turns it off).
+tensors on transparent huge pages (THP_MEM_ALLOC_ENABLE, unless set) and turns off tqdm bars
+(TQDM_DISABLE, unless set: on import of this module, before the command modules import torch,
+which imports tqdm), and the merge commands ask the engine to tune glibc's allocator
+(tune_allocator=True; ADAPTERMERGE_MALLOPT=0 turns it off).
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 import os
 import signal
@@ -19,21 +29,43 @@ import threading
 
 import click
 
-from ..errors import AdapterMergeError
-from ..fileio import os_error_message
-from ..quiet import quiet_third_party
-from . import base_cmds, demo_cmds, eval_cmds, info_cmds, merge_cmds, quantize_cmds, run_cmds, train_cmds
+# No tqdm bars (datasets', lm-eval's, the hub's): the rich bars on stderr are the ones to read, and
+# a tqdm bar writes `\r` redraws into a piped log. tqdm reads TQDM_DISABLE once, when it is first
+# imported, and torch imports it: so the CLI entry point sets it here, before the command modules
+# below import torch. The user's own value wins (TQDM_DISABLE=0).
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+from ..errors import AdapterMergeError  # noqa: E402 - after TQDM_DISABLE
+from ..fileio import os_error_message  # noqa: E402
+from . import base_cmds, demo_cmds, eval_cmds, info_cmds, merge_cmds, quantize_cmds, run_cmds, train_cmds  # noqa: E402
+
+def version() -> str:
+    """The installed distribution's version, as adaptermerge.__version__ (which this module may not
+    import: no module imports the package root)."""
+    try:
+        return importlib.metadata.version("adaptermerge")
+    except importlib.metadata.PackageNotFoundError:  # a source tree that was never installed
+        return "0+unknown"
+
 
 # Each exposes `register(group)` (click lists the commands alphabetically).
 COMMAND_MODULES = (merge_cmds, info_cmds, base_cmds, train_cmds, eval_cmds, quantize_cmds, run_cmds, demo_cmds)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(version(), "-V", "--version", prog_name="adaptermerge", message="%(prog)s %(version)s")
 @click.option("-v", "--verbose", is_flag=True, help="Log what is done, module by module.")
 def cli(verbose: bool) -> None:
-    """Merge LoRA adapters exactly in delta space, train task adapters, validate merges."""
+    """Merge LoRA adapters exactly in delta space, train task adapters, validate merges.
+
+    \b
+      adaptermerge ties a.safetensors b.safetensors      # writes ./merged-ties/
+      adaptermerge methods                               # the methods and their parameters
+    Results go to stdout, progress and errors to stderr; exit status 0 ok, 1 a gate failed,
+    2 bad input. Shell completion: eval "$(_ADAPTERMERGE_COMPLETE=bash_source adaptermerge)".
+    """
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    quiet_third_party()
+    # third-party chatter is quieted by the commands that load those libraries (startup.load_api)
 
 
 for _module in COMMAND_MODULES:

@@ -1,9 +1,15 @@
-"""`adaptermerge METHOD INPUT... -o OUT` for every registered method, and `adaptermerge merge CONFIG`:
-flags or a YAML file become a MergeJob, which api.run_merge_job runs; this module parses and prints."""
+"""`adaptermerge METHOD INPUT... [-o OUT]` for every registered method, and `adaptermerge merge CONFIG`:
+flags or a YAML file become a MergeJob, which api.run_merge_job runs; this module parses and prints.
+
+The commands are built from the method registry (as cli/catalog.py lists it) and import the api
+only when they run (start-up time).
+Output: the summary table and the output's path on stdout (or, with --json, the merge's provenance
+as JSON), the progress bar on stderr. Without -o, a method command writes ./merged-METHOD/.
+"""
 
 from __future__ import annotations
 
-import dataclasses
+import json
 import math
 import time
 from pathlib import Path
@@ -11,13 +17,13 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from ..api import METHODS, run_merge_job
 from ..errors import AdapterMergeError
-from ..mergeconfig import MergeJob, load_merge_config
 from ..validate import quote
+from . import catalog
 from .options import COUNT, FINITE, INT32, SEED
-from .progress import console, progress_bar
+from .progress import progress_bar, results
 from .quantize_cmds import quantization_table
+from .startup import load_api
 
 
 def _floats(text: str | None, what: str, finite: bool = True) -> list[float] | None:
@@ -32,25 +38,25 @@ def _floats(text: str | None, what: str, finite: bool = True) -> list[float] | N
     return values
 
 
-def _param_options(method):
-    """click options generated from the method's Params dataclass."""
+def _param_options(entry: dict) -> list[click.Option]:
+    """click options for a method's parameters (its Params dataclass, as the catalog lists it)."""
     options = []
-    for f in dataclasses.fields(method.Params):
-        flag = f.name.rstrip("_").replace("_", "-")
-        help_text = f"{f.metadata.get('help', '')} (default {f.default})"
-        if f.type in (bool, "bool"):
-            options.append(click.Option([f"--{flag}/--no-{flag}", f.name], default=None, help=help_text))
-        elif "choices" in f.metadata:
-            options.append(click.Option([f"--{flag}", f.name], type=click.Choice(f.metadata["choices"]), default=None, help=help_text))
+    for p in entry["parameters"]:
+        flag = p["name"].replace("_", "-")
+        help_text = f"{p['help']} (default {p['default']})"
+        if p["type"] == "bool":
+            options.append(click.Option([f"--{flag}/--no-{flag}", p["field"]], default=None, help=help_text))
+        elif p["type"] == "choice":
+            options.append(click.Option([f"--{flag}", p["field"]], type=click.Choice(p["choices"]), default=None, help=help_text))
         else:
-            kind = {"float": FINITE, "int": INT32, "str": str}.get(f.type if isinstance(f.type, str) else f.type.__name__, str)
-            options.append(click.Option([f"--{flag}", f.name], type=kind, default=None, help=help_text))
+            kind = {"float": FINITE, "int": INT32, "str": str}.get(p["type"], str)
+            options.append(click.Option([f"--{flag}", p["field"]], type=kind, default=None, help=help_text))
     return options
 
 
 COMMON = [
     click.Argument(["inputs"], nargs=-1, required=True, type=click.Path(path_type=Path)),
-    click.Option(["-o", "--out"], required=True, type=click.Path(path_type=Path), help="Output folder."),
+    click.Option(["-o", "--out"], type=click.Path(path_type=Path), help="Output folder (default: ./merged-METHOD/, refused if it exists unless --force)."),
     click.Option(["--weights"], help="One weight per input, comma-separated (default: 1 each)."),
     click.Option(["--alpha"], help="lora_alpha for bare .safetensors inputs without a config: one value, or one per input."),
     click.Option(["--rank"], type=COUNT, help="Output rank (default: exact for linear families, sum of input ranks otherwise)."),
@@ -60,15 +66,31 @@ COMMON = [
     click.Option(["--merge-onto"], help="--output model: add the delta to the original base weights, or to dequant(NF4(W0)) as QLoRA adapters were trained (original|dequantized; default from the adapters' training.json)."),
     click.Option(["--requantize"], help="--output model: write the merged model quantized with bitsandbytes (nf4|int8)."),
     click.Option(["--compute-dtype"], default="float32", show_default=True, help="With --requantize: float32, bfloat16 or float16."),
+    click.Option(["--dtype"], type=click.Choice(["float32", "bfloat16", "float16"]), help="dtype of the written adapter factors or model weights (default: as the inputs)."),
     click.Option(["--seed"], type=SEED, default=0, show_default=True, help="Seed for random methods (DARE)."),
     click.Option(["--device"], type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True),
     click.Option(["--ignore-base-mismatch"], is_flag=True, help="Merge adapters whose recorded base models differ."),
     click.Option(["--force"], is_flag=True, help="Replace an existing output (never an input adapter or the base model's folder)."),
+    click.Option(["--json", "as_json"], is_flag=True, help="Print the merge's provenance as JSON instead of the table: path, method, params, weights, inputs, summary, modules (per module), as in OUT/adaptermerge.json."),
 ]
 
 
-def _method_command(name: str, method) -> click.Command:
-    def callback(inputs, out, weights, alpha, rank, base, output_kind, shard_size, merge_onto, requantize, compute_dtype, seed, device, ignore_base_mismatch, force, **params):
+def default_out(method: str) -> Path:
+    """Where a method command writes without -o: ./merged-METHOD/ (a relative path, shown as typed)."""
+    return Path(f"merged-{method}")
+
+
+def _method_command(entry: dict) -> click.Command:
+    name = entry["method"]
+
+    def callback(inputs, out, weights, alpha, rank, base, output_kind, shard_size, merge_onto, requantize, compute_dtype, dtype, seed, device,
+                 ignore_base_mismatch, force, as_json, **params):
+        if out is None:
+            out = default_out(name)
+            if out.exists() and not force:  # the default is never replaced silently
+                raise AdapterMergeError(f"{out}/ (the default output of {name}) already exists: pass -o DIR for another folder, or --force to replace it")
+        from ..mergeconfig import MergeJob  # with the api: start-up time
+
         job = MergeJob(
             inputs=list(inputs),
             out=out,
@@ -87,19 +109,25 @@ def _method_command(name: str, method) -> click.Command:
             merge_onto=merge_onto,
             requantize=requantize,
             compute_dtype=compute_dtype,
+            dtype=dtype,
         )
-        return run_and_report(job)
+        return run_and_report(job, as_json)
 
-    doc = (method.__doc__ or method.summary).strip()
-    return click.Command(name, params=COMMON + _param_options(method), callback=callback, help=doc, short_help=method.summary)
+    return click.Command(name, params=COMMON + _param_options(entry), callback=callback, help=entry["doc"], short_help=entry["summary"])
 
 
-def run_and_report(job: MergeJob) -> int:
+def run_and_report(job, as_json: bool = False) -> int:
+    """Run a MergeJob under a progress bar (stderr); print the summary or the JSON (stdout)."""
+    api = load_api()
     start = time.time()
     # the bar is drawn at the first progress call: an input refused before any work prints alone
     with progress_bar(f"{job.method} -> {job.output}") as update:
-        meta = run_merge_job(job, progress=update, quantize_progress=lambda stage, done, total: update(done, total, f"quantize: {stage}"),
-                             tune_allocator=True)
+        meta = api.run_merge_job(job, progress=update, quantize_progress=lambda stage, done, total: update(done, total, f"quantize: {stage}"),
+                                 tune_allocator=True)
+    if as_json:
+        # the provenance written to OUT/adaptermerge.json (its "output" is the kind), and where OUT is
+        click.echo(json.dumps({"path": str(job.out), **meta}, indent=2, default=str))
+        return 0
     summary = meta.get("summary") or {}
     table = Table(title=f"{job.method}: {len(job.inputs)} adapters -> {job.out}", show_header=False)
     table.add_row("output", job.output)
@@ -112,9 +140,10 @@ def run_and_report(job: MergeJob) -> int:
     if onto:
         table.add_row("merged onto", f"{onto['merge_onto']} ({onto['reason']})")
     table.add_row("time", f"{time.time() - start:.1f} s")
-    console.print(table)
+    results.print(table)
     if meta.get("quantization"):
-        console.print(quantization_table(meta["quantization"]))
+        results.print(quantization_table(meta["quantization"]))
+    click.echo(f"wrote {'merged model' if job.output == 'model' else 'merged adapter'} -> {job.out}")
     return 0
 
 
@@ -122,12 +151,16 @@ def run_and_report(job: MergeJob) -> int:
 @click.argument("config", type=click.Path(path_type=Path))
 @click.option("-o", "--out", type=click.Path(path_type=Path), help="Output folder (overrides the config's).")
 @click.option("--force", is_flag=True, help="Replace an existing output.")
-def merge_config_cmd(config, out, force):
+@click.option("--json", "as_json", is_flag=True, help="Print the merge's provenance as JSON instead of the table.")
+def merge_config_cmd(config, out, force, as_json):
     """Run a merge described by a YAML file (mergekit-style: merge_method, models, parameters)."""
-    return run_and_report(load_merge_config(config, out=out, force=force))
+    load_api()  # torch, transformers: loaded when a command runs (start-up time)
+    from ..mergeconfig import load_merge_config
+
+    return run_and_report(load_merge_config(config, out=out, force=force), as_json)
 
 
 def register(group: click.Group) -> None:
-    for name, method in METHODS.items():
-        group.add_command(_method_command(name, method))
+    for entry in catalog.METHODS:
+        group.add_command(_method_command(entry))
     group.add_command(merge_config_cmd)

@@ -8,9 +8,9 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ..api import quantize as quantize_model
-from ..quantization import worst_layers
 from .options import DEVICE
+from .progress import results
+from .startup import load_api
 
 STAGE_LABELS = {"load": "load + quantize", "save": "save", "layers": "layer errors", "kl": "KL on prompts"}
 
@@ -21,6 +21,8 @@ def _size(num_bytes: int) -> str:
 
 def quantization_table(entry: dict, worst: int = 8) -> Table:
     """Worst layers by relative error, then the summary rows: mean error, KL, sizes."""
+    from ..quantization import worst_layers  # imports torch: start-up time
+
     table = Table(title=f"{entry['scheme']} quantization of {entry['source']}", show_lines=False)
     table.add_column("layer")
     table.add_column("relative error", justify="right")
@@ -49,6 +51,7 @@ def register(group: click.Group) -> None:
     @click.option("--force", is_flag=True, help="Replace an existing output folder.")
     def quantize(model_dir: str, scheme: str, out_dir: str, compute_dtype: str, device: str, force: bool) -> int:
         """Quantize MODEL_DIR (full precision) with bitsandbytes into a folder that reloads quantized."""
+        api = load_api()
         console = Console(stderr=True)
         with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                       TimeElapsedColumn(), console=console, transient=True) as bars:
@@ -59,8 +62,8 @@ def register(group: click.Group) -> None:
                     tasks[stage] = bars.add_task(STAGE_LABELS.get(stage, stage), total=total)
                 bars.update(tasks[stage], completed=done, total=total)
 
-            entry = quantize_model(model_dir, out_dir, scheme, compute_dtype=compute_dtype, device=device,
+            entry = api.quantize(model_dir, out_dir, scheme, compute_dtype=compute_dtype, device=device,
                                    force=force, progress=progress)
-        Console().print(quantization_table(entry))
-        console.print(f"wrote {out_dir} (report in {out_dir}/adaptermerge.json)")
+        results.print(quantization_table(entry))
+        click.echo(f"wrote {out_dir} (report in {out_dir}/adaptermerge.json)")
         return 0

@@ -7,19 +7,20 @@ was usable), 2 bad input (the recipe's errors name its file and key).
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ..api import run_recipe
-from ..recipe import RecipeResult, load_recipe
-from ..recipe.report import table_rows
 from .eval_cmds import dtype_option
 from .options import THREADS
 from .progress import console, results
+from .startup import load_api, require_eval_extra
+
+if TYPE_CHECKING:
+    from ..recipe import RecipeResult
 
 
 def register(group: click.Group) -> None:
@@ -34,7 +35,7 @@ def run_options(output_default: Path | None = None):
     return lambda command: _with(command, [
         output,
         click.option("--quick", is_flag=True, help="The recipe's quick settings: fewer training steps (or cached full adapters), evaluation subsets, fewer MMLU questions."),
-        click.option("--mmlu-data", default=None, help="Local cais/mmlu CSV folder (default: $ADAPTERMERGE_MMLU_DATA, else ../shared/data/mmlu)."),
+        click.option("--mmlu-data", default=None, help="Local cais/mmlu CSV folder (default: $ADAPTERMERGE_MMLU_DATA, else the hub)."),
         click.option("--mergekit", default=None, help="mergekit-yaml executable (default: $ADAPTERMERGE_MERGEKIT, else on PATH; else that row is skipped)."),
         click.option("--threads", type=THREADS, default=None, help="torch CPU threads of each evaluation process (default: the machine's, shared between two)."),
         dtype_option,
@@ -61,6 +62,9 @@ def run_cmd(recipe_path, output, quick, mmlu_data, mergekit, threads, dtype, for
       adaptermerge run examples/manga-assist.yaml -o demo/
       adaptermerge run my-recipe.yaml -o out/ --quick
     """
+    load_api()  # torch, transformers: loaded when a command runs (start-up time)
+    from ..recipe import load_recipe
+
     recipe = load_recipe(recipe_path)
     if dtype != "auto":
         recipe = recipe.with_overrides(eval={"dtype": dtype})
@@ -76,8 +80,9 @@ def passed(result: RecipeResult) -> bool:
 
 def execute(recipe, **kwargs) -> RecipeResult:
     """Run `recipe` under progress bars, then print the table and the verdict."""
-    # As in `eval`: datasets and lm-eval draw tqdm bars of their own between the rich bars below.
-    os.environ.setdefault("TQDM_DISABLE", "1")
+    # (datasets' and lm-eval's own tqdm bars are off: main() sets TQDM_DISABLE before tqdm is imported)
+    require_eval_extra("run")
+    api = load_api()
     with Progress(TextColumn("[bold]{task.description:<7}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   TextColumn("{task.fields[label]}", style="dim"), console=console) as bar:
         tasks = {}
@@ -87,12 +92,14 @@ def execute(recipe, **kwargs) -> RecipeResult:
                 tasks[stage] = bar.add_task(stage, total=None, label="")
             bar.update(tasks[stage], completed=done, total=total or None, label=label[-60:])
 
-        result = run_recipe(recipe, progress=progress, **kwargs)
+        result = api.run_recipe(recipe, progress=progress, **kwargs)
     show(result)
     return result
 
 
 def _table(data: dict) -> Table:
+    from ..recipe.report import table_rows  # with the api: start-up time
+
     rows = table_rows(data)
     winner = data["winner"]["name"] if data["winner"] else None
     table = Table(title=f"{data['recipe']} (winner: {winner or 'none'})")

@@ -11,10 +11,9 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from ..base import DTYPE_CHOICES
 from ..chat.data import build_records
 from ..chat.records import jsonl_text, write_jsonl
-from ..errors import AdapterMergeError
-from ..training.presets import ALL_PROJECTIONS, PRESETS
-from ..api import TrainConfig, train
+from ..training.presets import ALL_PROJECTIONS
 from .options import COUNT, FRACTION, POSITIVE, SEED, THREADS
+from .startup import load_api
 
 TASK_CHOICES = ("domain", "structured", "safety", "custom")
 
@@ -79,10 +78,11 @@ def data_build(task: str, split: str, seed: int, output: Path | None, force: boo
 def train_cmd(task, data, base, output, max_steps, epochs, lr, rank, alpha, targets, seed, batch_size, max_length,
               no_qlora, dora, on_top_of, anchor_fraction, anchor_tasks, compute_dtype, threads, force) -> None:
     """Train a (Q)LoRA or DoRA adapter for a task preset or your own data."""
+    api = load_api()
     names = tuple(t.strip() for t in targets.split(",") if t.strip()) if targets else ALL_PROJECTIONS
     if anchor_tasks is not None:
         anchor_tasks = () if anchor_tasks.strip().lower() == "none" else tuple(t.strip() for t in anchor_tasks.split(",") if t.strip())
-    config = TrainConfig(
+    config = api.TrainConfig(
         task=task, output=output, data=data, base=base, max_steps=max_steps, epochs=epochs, lr=lr, rank=rank,
         alpha=alpha, targets=names, seed=seed, batch_size=batch_size, max_length=max_length, qlora=not no_qlora,
         dora=dora, on_top_of=on_top_of, anchor_fraction=anchor_fraction, anchor_tasks=anchor_tasks,
@@ -96,5 +96,5 @@ def train_cmd(task, data, base, output, max_steps, epochs, lr, rank, alpha, targ
         def progress(step: int, total: int, loss: float) -> None:
             bar.update(job, completed=step, total=total, loss=f"{loss:.3f}")
 
-        path = train(config, progress=progress)
+        path = api.train(config, progress=progress)
     click.echo(str(path))

@@ -82,7 +82,9 @@ def read_hub(split: str) -> dict[str, list[dict]]:
     try:
         data = datasets.load_dataset(HUB_ID, "all", split=split)
     except Exception as exc:  # offline, or no access
-        raise AdapterMergeError(f"cannot load {HUB_ID} ({type(exc).__name__}): pass --mmlu-data DIR with a local copy") from None
+        why = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise AdapterMergeError(f"cannot load {HUB_ID} from the hub ({type(exc).__name__}{': ' + why if why else ''}): "
+                                "pass --mmlu-data DIR with a local copy") from None
     out: dict[str, list[dict]] = {}
     for row in data:
         out.setdefault(row["subject"], []).append({"question": row["question"], "choices": list(row["choices"]), "answer": int(row["answer"])})

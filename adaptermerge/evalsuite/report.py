@@ -1,7 +1,10 @@
-"""The report files: report.json (everything), report.md (the table, for a pull request), chart.png.
+"""The report files: report.json (everything), report.md (the table, for a pull request) and the charts.
 
 `summary_rows` is the one table both report.md and the terminal show: candidates as rows, one
 column per task (the headline metric with its pass/fail), retention, the MMLU delta and a verdict.
+The charts (charts.py): chart.png, each task's score of each candidate (± standard error) against
+the base and the task's single adapter (`score_panels`); retention.png, when retention gates were
+checked, the candidates by tasks with the failed gates marked (`retention_matrix`).
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import math
 from pathlib import Path
 from typing import Iterable
 
-from ..charts import grouped_bars
+from .. import charts
 from ..fileio import atomic_dir
 from .runner import REFERENCE, EvalReport
 
@@ -87,7 +90,9 @@ def to_json(report: EvalReport) -> dict:
 _MARK = {"pass": "✅", "fail": "❌", "error": "⚠️", None: ""}
 
 
-def to_markdown(report: EvalReport, chart: str | None = "chart.png") -> str:
+def to_markdown(report: EvalReport, chart: str | None = "chart.png", retention: str | None = "retention.png") -> str:
+    """The report as markdown; `chart` and `retention`: the charts' file names (None: no image; the
+    retention chart only when retention gates were checked)."""
     rows = summary_rows(report)
     has_mmlu = MMLU in report.tasks
     head = ["candidate", *[f"{t} ({headline(report, t)})" for t in report.tasks], "retention"]
@@ -110,8 +115,12 @@ def to_markdown(report: EvalReport, chart: str | None = "chart.png") -> str:
         lines.append("")
     if report.errors:
         lines += ["## Errors", "", *[f"- {e}" for e in report.errors], ""]
+    if retention and retention_matrix(report) is not None:
+        lines += ["Retention of each candidate on each task (0 = the base, 1 = the single-task adapter); a red border "
+                  "and ✗ mark a task where one of its gates failed.", "", f"![retention]({retention})", ""]
     if chart:
-        lines += [f"![scores]({chart})", ""]
+        lines += ["Each task's score of each candidate (± standard error) against the base (dashed) and the single-task "
+                  "adapter (solid); a red cross marks a failed gate on that task.", "", f"![scores]({chart})", ""]
     lines += ["## Settings", ""]
     lines += [f"- {k}: {v}" for k, v in report.settings.items()]
     lines += [f"- {n}" for n in report.notes]
@@ -120,40 +129,91 @@ def to_markdown(report: EvalReport, chart: str | None = "chart.png") -> str:
     return "\n".join(lines)
 
 
-def write_chart(report: EvalReport, path: Path) -> None:
-    """Grouped bars (tasks x candidates, headline metric, stderr whiskers); gate thresholds as lines."""
-    names = [c["name"] for c in report.candidates]
-    values, errors = {}, {}
-    for name in names:
-        values[name], errors[name] = [], []
-        for task in report.tasks:
-            m = report.scores[name][task].metrics.get(headline(report, task), {})
-            v, e = m.get("value"), m.get("stderr")
-            values[name].append(0 if v is None or math.isnan(v) else v)
-            errors[name].append(0 if e is None or math.isnan(e) else e)
-    levels = []
+def _value(report: EvalReport, name: str, task: str) -> tuple[float | None, float | None]:
+    """(headline value, its stderr) of a candidate on a task; (None, None) when it errored or is missing."""
+    s = report.scores.get(name, {}).get(task)
+    if s is None or s.error:
+        return None, None
+    m = s.metrics.get(headline(report, task), {})
+    return charts.finite(m.get("value")), charts.finite(m.get("stderr"))
+
+
+def _gated(report: EvalReport) -> list[str]:
+    return [c["name"] for c in report.candidates if c["role"] == "candidate"]
+
+
+def _singles(report: EvalReport) -> dict[str, str]:
+    """{task: the single-task adapter's name} from the candidates' roles ("single-task adapter (task)")."""
+    prefix = "single-task adapter ("
+    return {c["role"][len(prefix):-1]: c["name"] for c in report.candidates if c["role"].startswith(prefix)}
+
+
+def _failed(report: EvalReport, name: str, task: str) -> bool:
+    return any(not g.passed for g in report.gates if g.candidate == name and g.gate.task == task)
+
+
+def _threshold(report: EvalReport, task: str) -> float | None:
+    """The score a candidate needs on `task` by its gate: a `min` gate's value, a `max_drop`'s reference - drop."""
     for g in report.gates:
-        if g.gate.task not in report.tasks or g.gate.metric != headline(report, g.gate.task):
+        if g.gate.task != task or g.gate.metric != headline(report, task):
             continue
-        level = None
         if g.gate.kind == "min":
-            level = g.gate.threshold
-        elif g.gate.kind == "max_drop":
-            ref = report.scores.get(g.gate.reference or REFERENCE, {}).get(g.gate.task)
-            if ref and not ref.error and g.gate.metric in ref.metrics:
-                level = ref.metrics[g.gate.metric]["value"] - g.gate.threshold
-        if level is not None and not math.isnan(level):
-            levels.append((report.tasks.index(g.gate.task), level))
-    grouped_bars(path, [f"{t}\n{headline(report, t)}" for t in report.tasks], values, errors=errors, levels=levels,
-                 title="adaptermerge eval (dashed: gate thresholds)",
-                 figsize=(max(6, 1.6 * len(report.tasks) * max(1, len(names) / 3)), 4))
+            return g.gate.threshold
+        if g.gate.kind == "max_drop":
+            ref, _ = _value(report, g.gate.reference or REFERENCE, task)
+            if ref is not None:
+                return ref - g.gate.threshold
+    return None
+
+
+def retention_matrix(report: EvalReport) -> charts.RetentionMatrix | None:
+    """The candidates by the tasks with a retention gate (the gate's value); None without retention gates."""
+    checked = [g for g in report.gates if g.gate.kind == "retention"]
+    if not checked:
+        return None
+    names = [n for n in _gated(report) if any(g.candidate == n for g in checked)]
+    tasks = [t for t in report.tasks if any(g.gate.task == t for g in checked)]
+    value = {(g.candidate, g.gate.task): charts.finite(g.value) for g in checked}
+    return charts.RetentionMatrix(names, tasks, [[value.get((n, t)) for t in tasks] for n in names],
+                                  [[_failed(report, n, t) for t in tasks] for n in names])
+
+
+def score_panels(report: EvalReport) -> list[charts.Panel]:
+    """One panel per task: the gated candidates' headline scores ± stderr, the base and the task's
+    single adapter as reference lines, the gate's threshold."""
+    names = _gated(report)
+    singles = _singles(report)
+    panels = []
+    for task in report.tasks:
+        refs = []
+        for label, ref in (("base", REFERENCE), ("single adapter", singles.get(task))):
+            if ref is None or ref in names:
+                continue
+            value, stderr = _value(report, ref, task)
+            if value is not None:
+                refs.append(charts.Reference(label, value, stderr))
+        points = [_value(report, n, task) for n in names]
+        panels.append(charts.Panel("MMLU" if task == MMLU else task, headline(report, task), names,
+                                   [v for v, _ in points], [e for _, e in points],
+                                   [_failed(report, n, task) for n in names], refs, _threshold(report, task)))
+    return panels
+
+
+def write_charts(report: EvalReport, folder: Path) -> list[Path]:
+    """chart.png (the score panels) and retention.png (when retention gates were checked)."""
+    out = [charts.score_panels(folder / "chart.png", score_panels(report), title="adaptermerge eval: scores")]
+    matrix = retention_matrix(report)
+    if matrix is not None:
+        out.append(charts.retention_heatmap(folder / "retention.png", matrix, title="adaptermerge eval: retention",
+                                            threshold=next(g.gate.threshold for g in report.gates if g.gate.kind == "retention")))
+    return out
 
 
 def write_report(report: EvalReport, out: str | Path, *, force: bool = False, inputs: Iterable[str | Path] = ()) -> Path:
-    """Write report.json, report.md and chart.png into `out`, atomically (temp folder, then os.replace).
+    """Write report.json, report.md and the charts into `out`, atomically (temp folder, then os.replace).
     `out` is never one of `inputs` (the evaluated folders), force or not."""
     with atomic_dir(out, force=force, inputs=inputs) as tmp:
         (tmp / "report.json").write_text(json.dumps(to_json(report), indent=2, default=str) + "\n")
-        write_chart(report, tmp / "chart.png")
+        write_charts(report, tmp)
         (tmp / "report.md").write_text(to_markdown(report))
     return Path(out)

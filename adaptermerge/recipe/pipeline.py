@@ -51,7 +51,7 @@ class RunOptions:
     """How to run a recipe here (not what it compares): these never change its results' meaning."""
 
     quick: bool = False
-    mmlu_data: str | None = None  # None: $ADAPTERMERGE_MMLU_DATA, else ../shared/data/mmlu if present
+    mmlu_data: str | None = None  # local cais/mmlu CSVs (None: $ADAPTERMERGE_MMLU_DATA, else the hub)
     threads: int | None = None  # torch threads of each evaluation process
     mergekit: str | None = None  # mergekit-yaml executable (None: found on PATH, else that row is skipped)
     train_workers: int | None = None  # adapters trained at once (None: 2 on a multi-core CPU for long runs)
@@ -76,7 +76,9 @@ class Run:
     def __init__(self, recipe: Recipe, options: RunOptions, tmp: Path, progress: Progress):
         self.recipe, self.options, self.tmp, self.progress = recipe, options, tmp, progress
         self.quick = recipe.quick if options.quick else None
-        self.plan = tasks_mod.plan(recipe, options.quick, options.mmlu_data)
+        # MMLU's questions: the local copy, else the hub; None (and why) when neither can be read
+        source, self.mmlu_problem = tasks_mod.mmlu_source(options.mmlu_data) if MMLU in recipe.tasks else (None, None)
+        self.plan = tasks_mod.plan(recipe, options.quick, source)
         self.work = tmp / ".work"
         self.inputs: dict[str, Path] = {}  # adapter name -> PEFT folder
 
@@ -387,8 +389,9 @@ def run_recipe(recipe: Recipe | str | Path, *, output: str | Path, force: bool =
     """Run a recipe (a Recipe or its YAML file) into `output` (see the module docstring).
 
     `quick`: the recipe's quick settings (fewer training steps, evaluation subsets); `mmlu_data`:
-    local cais/mmlu CSVs (None: $ADAPTERMERGE_MMLU_DATA, else ../shared/data/mmlu; without data
-    the MMLU gate is skipped with a note)."""
+    local cais/mmlu CSVs (None: $ADAPTERMERGE_MMLU_DATA, else the hub). When MMLU cannot be read
+    from either, it is not scored: report.json's `warnings` and the top of report.md say so, and
+    MMLU's gates fail for every model (recipe/tasks.py)."""
     if not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe)
     progress = progress or _noop
@@ -397,13 +400,14 @@ def run_recipe(recipe: Recipe | str | Path, *, output: str | Path, force: bool =
     if recipe.base and Path(recipe.base).expanduser().exists():
         inputs.append(Path(recipe.base).expanduser())
     output = check_destination(Path(output), force, inputs)
-    options = RunOptions(quick=quick, mmlu_data=mmlu_data or tasks_mod.default_mmlu_data(), threads=threads,
+    options = RunOptions(quick=quick, mmlu_data=mmlu_data, threads=threads,
                          mergekit=mergekit, train_workers=train_workers)
-    started, timings, notes, extra = time.perf_counter(), {}, [], {}
+    started, timings, notes, extra, warnings = time.perf_counter(), {}, [], {}, []
     with atomic_dir(output, force=force, inputs=inputs) as tmp:
         run = Run(recipe, options, tmp, progress)
-        if MMLU in recipe.tasks and not run.plan.has_mmlu:
-            notes.append("MMLU skipped: no data (pass --mmlu-data or set ADAPTERMERGE_MMLU_DATA)")
+        if run.mmlu_problem:
+            warnings.append(tasks_mod.unscored_warning(run.mmlu_problem, recipe))
+            log.warning("%s", warnings[-1])
         t = time.perf_counter()
         progress("base", 0, 1, "resolving")
         base_dir = base_mod.resolve_base(recipe.base)
@@ -433,7 +437,7 @@ def run_recipe(recipe: Recipe | str | Path, *, output: str | Path, force: bool =
             t = time.perf_counter()
             evaluated = evaluate_entries(run, entries, gate_config, helper=early.take())
         extra["evaluated_by_helper"] = [c["name"] for c in evaluated.candidates if c.get("evaluated_by")]
-        rows = build_rows(entries, evaluated.scores, gate_config, eval_names, headline, run.plan.has_mmlu)
+        rows = _scored_rows(run, entries, evaluated.scores, gate_config, eval_names, headline)
         timings["eval"] = round(time.perf_counter() - t, 2)
 
         best = best_merge(rows)
@@ -449,7 +453,7 @@ def run_recipe(recipe: Recipe | str | Path, *, output: str | Path, force: bool =
                 if outcome.chosen.sweep:  # its first evaluation on the eval split
                     entries.append(outcome.chosen)
                     evaluated = evaluate_entries(run, entries, gate_config)
-                    rows = build_rows(entries, evaluated.scores, gate_config, eval_names, headline, run.plan.has_mmlu)
+                    rows = _scored_rows(run, entries, evaluated.scores, gate_config, eval_names, headline)
                 best = next(r for r in rows if r.name == outcome.chosen.name)
             note = select.selection_note(extra["sweep"], best.name if best else None)
             if note:
@@ -472,9 +476,15 @@ def run_recipe(recipe: Recipe | str | Path, *, output: str | Path, force: bool =
         timings["total"] = round(time.perf_counter() - started, 2)
 
         data = report_data(run, rows, winner, timings=timings, notes=notes + _eval_notes(evaluated.notes),
-                           eval_names=eval_names, headline=headline, extra=extra)
+                           eval_names=eval_names, headline=headline, extra={"warnings": warnings, **extra})
         report.write(data, tmp)
     return RecipeResult(output, rows, winner, data, best.name if best else None)
+
+
+def _scored_rows(run: Run, entries: list[Row], scores: dict, gate_config, eval_names: dict, headline: dict) -> list[Row]:
+    """The rows with their evaluation; when MMLU could not be read, its gates failed on each (gates fail closed)."""
+    rows = build_rows(entries, scores, gate_config, eval_names, headline, run.plan.has_mmlu)
+    return tasks_mod.fail_unscored(rows, run.recipe, run.mmlu_problem) if run.mmlu_problem else rows
 
 
 def report_data(run: Run, rows: list[Row], winner: Winner | None, *, timings: dict, notes: list[str], eval_names: dict,
@@ -490,7 +500,7 @@ def report_data(run: Run, rows: list[Row], winner: Winner | None, *, timings: di
         "metrics": metrics,
         "candidates": candidates_json,
         "winner": report.plain(winner),
-        "gates": {"rules": [g.describe() for g in recipe.gates.gates if run.plan.has_mmlu or g.task != MMLU],
+        "gates": {"rules": [g.describe() for g in recipe.gates.gates],
                   "retention_min": recipe.gates.retention_min},
         "eval_tasks": eval_names,
         "run": {**report.plain(run.options), "docs": run.plan.docs, "mmlu_limit": run.plan.mmlu_limit,

@@ -1,7 +1,10 @@
-"""The run's report: report.json (every row, machine-readable), report.md (the table) and chart.png.
+"""The run's report: report.json (every row, machine-readable), report.md (the table) and two charts.
 
 Columns: candidate | each task's headline metric | MMLU | retention per task | MMLU delta | gates.
-The markdown and the terminal table are made from report.json's data alone (`table_rows`).
+The markdown, the terminal table and the charts are made from report.json's data alone
+(`table_rows`, `retention_matrix`, `score_panels`): retention.png, the merges by tasks with the
+failed gates marked, and chart.png, each task's scores of the merges against the base and the
+single-task adapter, with standard errors where report.json has them (a row's `stderr`).
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import json
 import math
 from pathlib import Path
 
-from ..charts import grouped_bars
+from .. import charts
 from .rows import MMLU, Candidate
 
 
@@ -80,6 +83,7 @@ def to_markdown(data: dict) -> str:
     m = data["machine"]
     winner = data["winner"]
     lines = [f"# {data['recipe']}", ""]
+    lines += warning_lines(data)
     if data.get("description"):
         lines += [data["description"].strip(), ""]
     lines += [f"{m['date']}, {m['processor']}, {m['cpus']} CPUs, load average {m['load_average']}; "
@@ -105,7 +109,8 @@ def to_markdown(data: dict) -> str:
     lines += winner_gates(data)
     if data["eval_tasks"] and any(k != v for k, v in data["eval_tasks"].items()):
         lines += ["Evaluation subsets: " + ", ".join(f"{k} -> {v}" for k, v in data["eval_tasks"].items()), ""]
-    lines += ["![scores](chart.png)", "", "## Candidates", ""]
+    lines += chart_lines(data)
+    lines += ["## Candidates", ""]
     for c in data["candidates"]:
         a = c.get("candidate")
         if a:
@@ -186,16 +191,99 @@ def _proxy(point: dict) -> str:
     return "/".join(_fmt(v, 2) for v in point["retention"].values())
 
 
-def write_chart(data: dict, path: Path) -> None:
-    """Grouped bars: one group per task (and MMLU), one bar per candidate that has scores."""
-    cands = [c for c in data["candidates"] if c.get("scores")]
-    tasks = [t for t in (*data["tasks"], MMLU) if any(c["scores"].get(t) is not None for c in cands)]
-    grouped_bars(path, [f"{t}\n{data['metrics'][t]}" for t in tasks],
-                 {c["name"]: [c["scores"].get(t) or 0 for t in tasks] for c in cands},
-                 title=data["recipe"], figsize=(max(8, 0.45 * len(cands) * len(tasks)), 4.5), legend_size=7, dpi=100)
+def warning_lines(data: dict) -> list[str]:
+    """report.json's `warnings` (MMLU not scored, ...) as a block at the top of report.md."""
+    return [f"> **WARNING: {w}**" for w in data.get("warnings") or []] + ([""] if data.get("warnings") else [])
+
+
+def chart_lines(data: dict) -> list[str]:
+    lines = []
+    if retention_matrix(data) is not None:
+        lines += ["Retention of each merge on each task (0 = the base, 1 = the single-task adapter); a red border "
+                  "and ✗ mark a task where one of the merge's gates failed.", "", "![retention](retention.png)", ""]
+    errors = " (± standard error)" if any(c.get("stderr") for c in _merges(data)) else ""
+    return lines + [f"Each task's score of each merge{errors} against the base (dashed) and the single-task "
+                    "adapter (solid); a red cross marks a failed gate on that task.", "", "![scores](chart.png)", ""]
+
+
+def _merges(data: dict) -> list[dict]:
+    """The merges with scores, in the table's order (the charts' rows)."""
+    return [c for c in data["candidates"] if c["kind"] == "merge" and not c.get("error") and c.get("scores")]
+
+
+def _label(c: dict) -> str:
+    return c["name"] + (f" (= {c['same_as']})" if c.get("same_as") else "")
+
+
+def failed_tasks(data: dict, c: dict) -> set[str]:
+    """The report's tasks (and MMLU) on which a gate of row `c` failed (gates name evaluation tasks)."""
+    task_of = {v: k for k, v in (data.get("eval_tasks") or {}).items()}
+    return {task_of.get(g["task"], g["task"]) for g in c.get("gates") or [] if not g["passed"]}
+
+
+def retention_matrix(data: dict) -> charts.RetentionMatrix | None:
+    """The merges by the tasks with a retention value; None when no merge has one."""
+    merges = [c for c in _merges(data) if c.get("retention")]
+    tasks = [t for t in data["tasks"] if any(t in c["retention"] for c in merges)]
+    if not merges or not tasks:
+        return None
+    failed = [failed_tasks(data, c) for c in merges]
+    return charts.RetentionMatrix([_label(c) for c in merges], tasks,
+                                  [[charts.finite(c["retention"].get(t)) for t in tasks] for c in merges],
+                                  [[t in f for t in tasks] for f in failed])
+
+
+def _threshold(data: dict, task: str, base: float | None) -> float | None:
+    """The score a merge needs on `task` by its gate: a `min` gate's value, a `max_drop` vs the base's base - drop."""
+    task_of = {v: k for k, v in (data.get("eval_tasks") or {}).items()}
+    for c in data["candidates"]:
+        for g in c.get("gates") or []:
+            if task_of.get(g["task"], g["task"]) != task or g["metric"] != data["metrics"].get(task):
+                continue
+            if g["kind"] == "min":
+                return g["threshold"]
+            if g["kind"] == "max_drop" and not g.get("reference") and base is not None:
+                return base - g["threshold"]
+    return None
+
+
+def score_panels(data: dict) -> list[charts.Panel]:
+    """One panel per task (and MMLU when scored): the merges' headline scores with their standard
+    errors (a row's `stderr`, when report.json has it), the base and the task's single adapter as references."""
+    merges = _merges(data)
+    base = next((c for c in data["candidates"] if c["kind"] == "base" and c.get("scores")), None)
+    singles = {c["task"]: c for c in data["candidates"] if c["kind"] == "adapter" and c.get("task") and c.get("scores")}
+    failed = [failed_tasks(data, c) for c in merges]
+    panels = []
+    for task in [*data["tasks"], *([MMLU] if _has_mmlu(data) else [])]:
+        refs = []
+        for label, row in (("base", base), ("single adapter", singles.get(task))):
+            value = charts.finite((row or {}).get("scores", {}).get(task))
+            if value is not None:
+                refs.append(charts.Reference(label, value, charts.finite((row.get("stderr") or {}).get(task))))
+        base_value = refs[0].value if refs and refs[0].label == "base" else None
+        panels.append(charts.Panel(
+            "MMLU" if task == MMLU else task, data["metrics"].get(task, ""), [_label(c) for c in merges],
+            [charts.finite(c["scores"].get(task)) for c in merges],
+            [charts.finite((c.get("stderr") or {}).get(task)) for c in merges],
+            [task in f for f in failed], refs, _threshold(data, task, base_value)))
+    return panels
+
+
+def write_charts(data: dict, folder: Path) -> list[Path]:
+    """retention.png (when any merge has a retention value) and chart.png (the score panels)."""
+    out = []
+    winner = (data.get("winner") or {}).get("name")
+    matrix = retention_matrix(data)
+    if matrix is not None:
+        threshold = (data.get("gates") or {}).get("retention_min")
+        out.append(charts.retention_heatmap(folder / "retention.png", matrix, title=f"{data['recipe']}: retention",
+                                            threshold=threshold, highlight=winner))
+    out.append(charts.score_panels(folder / "chart.png", score_panels(data), title=f"{data['recipe']}: scores"))
+    return out
 
 
 def write(data: dict, folder: Path) -> None:
     (folder / "report.json").write_text(json.dumps(data, indent=2, default=str) + "\n")
-    write_chart(data, folder / "chart.png")
+    write_charts(data, folder)
     (folder / "report.md").write_text(to_markdown(data))

@@ -85,6 +85,7 @@ class Row:
     sweep: bool = False  # a point added by the sweep
     # evaluation
     scores: dict[str, float | None] = field(default_factory=dict)  # task -> headline metric
+    stderr: dict[str, float | None] = field(default_factory=dict)  # task -> the headline metric's standard error
     metrics: dict[str, dict] = field(default_factory=dict)  # task -> every metric
     errors: list[str] = field(default_factory=list)
     gates: list[GateOutcome] = field(default_factory=list)
@@ -110,11 +111,12 @@ class Winner:
 
 # ---------------------------------------------------------------- scores to rows
 
-def _value(scores: dict, candidate: str, task: str, metric: str) -> float | None:
+def _value(scores: dict, candidate: str, task: str, metric: str, key: str = "value") -> float | None:
+    """A candidate's metric on a task (`key`: "value" or "stderr"); None when missing, errored or NaN."""
     s = scores.get(candidate, {}).get(task)
     if s is None or s.error or metric not in s.metrics:
         return None
-    v = s.metrics[metric]["value"]
+    v = s.metrics[metric].get(key)
     return None if v is None or math.isnan(v) else float(v)
 
 
@@ -141,16 +143,18 @@ def build_rows(entries: list[Row], scores: dict, gate_config: gates_mod.GateConf
     rows = []
     for entry in entries:
         name = entry.name
-        row = replace(entry, scores={}, metrics={}, errors=[], gates=[], retention=None, mmlu_delta=None)
+        row = replace(entry, scores={}, stderr={}, metrics={}, errors=[], gates=[], retention=None, mmlu_delta=None)
         if entry.error is None and name in scores:
             for task in tasks:
                 row.scores[task] = _value(scores, name, eval_names[task], headline[task])
+                row.stderr[task] = _value(scores, name, eval_names[task], headline[task], "stderr")
                 s = scores[name][eval_names[task]]
                 row.metrics[task] = {m: v["value"] for m, v in s.metrics.items()}
                 if s.error:
                     row.errors.append(f"{task}: {s.error}")
             if has_mmlu:
                 row.scores[MMLU] = _value(scores, name, MMLU, "acc")
+                row.stderr[MMLU] = _value(scores, name, MMLU, "acc", "stderr")
                 if scores[name][MMLU].error:
                     row.errors.append(f"mmlu: {scores[name][MMLU].error}")
         mine = [g for g in results if g.candidate == name]

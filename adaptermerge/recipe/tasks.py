@@ -4,20 +4,25 @@ A built-in task is scored on its eval split, or on a subset of it (`docs:`), or 
 a user task on its `data:` file or its `dev:` file. Every subset and every dev split is written
 as a user task (JSONL chat records, scored exactly as the task itself is) named
 `<task>[_dev][_first<n>]`, so the results cache tells them apart. MMLU takes its split from the
-evaluation settings (its test or dev questions).
+evaluation settings (its test or dev questions), and its questions the way `eval` takes them: a
+local copy when given (the `mmlu_data` option, else $ADAPTERMERGE_MMLU_DATA), else the hub
+(`mmlu_source`). When neither can be read, MMLU is not scored, the run says so in a warning at the
+top of its report, and each of MMLU's gates fails for every model (`fail_unscored`): gates fail closed.
 """
 
 from __future__ import annotations
 
 import math
-import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..chat.data import DATA_SEED, build_records
 from ..chat.records import read_jsonl, write_jsonl
+from ..errors import AdapterMergeError
 from ..evalsuite import gates as gates_mod
+from ..evalsuite import mmlu as mmlu_mod
 from ..evalsuite.taskdata import BUILTIN_TASKS, MAX_GEN_TOKS
+from .rows import GateOutcome, Row
 from .schema import MMLU, Recipe
 
 
@@ -31,14 +36,15 @@ class Plan:
     has_mmlu: bool
 
 
-def plan(recipe: Recipe, quick: bool, mmlu_data: str | None) -> Plan:
+def plan(recipe: Recipe, quick: bool, mmlu_source: str | None) -> Plan:
+    """`mmlu_source`: where MMLU's questions come from (`mmlu_source`), None when they cannot be read."""
     docs = dict(recipe.eval.docs or {})
     if quick and recipe.quick.docs is not None and not recipe.eval.docs:
         docs = dict(recipe.quick.docs)
     return Plan(docs=docs,
                 mmlu_limit=recipe.quick.mmlu_limit if quick else recipe.eval.mmlu_limit,
                 mmlu_subjects=recipe.quick.mmlu_subjects if quick else recipe.eval.mmlu_subjects,
-                has_mmlu=MMLU in recipe.tasks and mmlu_data is not None)
+                has_mmlu=MMLU in recipe.tasks and mmlu_source is not None)
 
 
 def scored_tasks(recipe: Recipe) -> list[str]:
@@ -100,11 +106,47 @@ def gate_config(recipe: Recipe, docs: dict[str, int], data_dir: Path, split: str
     return out
 
 
-def default_mmlu_data(repo: Path | None = None) -> str | None:
-    """$ADAPTERMERGE_MMLU_DATA, else ../shared/data/mmlu beside the repository when it exists."""
-    env = os.environ.get("ADAPTERMERGE_MMLU_DATA")
-    if env:
-        return env
-    repo = repo or Path(__file__).resolve().parents[2]
-    shared = repo.parent / "shared" / "data" / "mmlu"
-    return str(shared) if (shared / "test").is_dir() else None
+def mmlu_source(mmlu_data: str | None, splits: tuple[str, ...] = ("test", "dev")) -> tuple[str | None, str | None]:
+    """(where MMLU's questions come from, why they cannot be read): the local copy (`mmlu_data`, else
+    $ADAPTERMERGE_MMLU_DATA) when given, else the hub's cais/mmlu when its `splits` load (downloaded
+    once into the datasets cache); (None, the reason) when they do not. A local folder in the wrong
+    layout is bad input and raises."""
+    local = mmlu_mod.resolve_data_dir(mmlu_data)
+    if local is not None:
+        return str(local), None
+    try:
+        for split in splits:
+            mmlu_mod.read_hub(split)
+    except AdapterMergeError as exc:
+        return None, str(exc)
+    except ImportError as exc:  # `datasets` comes with the eval extra
+        return None, f"cannot load {mmlu_mod.HUB_ID}: {exc}"
+    return mmlu_mod.HUB_ID, None
+
+
+def unscored_warning(reason: str, recipe: Recipe) -> str:
+    """The report's warning when MMLU could not be scored."""
+    rules = [g.describe() for g in recipe.gates.gates if g.task == MMLU]
+    return (f"MMLU was NOT scored: no local copy (--mmlu-data DIR or $ADAPTERMERGE_MMLU_DATA) and the hub failed ({reason}). "
+            + (f"Its gate{'s' if len(rules) > 1 else ''} ({'; '.join(rules)}) fail{'' if len(rules) > 1 else 's'} for every model, so no merge passes."
+               if rules else "The table has no MMLU column."))
+
+
+def fail_unscored(rows: list[Row], recipe: Recipe, reason: str) -> list[Row]:
+    """`rows` with each of MMLU's gates failed on every evaluated row, saying why (MMLU was not
+    scored): the gates check fails such a gate already ("not evaluated"); this names the reason,
+    and adds the gate where a row lacks it."""
+    rules = {g.describe(): g for g in recipe.gates.gates if g.task == MMLU}
+    if not rules:
+        return rows
+    detail = f"not scored: {reason}"
+    out = []
+    for r in rows:
+        if not r.scores:
+            out.append(r)
+            continue
+        gates = [replace(g, passed=False, value=None, detail=detail) if g.task == MMLU else g for g in r.gates]
+        gates += [GateOutcome(g.task, g.metric, g.kind, g.threshold, rule, False, None, detail, g.reference)
+                  for rule, g in rules.items() if rule not in {x.rule for x in gates}]
+        out.append(replace(r, gates=gates, gates_passed=sum(g.passed for g in gates), gates_total=len(gates), passed=False))
+    return out
