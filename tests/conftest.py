@@ -81,3 +81,12 @@ def quant_adapters(quant_base, tmp_path_factory) -> dict[str, Path]:
         "all": make_adapter(quant_base, root / "all", seed=11, r=4, alpha=8),
         "qv": make_adapter(quant_base, root / "qv", seed=12, r=4, alpha=8, targets=["q_proj", "v_proj"]),
     }
+
+
+@pytest.fixture
+def two_threads():
+    """torch at 2 threads for the test, the caller's count back afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)

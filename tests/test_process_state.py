@@ -44,14 +44,6 @@ def test_import_and_merges_leave_the_environment_alone(adapters, tiny_base, tmp_
     assert report == {"import": [], "merge": [], "threads": 2}
 
 
-@pytest.fixture
-def two_threads():
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_a_merge_gives_back_the_callers_thread_count_and_environment(adapters, monkeypatch, two_threads, tmp_path):
     monkeypatch.setenv("ADAPTERMERGE_WORKERS", "2")
     env = dict(os.environ)

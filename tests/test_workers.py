@@ -8,14 +8,6 @@ from adaptermerge.errors import AdapterMergeError
 from adaptermerge.workers import heap_reuse, ordered_map, worker_count
 
 
-@pytest.fixture
-def two_threads():
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_ordered_map_keeps_order_reads_on_caller_and_runs_small_items_on_one_thread_each(two_threads):
     main = threading.get_ident()
     seen = {}
