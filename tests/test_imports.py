@@ -18,7 +18,7 @@ TOP = 8
 # ones; the longest matching prefix decides, and a package's __init__ sits in its package's layer.
 LAYERS = {
     # leaf utilities
-    "errors": 1, "registry": 1, "fileio": 1, "stwriter": 1, "workers": 1, "cputhreads": 1, "charts": 1,
+    "errors": 1, "registry": 1, "lazy": 1, "fileio": 1, "stwriter": 1, "workers": 1, "cputhreads": 1, "charts": 1,
     "quiet": 1, "provenance": 1, "progress": 1, "modelcard": 1, "validate": 1,
     # io and shared data
     "adapter": 2, "basemodel": 2, "base": 2, "quantization": 2, "chat": 2,

@@ -7,8 +7,9 @@ traceback and report it), 130 interrupted (SIGINT), 143 terminated (SIGTERM), 12
 Output: results (tables, verdicts, paths, --json) on stdout; progress bars, warnings and errors on
 stderr. docs/cli.md describes these conventions, default outputs and shell completion.
 
-Start-up: a command imports the api (transformers, lm-eval) when it runs (cli/startup.py); the
-method commands are built from the method registry, which imports torch
+Start-up: a command imports the api (torch, transformers, lm-eval) when it runs (cli/startup.py);
+the method commands are built from the method registry, whose modules take torch through
+adaptermerge.lazy, so `--help`, `methods` and usage errors load none of them
 (benchmarks/bench_startup.py measures the start-up time).
 
 Process-wide settings belong to this entry point, never to the library: `main` puts large CPU

@@ -24,8 +24,7 @@ from __future__ import annotations
 
 import enum
 
-import torch
-
+from ..lazy import torch
 from . import backends, math
 
 BLOCK_ENTRIES = 1 << 20

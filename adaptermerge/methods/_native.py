@@ -26,9 +26,8 @@ import tempfile
 import threading
 from pathlib import Path
 
-import torch
-
 from ..base import cache_dir
+from ..lazy import torch
 
 log = logging.getLogger(__name__)
 

@@ -26,8 +26,7 @@ import logging
 import os
 import sys
 
-import torch
-
+from ..lazy import torch
 from . import _native, math
 
 log = logging.getLogger(__name__)

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass, field
-from typing import ClassVar, Protocol
+from typing import TYPE_CHECKING, ClassVar, Protocol
 
-import torch
-
-from ..adapter import LoraFactors
 from ..errors import AdapterMergeError
+from ..lazy import torch
+
+if TYPE_CHECKING:  # the registry describes methods without loading adapters (or torch)
+    from ..adapter import LoraFactors
 
 
 @dataclass

@@ -29,9 +29,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable
 
-import torch
-
 from ..errors import AdapterMergeError
+from ..lazy import torch
 from . import backends, math
 from .base import ModuleResult, check_density, param, present
 

@@ -29,9 +29,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 from ..errors import AdapterMergeError
+from ..lazy import torch
 from ._chunked import Combine, Sparsify, sparse_merge
 from .base import ModuleResult, check_choice, check_density, normalized, param
 from .math import row_norm

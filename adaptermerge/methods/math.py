@@ -21,7 +21,7 @@ Conventions:
 
 from __future__ import annotations
 
-import torch
+from ..lazy import torch
 
 # Floor of the TIES divisor: where no adapter agrees the numerator is 0 and so is the result.
 DIVISOR_FLOOR = 1e-30

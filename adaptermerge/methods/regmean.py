@@ -27,11 +27,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
-from .. import calibration
-from ..adapter import Adapter, LoraFactors
 from ..errors import AdapterMergeError
+from ..lazy import torch
 from .base import MergeContext, ModuleResult, param
 
 # Above this input width the S solve runs in float32 (a float64 14336 x 14336 matrix is 1.6 GB).
@@ -126,6 +123,8 @@ class RegMean:
 
     def prepare(self, plan):
         """Each adapter's calibration Grams (computed once per adapter and records, then cached)."""
+        from .. import calibration  # a merge's work: describing the method must not load models or torch
+
         if any(w < 0 for w in plan.weights) or not any(w > 0 for w in plan.weights):
             raise AdapterMergeError(f"regmean weights weigh each adapter's inputs: expected non-negative weights, not all zero, got {plan.weights}")
         files = [f.strip() for f in plan.params.calib.split(",")] if plan.params.calib else None
@@ -140,6 +139,8 @@ class RegMean:
 
     def _merged_adapter(self, plan, store):
         """The merge with `store`'s Grams, in memory (its terms side by side, scale 1)."""
+        from ..adapter import Adapter, LoraFactors
+
         factors = {}
         for module in plan.modules:
             inputs = [a.factors(module) if module in a.specs else None for a in plan.adapters]

@@ -22,8 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
+from ..lazy import torch
 from ._chunked import THRESHOLDS, Combine, Sparsify, sparse_merge
 from .base import ModuleResult, check_choice, check_density, normalized, param
 

@@ -48,3 +48,23 @@ def test_a_piped_eval_log_has_no_carriage_returns(tiny_model, tmp_path):
     assert done.returncode == 0, done.stderr.decode()[-2000:]
     assert b"\r" not in done.stderr, done.stderr.decode()[-2000:]
     assert b"evaluating" in done.stderr and b"adaptermerge eval" in done.stdout  # progress on stderr, results on stdout
+
+
+def test_the_commands_that_answer_at_once_import_no_torch():
+    """`--help`, `methods` and usage errors are read off the method registry without torch (about a
+    second of import): the method modules take torch through adaptermerge.lazy. The same process then
+    merges, so the stand-in must hand over the real module when work starts."""
+    script = (
+        "import sys\n"
+        "from adaptermerge.cli.main import cli\n"
+        "from adaptermerge.cli import catalog\n"
+        "from adaptermerge.methods import METHODS\n"
+        "assert catalog.METHODS and 'ties' in METHODS\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers', 'peft', 'safetensors', 'lm_eval'))\n"
+        "assert not heavy, heavy\n"
+        "from adaptermerge.lazy import torch\n"
+        "t = torch.ones(3)\n"
+        "assert 'torch' in sys.modules and isinstance(t, sys.modules['torch'].Tensor)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
