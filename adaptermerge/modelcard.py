@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 
-TAGS = ("adaptermerge", "merge", "lora")
+TAGS = ("adaptermerge", "merge", "lora")  # a merge's; a model only quantized carries the first
 
 
 def _yaml_string(value) -> str:
@@ -28,6 +28,14 @@ def _cell(value) -> str:
     return " ".join(str(value).split()).replace("|", "\\|")
 
 
+SCHEME_TAGS = {"nf4": ("bitsandbytes", "4-bit", "nf4"), "int8": ("bitsandbytes", "8-bit", "int8")}
+
+
+def _quantization(meta: dict) -> dict:
+    quant = meta.get("quantization")
+    return quant if isinstance(quant, dict) else {}
+
+
 def front_matter(meta: dict) -> str:
     """The YAML block the hub renders: base model, library (peft for an adapter) and tags."""
     lines = ["---"]
@@ -35,7 +43,8 @@ def front_matter(meta: dict) -> str:
         lines.append(f"base_model: {_yaml_string(meta['base_model'])}")
     lines.append(f"library_name: {'peft' if meta.get('output') == 'adapter' else 'transformers'}")
     lines.append("tags:")
-    lines += [f"- {tag}" for tag in TAGS]
+    merged = ("merge", "lora") if meta.get("method") else ()
+    lines += [f"- {tag}" for tag in (TAGS[0], *merged, *SCHEME_TAGS.get(_quantization(meta).get("scheme"), ()))]
     lines.append("---")
     return "\n".join(lines)
 
@@ -70,38 +79,70 @@ def _summary(meta: dict) -> list[str]:
     return lines
 
 
+def _quantization_lines(quant: dict) -> list[str]:
+    """What re-quantizing did and cost, from quantization.quantize_model's report entry."""
+    size = quant.get("size_bytes") or {}
+    lines = [f"- scheme: {quant.get('scheme')} (bitsandbytes {quant.get('bitsandbytes', '?')})"
+             + (f", blocksize {quant['blocksize']}, double quantization" if quant.get("double_quant") else ""),
+             f"- compute dtype (the layers left unquantized are stored in it): {quant.get('compute_dtype')}"]
+    if size.get("before") and size.get("after"):
+        lines.append(f"- weights: {size['before'] / 2**20:.1f} MiB before, {size['after'] / 2**20:.1f} MiB after")
+    if quant.get("quantized_layers"):
+        lines.append(f"- relative weight error over {quant['quantized_layers']} layers: mean {_number(quant.get('mean_layer_error'))}, "
+                     f"max {_number(quant.get('max_layer_error'))}")
+    kl = quant.get("kl")
+    if isinstance(kl, dict) and kl.get("mean") is not None:
+        lines.append(f"- next-token KL against the full-precision model: mean {_number(kl['mean'])}"
+                     + (f", max {_number(kl['max'])}" if kl.get("max") is not None else ""))
+    return lines
+
+
 def model_card(meta: dict) -> str:
-    """The README.md text for an output whose provenance is `meta`."""
+    """The README.md text for an output whose provenance is `meta` (a merge's, a quantized model's,
+    or both)."""
     output = meta.get("output", "adapter")
-    method = meta.get("method", "?")
+    method = meta.get("method")
+    quant = _quantization(meta)
     what = "LoRA adapter" if output == "adapter" else "model"
     base = meta.get("base_model")
-    lines = [front_matter(meta), "", f"# Merged {what}: {method}", ""]
-    lines.append(f"This {what} was made with adaptermerge from "
-                 f"{len(meta.get('inputs') or [])} LoRA adapters with the `{method}` method"
-                 + (f", on base model `{base}`." if base else "."))
+    scheme = f" ({quant['scheme'].upper()})" if quant.get("scheme") else ""
+    if method:
+        lines = [front_matter(meta), "", f"# Merged {what}: {method}{scheme}", ""]
+        lines.append(f"This {what} was made with adaptermerge from "
+                     f"{len(meta.get('inputs') or [])} LoRA adapters with the `{method}` method"
+                     + (f", on base model `{base}`" if base else "")
+                     + (", then quantized with bitsandbytes." if quant else "."))
+    else:
+        lines = [front_matter(meta), "", f"# Quantized model{scheme}", ""]
+        lines.append(f"This model is `{quant.get('source', '?')}`, quantized with adaptermerge and bitsandbytes.")
     lines.append("")
+    if quant:
+        lines.append("It loads quantized as saved (config.json carries its quantization_config); bitsandbytes must be installed.")
+        lines.append("")
     if output == "adapter":
         lines += ["Load it with PEFT:", "", "```python", "from peft import AutoPeftModelForCausalLM", "",
                   'model = AutoPeftModelForCausalLM.from_pretrained("path/to/this/folder")', "```", ""]
     else:
         lines += ["Load it with transformers:", "", "```python", "from transformers import AutoModelForCausalLM", "",
                   'model = AutoModelForCausalLM.from_pretrained("path/to/this/folder")', "```", ""]
-    lines += ["## Inputs", "", *_inputs_table(meta), ""]
-    lines += ["## Method", "", f"- method: `{method}`"]
-    params = meta.get("params") or {}
-    if params:
-        lines.append("- parameters: " + ", ".join(f"{k}={_number(v)}" for k, v in params.items()))
-    for key, label in (("seed", "seed"), ("rank", "rank"), ("dtype", "dtype"), ("device", "device")):
-        if meta.get(key) is not None:
-            lines.append(f"- {label}: {meta[key]}")
-    onto = meta.get("merge_onto")
-    if isinstance(onto, dict) and onto.get("merge_onto"):
-        lines.append(f"- merged onto: {onto['merge_onto']}")
-    lines.append("")
-    summary = _summary(meta)
-    if summary:
-        lines += ["## Per-module error", "", *summary, ""]
+    if method:
+        lines += ["## Inputs", "", *_inputs_table(meta), ""]
+        lines += ["## Method", "", f"- method: `{method}`"]
+        params = meta.get("params") or {}
+        if params:
+            lines.append("- parameters: " + ", ".join(f"{k}={_number(v)}" for k, v in params.items()))
+        for key, label in (("seed", "seed"), ("rank", "rank"), ("dtype", "dtype"), ("device", "device")):
+            if meta.get(key) is not None:
+                lines.append(f"- {label}: {meta[key]}")
+        onto = meta.get("merge_onto")
+        if isinstance(onto, dict) and onto.get("merge_onto"):
+            lines.append(f"- merged onto: {onto['merge_onto']}")
+        lines.append("")
+        summary = _summary(meta)
+        if summary:
+            lines += ["## Per-module error", "", *summary, ""]
+    if quant:
+        lines += ["## Quantization", "", *_quantization_lines(quant), ""]
     versions = meta.get("versions") or {}
     if versions:
         lines += ["## Provenance", "",

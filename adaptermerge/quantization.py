@@ -35,6 +35,7 @@ import torch
 
 from .errors import AdapterMergeError
 from .fileio import atomic_dir, check_destination, hf_folder, read_json_object, safetensors_weights
+from .modelcard import model_card
 from .progress import StageProgress
 from .validate import quote
 
@@ -378,7 +379,11 @@ def quantize_model(
             "size_bytes": {"before": weights_size(model_dir), "after": weights_size(tmp)},
             **report,
         }
-        write_report(tmp, entry, previous=model_dir / REPORT_NAME)
+        data = write_report(tmp, entry, previous=model_dir / REPORT_NAME)
+        # A merge's card gains a quantization section; a model only quantized names its source.
+        card = {"output": "model", **data}
+        card.setdefault("base_model", entry["source"])
+        (tmp / "README.md").write_text(model_card(card))
     return entry
 
 

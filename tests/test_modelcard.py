@@ -75,3 +75,20 @@ def test_the_card_is_written_with_the_weights_or_not_at_all(adapters, tmp_path, 
     merged.save(tmp_path / "m")
     assert {p.name for p in (tmp_path / "m").iterdir()} == {"adapter_config.json", "adapter_model.safetensors", "adaptermerge.json",
                                                            "README.md"}
+
+
+def test_a_merge_quantized_after_keeps_its_card_and_gains_the_quantization():
+    meta = {"output": "model", "method": "ties", "base_model": "org/base", "params": {"density": 0.2}, "weights": [1.0, 1.0],
+            "inputs": [{"path": "a", "sha256": "a" * 64}, {"path": "b", "sha256": "b" * 64}], "summary": {},
+            "quantization": {"scheme": "nf4", "double_quant": True, "blocksize": 64, "compute_dtype": "bfloat16",
+                             "bitsandbytes": "0.49", "size_bytes": {"before": 4 * 2**20, "after": 2**20},
+                             "quantized_layers": 14, "mean_layer_error": 0.09, "max_layer_error": 0.1,
+                             "kl": {"mean": 0.02, "max": 0.5}}}
+    card = model_card(meta)
+    assert _front_matter(card)["tags"] == ["adaptermerge", "merge", "lora", "bitsandbytes", "4-bit", "nf4"]
+    assert "# Merged model: ties (NF4)" in card and "then quantized with bitsandbytes" in card
+    assert "density=0.2" in card and "`" + "a" * 64 + "`" in card
+    assert "blocksize 64, double quantization" in card and "4.0 MiB before, 1.0 MiB after" in card
+    assert "over 14 layers: mean 0.09, max 0.1" in card and "mean 0.02, max 0.5" in card
+    plain = model_card({k: v for k, v in meta.items() if k != "quantization"})
+    assert "Quantization" not in plain and "(NF4)" not in plain and _front_matter(plain)["tags"][-1] == "lora"

@@ -7,6 +7,7 @@ import math
 import sys
 
 import pytest
+import yaml
 import torch
 
 bnb = pytest.importorskip("bitsandbytes")
@@ -235,3 +236,15 @@ def test_roundtrip_on_cuda_equals_cpu(scheme):
     on_cuda = q.roundtrip(weight.cuda(), scheme)
     assert on_cuda.is_cuda
     torch.testing.assert_close(on_cuda.cpu(), q.roundtrip(weight, scheme), rtol=0, atol=1e-6)
+
+
+def test_the_quantized_folder_has_a_card_with_what_quantizing_cost(quantized, tiny_dir):
+    scheme, out, entry = quantized
+    card = (out / "README.md").read_text()
+    head = yaml.safe_load(card[4:].partition("\n---\n")[0])
+    assert head["library_name"] == "transformers" and head["base_model"] == str(tiny_dir)
+    assert {"adaptermerge", "bitsandbytes", "4-bit" if scheme == "nf4" else "8-bit"} <= set(head["tags"])
+    assert "merge" not in head["tags"]  # this input was not a merge made here
+    assert f"# Quantized model ({scheme.upper()})" in card and "## Quantization" in card
+    assert f"mean {entry['mean_layer_error']:g}, max {entry['max_layer_error']:g}" in card
+    assert f"mean {entry['kl']['mean']:g}" in card
