@@ -194,8 +194,9 @@ def load_tokenizer(name: str | None = None):
     return AutoTokenizer.from_pretrained(resolve_base(name))
 
 
-def load_model(name: str | None = None, *, dtype=None, quantization: str | None = None, device: str = "cpu"):
-    """Load the base as a causal LM. quantization: None, "nf4" (double quantization) or "int8"."""
+def load_model(name: str | None = None, *, dtype=None, quantization: str | None = None, device: str = "cpu", fsdp: bool = False):
+    """Load the base as a causal LM. quantization: None, "nf4" (double quantization) or "int8".
+    fsdp: NF4 weights stored in `dtype` and left on the CPU for FSDP to shard and place (FSDP-QLoRA)."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -209,12 +210,14 @@ def load_model(name: str | None = None, *, dtype=None, quantization: str | None 
                 bnb_4bit_quant_type="nf4",
                 bnb_4bit_use_double_quant=True,
                 bnb_4bit_compute_dtype=dtype or torch.float32,
+                **({"bnb_4bit_quant_storage": dtype or torch.float32} if fsdp else {}),
             )
         elif quantization == "int8":
             kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
         else:
             raise AdapterMergeError(f"unknown quantization {quantization!r}: expected nf4 or int8")
-        kwargs["device_map"] = {"": device}
+        if not fsdp:
+            kwargs["device_map"] = {"": device}
     # use_safetensors: transformers would otherwise fall back to a pytorch_model.bin pickle.
     model = AutoModelForCausalLM.from_pretrained(resolve_base(name), use_safetensors=True, **kwargs)
     if quantization is None and device != "cpu":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import click
@@ -90,11 +91,14 @@ def train_cmd(task, data, base, output, max_steps, epochs, lr, rank, alpha, targ
     ).resolved()  # every check, before the progress bar appears
     columns = [TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn()]
-    with Progress(*columns, console=Console(stderr=True), transient=False) as bar:
+    # Under `accelerate launch` or torchrun every process runs this command; the first one reports.
+    main_process = os.environ.get("RANK", "0") == "0"
+    with Progress(*columns, console=Console(stderr=True), transient=False, disable=not main_process) as bar:
         job = bar.add_task(f"train {task}", total=None, loss="-")
 
         def progress(step: int, total: int, loss: float) -> None:
             bar.update(job, completed=step, total=total, loss=f"{loss:.3f}")
 
         path = api.train(config, progress=progress)
-    click.echo(str(path))
+    if main_process:
+        click.echo(str(path))

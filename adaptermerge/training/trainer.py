@@ -20,10 +20,12 @@ import math
 import random
 import re
 import shutil
+import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from .. import base as base_mod
 from .. import cputhreads
@@ -255,20 +257,20 @@ def _full_precision_base(cfg: TrainConfig):
     return base_mod.load_adapter(model, cfg.on_top_of).merge_and_unload()
 
 
-def _load_base(cfg: TrainConfig, scratch: Path):
+def _load_base(cfg: TrainConfig, scratch: Path, device: str = "cpu", fsdp: bool = False):
     import torch  # heavy: imported when a run starts, not with the module
 
     quantization = "nf4" if cfg.qlora else None
     dtype = getattr(torch, cfg.compute_dtype)
     if cfg.on_top_of is None:
-        return base_mod.load_model(cfg.base, dtype=dtype, quantization=quantization)
+        return base_mod.load_model(cfg.base, dtype=dtype, quantization=quantization, device=device, fsdp=fsdp)
     merged = _full_precision_base(cfg)  # merged in float32, then cast or quantized
     if not cfg.qlora:
         return merged.to(dtype)
     folder = scratch / "merged-base"
     merged.save_pretrained(folder)
     del merged
-    return base_mod.load_model(str(folder), dtype=dtype, quantization=quantization)
+    return base_mod.load_model(str(folder), dtype=dtype, quantization=quantization, device=device, fsdp=fsdp)
 
 
 def _peft_model(model, cfg: TrainConfig):
@@ -290,8 +292,8 @@ def _peft_model(model, cfg: TrainConfig):
     return get_peft_model(model, config)
 
 
-def reply_loss(model, batch: dict):
-    """Mean next-token cross-entropy over the reply tokens.
+def reply_loss(model, batch: dict, reduction: str = "mean"):
+    """Next-token cross-entropy over the reply tokens: their mean, or their sum (reduction="sum").
 
     Logits are computed only at positions whose next token carries a label: the output projection
     (49k x 576 for SmolLM2) over every prompt position would be a fifth of the step's compute for
@@ -301,13 +303,14 @@ def reply_loss(model, batch: dict):
 
     lm = model.get_base_model()
     if getattr(lm.config, "final_logit_softcapping", None) or not hasattr(lm, "get_decoder"):
-        return model(**batch).loss
+        loss = model(**batch).loss  # the mean
+        return loss * (batch["labels"][:, 1:] != IGNORE).sum() if reduction == "sum" else loss
     hidden = lm.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
     hidden = hidden.last_hidden_state[:, :-1]  # [batch, seq-1, hidden]: position t predicts token t+1
     labels = batch["labels"][:, 1:]  # [batch, seq-1]
     keep = labels != IGNORE
     logits = lm.get_output_embeddings()(hidden[keep])  # [n_reply_tokens, vocab]
-    return F.cross_entropy(logits.float(), labels[keep])
+    return F.cross_entropy(logits.float(), labels[keep], reduction=reduction)
 
 
 # ---------------------------------------------------------------- the run
@@ -354,72 +357,110 @@ def _train(cfg: TrainConfig, progress: ProgressFn | None) -> Path:
         total = min(total, math.ceil(cfg.epochs * steps_per_epoch))
     warmup = max(1, round(cfg.warmup_fraction * total))
 
-    with atomic_dir(out, force=cfg.force, inputs=inputs) as tmp:
+    from . import distributed  # accelerate and torch: when a run starts
+
+    acc = distributed.make_accelerator()
+    world, rank = acc.num_processes, acc.process_index
+    distributed.check_batch(cfg.batch_size, world)
+    fsdp = cfg.qlora and distributed.quant_storage(acc.distributed_type)
+    # The main process writes the adapter (atomically); the others only need scratch space.
+    with (atomic_dir(out, force=cfg.force, inputs=inputs) if acc.is_main_process else _scratch(out)) as tmp:
         anchors = None
         fingerprint = base_fingerprint(cfg.base)  # hashes the weights of a non-embedded base: once
         if n_anchor:
-            anchor_list, anchors = anchor_rows(cfg, tokenizer, n_anchor, fingerprint["sha256"])
+            with acc.main_process_first():  # the main process generates the replies; the others read its cache
+                anchor_list, anchors = anchor_rows(cfg, tokenizer, n_anchor, fingerprint["sha256"])
             rows = rows + anchor_list
             log.info("%d anchor rows (%d distinct prompts) in %.0f s", len(anchor_list), anchors["unique_prompts"],
                      time.time() - started)
         torch.manual_seed(cfg.seed)
-        model = _peft_model(_load_base(cfg, tmp), cfg)
+        model = _peft_model(_load_base(cfg, tmp, str(acc.device), fsdp), cfg)
         model.train()
         params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        loss_module, optimizer = acc.prepare(distributed.ReplyLoss(model, reply_loss),
+                                             torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay))
+        params = [p for p in loss_module.parameters() if p.requires_grad]  # as wrapped (FSDP flattens them)
         losses: list[float] = []
         epoch_losses: dict[int, list[float]] = {}
         long_rows = frozenset(i for i, (ids, _) in enumerate(rows) if len(ids) > cfg.max_length)
         for step, (epoch, idx) in enumerate(batch_order(len(rows), cfg.batch_size, total, cfg.seed, long_rows)):
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, total, cfg.lr, warmup)
-            loss = reply_loss(model, collate([rows[i] for i in idx], pad_id))
-            if not torch.isfinite(loss):
-                raise AdapterMergeError(f"the loss became {loss.item()} at step {step + 1}: lower --lr (now {cfg.lr})")
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            mine = distributed.shard(idx, rank, world)
+            tokens = sum(distributed.reply_tokens(rows[i]) for i in idx)  # of the global batch: the same everywhere
+            # A process left without rows (a last batch smaller than the world) still runs a
+            # forward and backward, weighted 0, because DDP reduces gradients across all of them.
+            summed = loss_module(_to(collate([rows[i] for i in (mine or idx[:1])], pad_id), acc.device))
+            loss = summed * (world / tokens if mine else 0.0)
+            acc.backward(loss)
+            step_loss = (acc.reduce(loss.detach(), "sum") / world).item()  # the global batch's mean token loss
+            if not math.isfinite(step_loss):
+                raise AdapterMergeError(f"the loss became {step_loss} at step {step + 1}: lower --lr (now {cfg.lr})")
+            acc.clip_grad_norm_(params, cfg.grad_clip)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            losses.append(loss.item())
+            losses.append(step_loss)
             epoch_losses.setdefault(epoch, []).append(losses[-1])
-            if progress is not None:
+            if progress is not None and acc.is_main_process:
                 progress(step + 1, total, losses[-1])
             if (step + 1) % 10 == 0 or step + 1 == total:
                 log.info("step %d/%d loss %.4f (%.0f s)", step + 1, total, losses[-1], time.time() - started)
-        model.save_pretrained(tmp)  # before the merged base goes: PEFT reads its config while saving
-        shutil.rmtree(tmp / "merged-base", ignore_errors=True)
-        _fix_adapter_config(tmp, cfg)
-        summary = {
-            "task": cfg.task,
-            "base": {"id": base_mod.base_id(cfg.base), **fingerprint},
-            "quantization": "nf4" if cfg.qlora else None,
-            "compute_dtype": cfg.compute_dtype,
-            "adapter_type": "dora" if cfg.dora else "lora",
-            "on_top_of": str(Path(cfg.on_top_of).resolve()) if cfg.on_top_of is not None else None,
-            "data": {**source, "rows": len(records), "rows_used": task_rows, "rows_dropped_too_long": truncated,
-                     "anchors": anchors},
-            "hyperparameters": {
-                "max_steps": cfg.max_steps, "epochs": cfg.epochs, "steps": total, "steps_per_epoch": steps_per_epoch,
-                "lr": cfg.lr, "anchor_fraction": cfg.anchor_fraction, "anchor_tasks": list(cfg.anchor_tasks), "rank": cfg.rank, "alpha": cfg.alpha, "targets": list(cfg.targets),
-                "batch_size": cfg.batch_size, "max_length": cfg.max_length, "dropout": cfg.dropout,
-                "weight_decay": cfg.weight_decay, "warmup_steps": warmup, "schedule": "linear warmup, linear decay to 0",
-                "grad_clip": cfg.grad_clip, "optimizer": "AdamW",
-            },
-            "seed": cfg.seed,
-            "loss": {
-                "final": losses[-1],
-                "final_mean_last_10": sum(losses[-10:]) / len(losses[-10:]),
-                "per_epoch": [sum(v) / len(v) for _, v in sorted(epoch_losses.items())],
-                "per_step": losses,
-            },
-            "wall_time_s": round(time.time() - started, 2),
-            # CPU seconds of this process (all threads): a contention-free measure of the work.
-            "cpu_time_s": round(time.process_time() - cpu_started, 2),
-            "threads": cfg.threads,
-            "versions": provenance.package_versions(),
-        }
-        (tmp / "training.json").write_text(json.dumps(summary, indent=2) + "\n")
+        acc.wait_for_everyone()
+        model = acc.unwrap_model(loss_module).model
+        if acc.is_main_process:
+            model.save_pretrained(tmp)  # before the merged base goes: PEFT reads its config while saving
+            shutil.rmtree(tmp / "merged-base", ignore_errors=True)
+            _fix_adapter_config(tmp, cfg)
+            summary = {
+                "task": cfg.task,
+                "base": {"id": base_mod.base_id(cfg.base), **fingerprint},
+                "quantization": "nf4" if cfg.qlora else None,
+                "compute_dtype": cfg.compute_dtype,
+                "adapter_type": "dora" if cfg.dora else "lora",
+                "on_top_of": str(Path(cfg.on_top_of).resolve()) if cfg.on_top_of is not None else None,
+                "data": {**source, "rows": len(records), "rows_used": task_rows, "rows_dropped_too_long": truncated,
+                         "anchors": anchors},
+                "hyperparameters": {
+                    "max_steps": cfg.max_steps, "epochs": cfg.epochs, "steps": total, "steps_per_epoch": steps_per_epoch,
+                    "lr": cfg.lr, "anchor_fraction": cfg.anchor_fraction, "anchor_tasks": list(cfg.anchor_tasks), "rank": cfg.rank, "alpha": cfg.alpha, "targets": list(cfg.targets),
+                    "batch_size": cfg.batch_size, "max_length": cfg.max_length, "dropout": cfg.dropout,
+                    "weight_decay": cfg.weight_decay, "warmup_steps": warmup, "schedule": "linear warmup, linear decay to 0",
+                    "grad_clip": cfg.grad_clip, "optimizer": "AdamW",
+                },
+                "seed": cfg.seed,
+                "loss": {
+                    "final": losses[-1],
+                    "final_mean_last_10": sum(losses[-10:]) / len(losses[-10:]),
+                    "per_epoch": [sum(v) / len(v) for _, v in sorted(epoch_losses.items())],
+                    "per_step": losses,
+                },
+                "wall_time_s": round(time.time() - started, 2),
+                # CPU seconds of this process (all threads): a contention-free measure of the work.
+                "cpu_time_s": round(time.process_time() - cpu_started, 2),
+                "threads": cfg.threads,
+                "processes": {"world_size": world, "distributed_type": str(acc.distributed_type).rsplit(".", 1)[-1],
+                              "global_batch": cfg.batch_size, "rows_per_process": math.ceil(cfg.batch_size / world)},
+                "versions": provenance.package_versions(),
+            }
+            (tmp / "training.json").write_text(json.dumps(summary, indent=2) + "\n")
+    acc.wait_for_everyone()  # the adapter is in place before any process returns
     return out
+
+
+def _to(batch: dict, device) -> dict:
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+@contextmanager
+def _scratch(out: Path) -> Iterator[Path]:
+    """A temporary folder beside `out`, removed afterwards: the working space of a process that
+    does not write the adapter."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix=f".{out.name}.rank-", dir=out.parent))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _fix_adapter_config(folder: Path, cfg: TrainConfig) -> None:
