@@ -114,8 +114,7 @@ def _scores_from_samples(spec: TaskSpec, samples: list[dict], metric_names: list
     for name in metric_names:
         values: dict[str, float] = {}
         for s in samples:
-            raw = s[name]
-            value = stats.item_value(name, raw["scores"]) if isinstance(raw, dict) else float(raw)
+            value = s.get(name)  # absent where the metric does not cover the item (tasks/utils.py)
             if value is not None:
                 values[str(s["doc_id"])] = float(value)
         mean, stderr = stats.mean_stderr(list(values.values()))
