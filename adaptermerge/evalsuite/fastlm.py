@@ -23,14 +23,20 @@ from collections import OrderedDict
 
 import torch
 import torch.nn.functional as F
-from lm_eval.api.registry import register_model
-from lm_eval.models.huggingface import HFLM
-from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs, postprocess_generated_text
-from tqdm import tqdm
 
 from ..chat.lmhead import contiguous_head_input
 from . import greedy
+from .harness import check_lm_eval_version
 from .kvcache import cache_kwargs, returned_cache
+
+# Before the imports below: on an lm-eval outside the tested range they fail with an ImportError
+# (or bind private names that changed), and this says which version is needed instead.
+check_lm_eval_version()
+
+from lm_eval.api.registry import register_model  # noqa: E402
+from lm_eval.models.huggingface import HFLM  # noqa: E402
+from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs, postprocess_generated_text  # noqa: E402
+from tqdm import tqdm  # noqa: E402
 
 Request = tuple[tuple[str, str], list[int], list[int]]  # ((context, continuation), context ids, continuation ids)
 

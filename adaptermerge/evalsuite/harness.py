@@ -9,6 +9,7 @@ results-cache key.
 from __future__ import annotations
 
 import logging
+import re
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -25,6 +26,32 @@ log = logging.getLogger(__name__)
 
 TASKS_DIR = Path(__file__).parent / "tasks"
 MMLU = "mmlu"
+
+# The lm-eval releases this code is tested on (pyproject's requirement says the same; a test
+# holds the two together). The floor: fastlm imports helpers that lm-eval 0.4.10 added, the chat
+# tasks' `description: system` names a document field only from 0.4.10 on (before, it was literal
+# text), and before 0.4.12 simple_evaluate pops "task" out of the config dicts run_specs hands it.
+# The ceiling: fastlm overrides HFLM's private `_loglikelihood_tokens`, and run_specs replaces two
+# functions inside lm_eval.evaluator; a release not tested may move them.
+LM_EVAL_RANGE = ((0, 4, 12), (0, 5))  # lowest release, first release not supported
+LM_EVAL_SPEC = ">=0.4.12,<0.5"
+
+
+def check_lm_eval_version(installed: str | None = None) -> None:
+    """Refuse an installed lm-eval outside LM_EVAL_RANGE with one line, rather than an ImportError
+    or a wrong score deep inside an evaluation. `installed`: a version string to check instead."""
+    if installed is None:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            installed = version("lm-eval")
+        except PackageNotFoundError:
+            raise AdapterMergeError(f"lm-eval is not installed: pip install 'lm-eval{LM_EVAL_SPEC}'") from None
+    match = re.match(r"(\d+)\.(\d+)(?:\.(\d+))?", installed)
+    release = tuple(int(part or 0) for part in match.groups()) if match else None
+    if release is None or not LM_EVAL_RANGE[0] <= release < LM_EVAL_RANGE[1]:
+        raise AdapterMergeError(f"lm-eval {installed} is outside the supported range {LM_EVAL_SPEC}: "
+                                f"pip install 'lm-eval{LM_EVAL_SPEC}'")
 
 
 @dataclass
@@ -114,8 +141,7 @@ def _scores_from_samples(spec: TaskSpec, samples: list[dict], metric_names: list
     for name in metric_names:
         values: dict[str, float] = {}
         for s in samples:
-            raw = s[name]
-            value = stats.item_value(name, raw["scores"]) if isinstance(raw, dict) else float(raw)
+            value = s.get(name)  # absent where the metric does not cover the item (tasks/utils.py)
             if value is not None:
                 values[str(s["doc_id"])] = float(value)
         mean, stderr = stats.mean_stderr(list(values.values()))
@@ -206,6 +232,7 @@ def run_specs(lm, specs: list[TaskSpec], *, progress=None) -> dict[str, TaskScor
 
     The chat tasks run in one lm-eval call (see groups). When that call fails, its tasks run again
     one by one, so each error names its own task."""
+    check_lm_eval_version()
     # the eval extra, heavy: only when evaluating
     import lm_eval.evaluator
     from lm_eval.tasks import TaskManager

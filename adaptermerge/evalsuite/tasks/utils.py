@@ -4,16 +4,19 @@ Datasets are built in memory by the `custom_dataset` hooks, which receive lm-eva
 as keyword arguments (`--metadata '{"seed": 0, "mmlu_limit": 10}'` on lm-eval's CLI). `seed` moves the
 MMLU sample only; the built-in tasks read the data seed training uses unless `data_seed` names
 another (the adapters must have trained on that seed's split, see EvalSettings.data_seed).
-Scores come from adaptermerge.evalsuite.metrics: `process_results` keeps each item's full score
-dict under every metric name, and the aggregations hand the list to `metrics.aggregate`, so a
-rate defined over a subset of items (safety's refusal_rate over harmful prompts) is computed there.
+Scores come from adaptermerge.evalsuite.metrics. Every metric is a mean of per-item values, so
+`process_results` gives each item's value and the YAML files aggregate with lm-eval's own `mean`:
+lm-eval then reports the standard error of that mean (for an aggregation function of its own it
+reports "N/A"). A rate defined over a subset of items (safety's refusal_rate: harmful prompts;
+benign_answer_rate: benign ones) has no value on the other items, which leave the key out: lm-eval
+averages each metric over the items that give it.
 """
 
 from __future__ import annotations
 
 import json
 
-from adaptermerge.evalsuite import metrics, mmlu, taskdata
+from adaptermerge.evalsuite import metrics, mmlu, stats, taskdata
 
 
 def _chat_dataset(task: str, kwargs: dict) -> dict:
@@ -53,40 +56,13 @@ def mmlu_letter_dataset(**kwargs) -> dict:
     return _mmlu_dataset("letter", kwargs)
 
 
-def process_results(doc: dict, results: list[str]) -> dict:
-    """{metric: {"scorer": ..., "scores": item scores}} for every metric of the document's scorer."""
+def process_results(doc: dict, results: list[str]) -> dict[str, float]:
+    """{metric: this item's value} for each metric of the document's scorer that covers the item."""
     scorer = doc["scorer"]
     scores = metrics.score(scorer, results[0], json.loads(doc["meta"]))
-    item = {"scorer": scorer, "scores": scores}
-    return {name: item for name in metrics.METRICS[scorer]}
+    values = {name: stats.item_value(name, scores) for name in metrics.METRICS[scorer]}
+    return {name: value for name, value in values.items() if value is not None}
 
 
-def _aggregate(items: list[dict], name: str) -> float:
-    return metrics.aggregate(items[0]["scorer"], [i["scores"] for i in items])[name]
-
-
-def agg_exact_match(items):
-    return _aggregate(items, "exact_match")
-
-
-def agg_parse_rate(items):
-    return _aggregate(items, "parse_rate")
-
-
-def agg_schema_valid(items):
-    return _aggregate(items, "schema_valid")
-
-
-def agg_field_accuracy(items):
-    return _aggregate(items, "field_accuracy")
-
-
-def agg_refusal_rate(items):
-    return _aggregate(items, "refusal_rate")
-
-
-def agg_benign_answer_rate(items):
-    return _aggregate(items, "benign_answer_rate")
-
-
-AGGREGATIONS = {name[len("agg_"):]: fn for name, fn in dict(globals()).items() if name.startswith("agg_")}
+# lm-eval's aggregation of each metric, by its registered name (see the module docstring).
+AGGREGATIONS = {name: "mean" for names in metrics.METRICS.values() for name in names}
