@@ -17,16 +17,28 @@ Nothing runs here: adaptermerge.api.run_merge_job does the merge.
     seed: 0
     out: merged/                       # optional: -o gives it (as mergekit's command line does)
 
-mergekit's own files run as they are: the base model may be listed among the models (it is the
-reference, not an input, and is left out), a method parameter may sit under each model's
-parameters when every model gives the same value (`density: 0.5` under each), and `int8_mask`
-(a mergekit memory option) and `normalize: true` for ties and dare_ties (what their weighted
-disjoint mean always does) are accepted.
+mergekit's own files run as they are, with mergekit's meaning (docs/mergekit.md has the table):
+- a parameter the file leaves out takes mergekit's default, not the command's: a Params field
+  says so with `mergekit=` in its metadata (ties, dare_linear, dare_ties and breadcrumbs at
+  density 1; dare_linear and dare_ties not normalized);
+- the base model may be listed among the models (it is the reference, not an input); for linear
+  its weight counts in the normalization, as mergekit averages it in as a model;
+- a method parameter may sit under each model's parameters when every model gives the same
+  value (`density: 0.5` under each), and `weight` under the top-level parameters is every
+  model's default weight;
+- `int8_mask` (a memory option) and `rescale` at mergekit's default (true for DARE, else false)
+  change nothing; `normalize` for task_arithmetic and breadcrumbs divides the weights by their
+  sum; `out_dtype` is the output's dtype (computing is float32 here whatever `dtype` says).
+What cannot mean the same here is refused in one line: mergekit's slices, per-layer gradients
+and filters, other methods. Linear with `normalize: false` on weights that do not sum to 1 (where
+mergekit scales the base's weights too) merges the deltas, with a warning.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,14 +51,23 @@ from .model_output import check_dtype
 from .qlora import MERGE_ONTO
 from .quantization import COMPUTE_DTYPES, SCHEMES
 
+log = logging.getLogger(__name__)
+
 # key -> its other spelling (mergekit's or ours); a file gives one of the two
 _ALIASES = {"merge_method": "method", "base_model": "base", "models": "adapters", "out": "output_path"}
 _TOP_KEYS = ("merge_method", "method", "base_model", "base", "models", "adapters", "parameters", "output", "rank", "seed", "out",
-             "output_path", "device", "shard_size", "force", "check_base", "requantize", "compute_dtype", "merge_onto", "dtype")
+             "output_path", "device", "shard_size", "force", "check_base", "requantize", "compute_dtype", "merge_onto", "dtype",
+             "out_dtype")
 _MODEL_KEYS = ("model", "path", "parameters", "weight", "alpha")
-# mergekit parameters that change nothing here: int8_mask stores its masks in int8 to save memory;
-# normalize: true is what ties' and dare_ties' disjoint mean does (divide by the agreeing weights)
-_MERGEKIT_NOOPS = {"int8_mask": None, "normalize": ("ties", "dare_ties")}
+# mergekit keys and methods with no meaning for adapters merged whole in delta space
+_MERGEKIT_ONLY_KEYS = {"slices": "layer slices", "modules": "per-module definitions", "tokenizer_source": "tokenizer merging",
+                       "tokenizer": "tokenizer merging", "chat_template": "chat template"}
+MERGEKIT_ONLY_METHODS = ("slerp", "nuslerp", "multislerp", "karcher", "della", "della_linear", "breadcrumbs_ties", "sce",
+                         "model_stock", "nearswap", "arcee_fusion", "passthrough", "ram", "ramplus_tl")
+# task-arithmetic methods of mergekit without a normalize field here: a plain weighted sum, so
+# mergekit's normalize (divide by the sum of the weights) is exactly a change of the weights
+_SUM_METHODS = ("task_arithmetic", "breadcrumbs")
+_DARE = ("dare_linear", "dare_ties")
 
 OUTPUTS = ("adapter", "model")
 # options that only a full-model output takes, with their defaults
@@ -129,6 +150,8 @@ def _model(path: Path, root: Path, i: int, item, method_params: tuple[str, ...])
         raise AdapterMergeError(f"{at} needs a model (or path) entry")
     src = validate.path(src, f"{at} model", root=root)
     params = validate.mapping(item.get("parameters"), f"{at} parameters", optional=True)
+    for k, v in params.items():
+        _one_value(v, f"{at} {k}")
     extra = [k for k in params if k not in ("weight", "alpha", *method_params)]
     if extra:
         raise AdapterMergeError(f"{at} has per-model parameters {validate.listing(extra)}; only weight and alpha "
@@ -150,6 +173,10 @@ def load_merge_config(path: str | Path, *, out: str | Path | None = None, force:
     data = validate.document(read_yaml(path, "merge config"), str(path))
     if not isinstance(data, dict):
         raise AdapterMergeError(f"{path}: expected a mapping with merge_method and models, got {validate.quote(data)}")
+    for name, what in _MERGEKIT_ONLY_KEYS.items():
+        if name in data:
+            raise AdapterMergeError(f"{path}: {name} (mergekit's {what}) is not supported here: adapters merge whole "
+                                    "(models:), see docs/mergekit.md")
     validate.mapping(data, str(path), keys=_TOP_KEYS)
 
     def key(name: str) -> str:
@@ -158,6 +185,9 @@ def load_merge_config(path: str | Path, *, out: str | Path | None = None, force:
     method = _one_of(path, data, "merge_method")
     if method is None:
         raise AdapterMergeError(f"{path}: missing merge_method")
+    if isinstance(method, str) and method in MERGEKIT_ONLY_METHODS:
+        raise AdapterMergeError(f"{key('merge_method')}: {method} is a mergekit method with no delta-space form here; "
+                                f"the methods: {', '.join(METHODS)}")
     method = validate.string(method, key("merge_method"), choices=tuple(METHODS))
     items = validate.sequence(_one_of(path, data, "models"), key("models"), nonempty=True)
     root = path.parent
@@ -168,12 +198,17 @@ def load_merge_config(path: str | Path, *, out: str | Path | None = None, force:
         base = str(local) if validate.probe(local) == "folder" else base
     method_params = tuple(f.name.rstrip("_") for f in dataclasses.fields(METHODS.get(method).Params))
     inputs, weights, alphas, per_model = [], [], [], []
+    base_weight = None
     for i, item in enumerate(items):
         src, weight, alpha, extra = _model(path, root, i, item, method_params)
         if local is not None and src == local:
-            # mergekit lists the base model among the models; it is the reference, not an input
+            # mergekit lists the base model among the models; it is the reference, not an input.
+            # mergekit's linear averages it in as a model: its weight counts in the normalization.
+            if method == "linear" and weight is not None and alpha is None and not extra and base_weight is None:
+                base_weight = weight
+                continue
             if weight is not None or alpha is not None or extra:
-                raise AdapterMergeError(f"{path}: models[{i}] is the base model, which adds nothing to merge: "
+                raise AdapterMergeError(f"{path}: models[{i}] is the base model, which adds nothing to merge with {method}: "
                                         "drop its parameters (or the entry)")
             continue
         inputs.append(src)
@@ -182,6 +217,12 @@ def load_merge_config(path: str | Path, *, out: str | Path | None = None, force:
         per_model.append(extra)
     if not inputs:
         raise AdapterMergeError(f"{path}: models lists only the base model: give the adapters to merge")
+    params = dict(validate.mapping(data.get("parameters"), key("parameters"), optional=True))
+    for k, v in params.items():
+        _one_value(v, key(f"parameters.{k}"))
+    if "weight" in params:  # mergekit: a top-level parameter is every model's default
+        shared = validate.number(params.pop("weight"), key("parameters.weight"))
+        weights = [shared if w is None else w for w in weights]
     if any(w is not None for w in weights) and any(w is None for w in weights):
         raise AdapterMergeError(f"{path}: give a weight for every model or for none")
     if out is None:
@@ -189,9 +230,10 @@ def load_merge_config(path: str | Path, *, out: str | Path | None = None, force:
         if out is None:
             raise AdapterMergeError(f"{path}: missing out (the output folder), or pass -o")
         out = validate.path(out, key("out"), root=root)
-    params = dict(validate.mapping(data.get("parameters"), key("parameters"), optional=True))
-    params = _mergekit_params(path, method, params, per_model)
+    params = _lift_per_model(path, method, params, per_model)
+    params, weights = _mergekit_params(path, method, params, None if weights[0] is None else weights, len(inputs), base_weight)
     make_params(METHODS.get(method), params, where=key("parameters"), strict=True)  # checked now, with the file's name
+    dtype = data.get("out_dtype", data.get("dtype"))  # mergekit: out_dtype, else dtype, is the output's
     shard_size = data.get("shard_size", "2GB")
     if isinstance(shard_size, int) and not isinstance(shard_size, bool):
         shard_size = validate.integer(shard_size, key("shard_size"), minimum=1, maximum=2**62)  # bytes
@@ -201,7 +243,7 @@ def load_merge_config(path: str | Path, *, out: str | Path | None = None, force:
         inputs=inputs,
         out=Path(out),
         method=method,
-        weights=None if weights[0] is None else weights,
+        weights=weights,
         alphas=None if all(a is None for a in alphas) else alphas,
         params=dict(params),
         rank=validate.integer(data.get("rank"), key("rank"), minimum=1, maximum=2**31 - 1, optional=True),
@@ -216,14 +258,20 @@ def load_merge_config(path: str | Path, *, out: str | Path | None = None, force:
         requantize=validate.string(data.get("requantize"), key("requantize"), choices=SCHEMES, optional=True),
         compute_dtype=validate.string(data.get("compute_dtype", "float32"), key("compute_dtype"),
                                       choices=tuple(COMPUTE_DTYPES)),
-        dtype=None if data.get("dtype") is None else check_dtype(data["dtype"], key("dtype")),
+        dtype=None if dtype is None else check_dtype(dtype, key("out_dtype" if "out_dtype" in data else "dtype")),
     )
 
 
-def _mergekit_params(path: Path, method: str, params: dict, per_model: list[dict]) -> dict:
-    """The top-level parameters with mergekit's spellings taken in: a method parameter given under
-    every model with one value moves up (a different value per model is a one-line error: the
-    methods here take one), and the no-op options of _MERGEKIT_NOOPS are dropped when they hold."""
+def _one_value(value, where: str) -> None:
+    """A list or mapping where a number belongs is mergekit's per-layer gradient or filter list."""
+    if isinstance(value, (list, dict)):
+        raise AdapterMergeError(f"{where} must be a number, got {validate.quote(value, 40)}: mergekit's per-layer "
+                                "gradients and filters are not supported")
+
+
+def _lift_per_model(path: Path, method: str, params: dict, per_model: list[dict]) -> dict:
+    """A method parameter given under every model with one value moves up to the top-level
+    parameters (a different value per model is a one-line error: the methods here take one)."""
     for name in sorted({k for extra in per_model for k in extra}):
         values = [extra.get(name) for extra in per_model]
         if any(v is None for v in values) or any(v != values[0] for v in values):
@@ -233,15 +281,63 @@ def _mergekit_params(path: Path, method: str, params: dict, per_model: list[dict
             raise AdapterMergeError(f"{path}: parameters.{name} is {validate.quote(params[name])} but the models give "
                                     f"{validate.quote(values[0])}: give one")
         params[name] = values[0]
-    fields = {f.name.rstrip("_") for f in dataclasses.fields(METHODS.get(method).Params)}
-    for name, methods in _MERGEKIT_NOOPS.items():
-        if name not in params or name in fields:
-            continue
-        value = validate.boolean(params[name], f"{path}: parameters.{name}")
-        if methods is not None and (method not in methods or not value):
-            raise AdapterMergeError(f"{path}: parameters.{name}: {validate.quote(value)} is not supported by {method} here"
-                                    + (" (ties and dare_ties always divide by the agreeing weights: normalize: true)"
-                                       if method in methods else ""))
-        del params[name]
     return params
 
+
+def _mergekit_params(path: Path, method: str, params: dict, weights: list[float] | None, count: int,
+                     base_weight: float | None) -> tuple[dict, list[float] | None]:
+    """The parameters and weights that make this merge mergekit's: its options taken in or
+    refused, and its defaults where the file gives no value (the fields' `mergekit` metadata)."""
+    fields = {f.name.rstrip("_"): f for f in dataclasses.fields(METHODS.get(method).Params)}
+
+    def flag(name: str) -> bool:
+        return validate.boolean(params.pop(name), f"{path}: parameters.{name}")
+
+    if "int8_mask" in params and "int8_mask" not in fields:
+        flag("int8_mask")  # mergekit stores its masks in int8 to save memory: nothing to do here
+    if "rescale" in params and "rescale" not in fields:
+        if method not in (*_SUM_METHODS, "ties", *_DARE):
+            raise AdapterMergeError(f"{path}: parameters.rescale does not apply to {method}")
+        if flag("rescale") != (method in _DARE):  # mergekit's default for each: the only rescaling here
+            raise AdapterMergeError(f"{path}: parameters.rescale: {'false' if method in _DARE else 'true'} is not supported: "
+                                    f"{'DARE here always rescales the kept entries (by 1/density)' if method in _DARE else f'{method} here never rescales'}")
+    if "normalize" in params and "normalize" not in fields:
+        if method not in _SUM_METHODS:
+            raise AdapterMergeError(f"{path}: parameters.normalize does not apply to {method}")
+        if flag("normalize"):
+            weights = _normalized(path, weights or [1.0] * count)
+    for name, f in fields.items():
+        if "mergekit" in f.metadata and name not in params:
+            params[name] = f.metadata["mergekit"]
+    if method == "breadcrumbs" and params.get("density") == 1.0:
+        params["gamma"] = 0.0  # mergekit masks nothing at density 1 (its gamma then does nothing)
+    if method == "linear":
+        weights = _linear(path, params, weights, count, base_weight)
+    return params, weights
+
+
+def _normalized(path: Path, weights: list[float], what: str = "the weights") -> list[float]:
+    total = math.fsum(weights)
+    if total == 0:
+        raise AdapterMergeError(f"{path}: parameters.normalize: {what} sum to 0 and cannot be normalized")
+    return [w / total for w in weights]
+
+
+def _linear(path: Path, params: dict, weights: list[float] | None, count: int, base_weight: float | None) -> list[float] | None:
+    """mergekit's linear averages whole weights: `sum_i w_i W_i` over the models (the base, with
+    its weight, among them), divided by the weights' sum when normalize. In deltas that is
+    `W0 * sum(w) + sum_i w_i delta_i`: a delta merge only when the base's factor is 1. So the
+    base's weight is folded into the normalization. With normalize: false the merge here stays
+    `W0 + sum_i w_i delta_i`, with a warning when mergekit's would differ (weights, the base's
+    included, that do not sum to 1)."""
+    normalize = validate.boolean(params.get("normalize", True), f"{path}: parameters.normalize")
+    if not normalize:
+        total = math.fsum(weights or [1.0] * count) + (base_weight or 0.0)
+        if abs(total - 1.0) > 1e-6:
+            log.warning("%s: linear with normalize: false merges W0 + sum w_i delta_i here; mergekit would also scale the "
+                        "base's weights by the sum of the weights (%g)", path, total)
+        return weights
+    if base_weight is None:
+        return weights
+    params["normalize"] = False  # done here: the base's zero delta counts in the divisor
+    return _normalized(path, [*(weights or [1.0] * count), base_weight], "the weights (the base's included)")[:-1]

@@ -72,7 +72,24 @@ def test_a_good_file_is_typed(tmp_path):
     (dict(base_model="a", models=["a", {"model": "a", "parameters": {"weight": 1}}, "b"]),
      "models[1] is the base model, which adds nothing to merge"),
     (dict(base_model="a", models=["a"]), "models lists only the base model"),
-    (dict(parameters={"density": 0.5, "normalize": False}), "parameters.normalize: False is not supported by ties here (ties and dare_ties"),
+    (dict(merge_method="dare_ties", parameters={"rescale": False}), "parameters.rescale: false is not supported: DARE here always rescales"),
+    (dict(parameters={"rescale": True}), "parameters.rescale: true is not supported: ties here never rescales"),
+    (dict(merge_method="linear", parameters={"rescale": False}), "parameters.rescale does not apply to linear"),
+    (dict(merge_method="sequential", parameters={"normalize": True}), "parameters.normalize does not apply to sequential"),
+    (dict(merge_method="task_arithmetic", parameters={"normalize": "yes"}), "parameters.normalize must be true or false, got 'yes'"),
+    (dict(merge_method="task_arithmetic", parameters={"normalize": True},
+          models=[{"model": "a", "weight": 1}, {"model": "b", "weight": -1}]), "normalize: the weights sum to 0"),
+    (dict(merge_method="slerp"), "merge_method: slerp is a mergekit method with no delta-space form here; the methods: linear"),
+    (dict(slices=[{"sources": [{"model": "a", "layer_range": [0, 8]}]}]), "slices (mergekit's layer slices) is not supported here"),
+    (dict(tokenizer_source="union"), "tokenizer_source (mergekit's tokenizer merging) is not supported here"),
+    (dict(models=[{"model": "a", "parameters": {"density": [1, 0.7, 0.1]}}]),
+     "models[0] density must be a number, got [1, 0.7, 0.1]: mergekit's per-layer gradients and filters are not supported"),
+    (dict(models=[{"model": "a", "parameters": {"weight": [{"filter": "mlp", "value": 0.5}, {"value": 0}]}}]),
+     "models[0] weight must be a number, got [{'filter': 'mlp', 'value': 0.5}"),
+    (dict(parameters={"density": {"filter": "mlp", "value": 0.5}}), "parameters.density must be a number, got {'filter'"),
+    (dict(parameters={"weight": "x"}), "parameters.weight must be a number, got 'x'"),
+    (dict(out_dtype="float8"), "out_dtype must be one of float16, bfloat16, float32, got 'float8'"),
+    (dict(merge_method="breadcrumbs", parameters={"density": 0.95, "gamma": 0.1}), "density + gamma must be at most 1"),
     (dict(merge_method="dare_linear", parameters={"int8_mask": "yes"}), "parameters.int8_mask must be true or false, got 'yes'"),
     (dict(dtype="float8"), "dtype must be one of float16, bfloat16, float32, got 'float8'"),
     (dict(dtype=16), "dtype must be one of float16, bfloat16, float32, got 16"),
@@ -128,7 +145,7 @@ def test_a_bomb_under_a_parameter_is_one_short_line(tmp_path):
     text = "merge_method: ties\nmodels: [a]\nout: o\nparameters:\n  density: &a [x, x, x, x, x, x, x, x]\n" \
            "  lambda: &b [*a, *a, *a, *a, *a, *a, *a, *a]\n"
     message = _error(_write(tmp_path, text=text))
-    assert "parameters.density must be a number, got ['x', 'x'" in message and len(message) < 200
+    assert "parameters.density must be a number, got ['x', 'x'" in message and len(message) < 260
 
 
 def test_the_config_path_must_be_a_utf8_file(tmp_path):
@@ -207,7 +224,84 @@ def test_mergekit_spellings_are_taken_in(tmp_path):
         models=["base", {"model": "a", "parameters": {"weight": 0.6, "density": 0.5}},
                 {"model": "b", "parameters": {"weight": 0.4, "density": 0.5}}])))
     assert job.inputs == [tmp_path / "a", tmp_path / "b"] and job.weights == [0.6, 0.4]  # the base is no input
-    assert job.params == {"density": 0.5} and job.dtype == "bfloat16" and job.base == "base"
+    assert job.params == {"density": 0.5, "normalize": True} and job.dtype == "bfloat16" and job.base == "base"
+
+
+@pytest.mark.parametrize("method, given, expected", [
+    # what a file leaves out is mergekit's default (its merge_methods/registry.py and generalized_task_arithmetic.py)
+    ("ties", {}, {"density": 1.0}),
+    ("ties", {"density": 0.3, "normalize": False, "rescale": False}, {"density": 0.3, "normalize": False}),
+    ("dare_ties", {}, {"density": 1.0, "normalize": False}),
+    ("dare_ties", {"normalize": True, "density": 0.4}, {"density": 0.4, "normalize": True}),
+    ("dare_linear", {"rescale": True, "int8_mask": False}, {"density": 1.0, "normalize": False}),
+    ("breadcrumbs", {}, {"density": 1.0, "gamma": 0.0}),  # mergekit masks nothing at density 1
+    ("breadcrumbs", {"density": 0.8}, {"density": 0.8}),
+    ("task_arithmetic", {"lambda": 0.5}, {"lambda": 0.5}),
+    ("linear", {}, {}),
+    ("cat", {}, {}),
+])
+def test_a_file_takes_mergekits_defaults(tmp_path, method, given, expected):
+    from adaptermerge.methods import METHODS
+
+    job = load_merge_config(_write(tmp_path, _with(merge_method=method, parameters=given)))
+    assert job.params == expected and job.weights == [0.6, 0.4]
+    # the commands keep their own defaults: where they differ, the catalog says so
+    from adaptermerge.cli.catalog import rows
+
+    catalog = {p["name"]: p for p in next(r for r in rows(METHODS) if r["method"] == method)["parameters"]}
+    for name, value in expected.items():
+        if name not in given and not (method == "breadcrumbs" and name == "gamma"):
+            assert catalog[name]["yaml_default"] == value != catalog[name]["default"]
+
+
+def test_normalize_of_a_summing_method_divides_the_weights(tmp_path):
+    """mergekit's task_arithmetic and breadcrumbs divide the merged delta by the weights' sum when
+    normalize: true; here that is the weights divided by their sum, exactly."""
+    job = load_merge_config(_write(tmp_path, _with(merge_method="task_arithmetic", parameters={"normalize": True},
+                                                   models=[{"model": "a", "weight": 3.0}, {"model": "b", "weight": 1.0}])))
+    assert job.weights == [0.75, 0.25] and job.params == {}
+    job = load_merge_config(_write(tmp_path, _with(merge_method="breadcrumbs", parameters={"normalize": True, "density": 0.5},
+                                                   models=["a", "b"])))
+    assert job.weights == [0.5, 0.5] and job.params == {"density": 0.5}
+    job = load_merge_config(_write(tmp_path, _with(merge_method="task_arithmetic", parameters={"normalize": False})))
+    assert job.weights == [0.6, 0.4] and job.params == {}
+
+
+def test_a_top_level_weight_is_every_models_default(tmp_path):
+    job = load_merge_config(_write(tmp_path, _with(parameters={"weight": 0.5, "density": 0.5},
+                                                   models=["a", {"model": "b", "parameters": {"weight": 2.0}}])))
+    assert job.weights == [0.5, 2.0] and job.params == {"density": 0.5}
+
+
+def test_linear_counts_a_weighted_base_in_its_normalization(tmp_path):
+    """mergekit's linear averages the base in as a model: (w_b W0 + sum w_i (W0 + d_i)) / (w_b + sum w_i)
+    is W0 + sum w_i d_i / (w_b + sum w_i)."""
+    models = [{"model": "base", "weight": 2.0}, {"model": "a", "weight": 1.0}, {"model": "b", "weight": 1.0}]
+    job = load_merge_config(_write(tmp_path, _with(merge_method="linear", base_model="base", parameters=None, models=models)))
+    assert job.inputs == [tmp_path / "a", tmp_path / "b"] and job.weights == [0.25, 0.25] and job.params == {"normalize": False}
+    models = [{"model": "base", "weight": 0.5}, {"model": "a", "weight": 0.25}, {"model": "b", "weight": 0.25}]
+    job = load_merge_config(_write(tmp_path, _with(merge_method="linear", base_model="base", parameters={"normalize": False},
+                                                   models=models)))
+    assert job.weights == [0.25, 0.25] and job.params == {"normalize": False}
+
+
+def test_linear_without_normalizing_merges_deltas_and_warns_where_mergekit_differs(tmp_path, caplog):
+    """mergekit's unnormalized linear is sum_i w_i W_i = W0 * sum(w) + sum_i w_i d_i: the base is
+    scaled unless the weights (the base's included) sum to 1. Here it stays a delta merge, said."""
+    models = [{"model": "base", "weight": 0.6}, {"model": "a", "weight": 0.25}, {"model": "b", "weight": 0.25}]
+    with caplog.at_level("WARNING", logger="adaptermerge.mergeconfig"):
+        job = load_merge_config(_write(tmp_path, _with(merge_method="linear", base_model="base",
+                                                       parameters={"normalize": False}, models=models)))
+    assert job.weights == [0.25, 0.25] and job.params == {"normalize": False}
+    assert "mergekit would also scale the base's weights by the sum of the weights (1.1)" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="adaptermerge.mergeconfig"):
+        load_merge_config(_write(tmp_path, _with(merge_method="linear", parameters={"normalize": False})))  # 0.6 + 0.4
+    assert caplog.text == ""
+
+
+def test_out_dtype_is_the_outputs_dtype(tmp_path):
+    assert load_merge_config(_write(tmp_path, _with(dtype="float32", out_dtype="float16"))).dtype == "float16"
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32", None])

@@ -1,5 +1,6 @@
-"""The merge methods as the CLI shows them: names, summaries and parameters (with their types and
-choices), read off the method registry."""
+"""The merge methods as the CLI shows them: names, summaries and parameters (with their types,
+choices, and the default a merge YAML file takes where mergekit's differs), read off the method
+registry."""
 
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ def rows(methods) -> list[dict]:
                      "type": "choice" if "choices" in f.metadata else kind}
             if "choices" in f.metadata:
                 entry["choices"] = list(f.metadata["choices"])
+            if "mergekit" in f.metadata:  # a merge YAML file follows mergekit, whose default differs
+                entry["yaml_default"] = f.metadata["mergekit"]
             params.append(entry)
         out.append({"method": name, "summary": m.summary, "doc": (m.__doc__ or m.summary).strip(), "needs_base": m.needs_base([]),
                     "dora_inputs": m.accepts_dora, "exact_adapter_output": m.output_exact, "parameters": params})

@@ -28,10 +28,15 @@ def methods_cmd(as_json):
     for col in ("method", "what it does", "parameters (default)", "DoRA inputs", "adapter output"):
         table.add_column(col)
     for r in rows:
-        params = "\n".join(f"{p['name']}={p['default']}  [dim]{p['help']}[/dim]" for p in r["parameters"]) or "-"
+        params = "\n".join(f"{p['name']}={p['default']}{_yaml(p)}  [dim]{p['help']}[/dim]" for p in r["parameters"]) or "-"
         table.add_row(r["method"], r["summary"], params, "yes" if r["dora_inputs"] else "no", "exact" if r["exact_adapter_output"] else "truncated SVD (--rank)")
     results.print(table)
+    results.print("(YAML: x) is the default a merge YAML file takes: mergekit's, where it differs (docs/mergekit.md)")
     return 0
+
+
+def _yaml(p: dict) -> str:
+    return f" (YAML: {p['yaml_default']})" if "yaml_default" in p else ""
 
 
 @click.command("inspect")

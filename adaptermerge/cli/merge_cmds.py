@@ -43,7 +43,7 @@ def _param_options(entry: dict) -> list[click.Option]:
     options = []
     for p in entry["parameters"]:
         flag = p["name"].replace("_", "-")
-        help_text = f"{p['help']} (default {p['default']})"
+        help_text = f"{p['help']} (default {p['default']}" + (f"; {p['yaml_default']} in a YAML config, as mergekit)" if "yaml_default" in p else ")")
         if p["type"] == "bool":
             options.append(click.Option([f"--{flag}/--no-{flag}", p["field"]], default=None, help=help_text))
         elif p["type"] == "choice":
@@ -153,7 +153,10 @@ def run_and_report(job, as_json: bool = False) -> int:
 @click.option("--force", is_flag=True, help="Replace an existing output.")
 @click.option("--json", "as_json", is_flag=True, help="Print the merge's provenance as JSON instead of the table.")
 def merge_config_cmd(config, out, force, as_json):
-    """Run a merge described by a YAML file (mergekit-style: merge_method, models, parameters)."""
+    """Run a merge described by a YAML file (mergekit-style: merge_method, models, parameters).
+    Parameters the file leaves out take mergekit's defaults, not the method commands' (ties,
+    dare_*, breadcrumbs: density 1; dare_*: normalize false): `adaptermerge methods` and
+    docs/mergekit.md list them."""
     load_api()  # torch, transformers: loaded when a command runs (start-up time)
     from ..mergeconfig import load_merge_config
 

@@ -40,7 +40,7 @@ class Sparsify(enum.Enum):
 
 
 class Combine(enum.Enum):
-    TIES = "ties"  # sign election + disjoint weighted mean (math.ties)
+    TIES = "ties"  # sign election + disjoint weighted mean, or sum without normalize (math.ties)
     SUM = "sum"  # the weighted sum
 
 
@@ -60,12 +60,14 @@ def sparse_merge(
     generators: list[torch.Generator] | None = None,
     threshold: str = "auto",
     seed: int = 0,
+    normalize: bool = True,
 ) -> tuple[torch.Tensor, dict]:
     """Merge the deltas `Bs[i] @ As[i]` (scales folded into B) into one dense [out, in] tensor.
 
     Bs[i]: [out, r_i]; As[i]: [r_i, in]. generators: one per adapter, for DARE.
     threshold: how the trim's cut is found, "exact", "sampled" or "auto" (exact when the module
     is formed at once, sampled above). seed: the sampled cut's random columns.
+    normalize: TIES divides by the agreeing |weights| (False: sums the agreeing entries).
     Returns the merged delta and what to record about it (the density a sampled cut kept).
     """
     out, inp = Bs[0].shape[0], As[0].shape[1]
@@ -81,7 +83,7 @@ def sparse_merge(
         cuts = backends.magnitude_cut(values, keep) if keep is not None else torch.zeros(len(Bs), device=values.device)
         if combine is Combine.SUM:
             return (values if keep is None else math.trim(values, cuts)).sum(0).view(out, inp), {}
-        return backends.ties(values, cuts, weights, entries=n)[0].view(out, inp), {}
+        return backends.ties(values, cuts, weights, entries=n, normalize=normalize)[0].view(out, inp), {}
     info: dict = {}
     if keep is None:
         cuts = torch.zeros(len(Bs), device=Bs[0].device)
@@ -91,13 +93,13 @@ def sparse_merge(
         gen = torch.Generator(device=Bs[0].device).manual_seed(seed)
         cuts = torch.stack([sampled_kth(B, A, keep, gen) for B, A in zip(Bs, As)]) * _abs(weights, Bs[0].device)
         info["threshold"] = "sampled"
-    merged, kept = _blocked(B_stack, A_stack, weights, cuts, keep is not None, density, sparsify, combine, generators)
+    merged, kept = _blocked(B_stack, A_stack, weights, cuts, keep is not None, density, sparsify, combine, generators, normalize)
     if "threshold" in info:
         info["density_kept"] = [round(int(c) / n, 6) for c in kept]
     return merged, info
 
 
-def _blocked(B_stack, A_stack, weights, cuts, trim, density, sparsify, combine, generators):
+def _blocked(B_stack, A_stack, weights, cuts, trim, density, sparsify, combine, generators, normalize=True):
     """The merge pass over row blocks; returns the merged delta and the entries kept per adapter."""
     k, out, inp = B_stack.shape[0], B_stack.shape[1], A_stack.shape[2]
     device = B_stack.device
@@ -118,7 +120,7 @@ def _blocked(B_stack, A_stack, weights, cuts, trim, density, sparsify, combine, 
                 kept += torch.count_nonzero(flat, dim=1)
             merged[rs] = flat.sum(0).view(rows, inp)
             continue
-        kept += backends.ties(values.view(k, -1), cuts, weights, out=merged[rs], backend=backend)[1]
+        kept += backends.ties(values.view(k, -1), cuts, weights, out=merged[rs], backend=backend, normalize=normalize)[1]
     return merged, kept
 
 

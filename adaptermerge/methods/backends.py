@@ -71,14 +71,17 @@ def magnitude_cut(values: torch.Tensor, k: int, backend: Backend | None = None) 
 
 def ties(
     values: torch.Tensor, cuts: torch.Tensor, weights: list[float], *, out: torch.Tensor | None = None,
-    backend: Backend | None = None, entries: int | None = None,
+    backend: Backend | None = None, entries: int | None = None, normalize: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`math.ties` of weighted values [k, N] at `cuts` [k], and `math.kept_counts`.
 
     values is read, never written. out: [N] (or any view of N contiguous entries) to write the
     result into, else a new tensor. entries: the module's size, for `choose` (default N * k).
+    normalize=False (the undivided sum) runs EAGER or REFERENCE: the fused kernels always divide.
     Returns (merged [N], entries kept per adapter [k] int64)."""
     backend = backend or choose(values, entries)
+    if not normalize:
+        backend = Backend.REFERENCE if backend is Backend.REFERENCE else Backend.EAGER
     n = values.shape[1]
     if backend is Backend.NATIVE:
         values = values.contiguous()
@@ -91,11 +94,11 @@ def ties(
         except Exception as exc:  # no C++ compiler, an unsupported platform...: EAGER is identical
             _compile_failed_now(exc)
     if backend is Backend.REFERENCE:
-        target.copy_(math.ties(values, cuts, torch.tensor(weights, dtype=torch.float32, device=values.device)))
+        target.copy_(math.ties(values, cuts, torch.tensor(weights, dtype=torch.float32, device=values.device), normalize))
         return target, math.kept_counts(values, cuts)
     trimmed = _trim(values.clone(), cuts)
     kept = torch.count_nonzero(trimmed, dim=1)
-    target.copy_(_eager_ties_combine(trimmed, weights))
+    target.copy_(_eager_ties_combine(trimmed, weights, normalize))
     return target, kept
 
 
@@ -162,7 +165,7 @@ def _trim(values: torch.Tensor, cuts: torch.Tensor) -> torch.Tensor:
     return values
 
 
-def _eager_ties_combine(values: torch.Tensor, weights: list[float]) -> torch.Tensor:
+def _eager_ties_combine(values: torch.Tensor, weights: list[float], normalize: bool = True) -> torch.Tensor:
     """`math.elect_sign` then `math.disjoint_mean` of trimmed values [k, N] (clobbered), as float
     ops: with s the elected sign, relu(v_i s) is |v_i| where adapter i agrees and 0 elsewhere, so
     its sum times s is the sum of the agreeing entries and its sign marks them.
@@ -175,6 +178,8 @@ def _eager_ties_combine(values: torch.Tensor, weights: list[float]) -> torch.Ten
         row.mul_(sign)
     agree = values.clamp_min_(0)
     num = _row_sum(agree, torch.empty_like(sign)).mul_(sign)
+    if not normalize:  # math.disjoint_sum
+        return num.add_(0.0)
     agree.sign_()
     w = [abs(x) for x in weights]
     den = agree[0].mul_(w[0]) if w[0] != 1.0 else agree[0]  # accumulated in place: rows 1.. are read once

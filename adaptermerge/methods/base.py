@@ -87,7 +87,8 @@ class MergeMethod(Protocol):
 
 
 def param(default, help: str, **extra):
-    """A Params field with its help text (shown by `adaptermerge methods` and `--help`)."""
+    """A Params field with its help text (shown by `adaptermerge methods` and `--help`).
+    `mergekit=VALUE` in `extra`: mergekit's default where it differs, which a merge YAML file gets."""
     return field(default=default, metadata={"help": help, **extra})
 
 

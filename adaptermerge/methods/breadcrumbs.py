@@ -13,7 +13,9 @@ The parameters mean what they mean in mergekit's `breadcrumbs` method (mergekit/
 removed first, the smallest removed to reach the density; weights are not normalized there
 either. mergekit counts with int() where this rounds as TIES's trim does, skips the masking
 altogether at density 1 (gamma then has no effect), and defaults to density 1, gamma 0.01; the
-defaults here, 0.9 and 0.01, are values breadcrumbs configurations commonly use. Conventions:
+defaults of the commands and the Python API, 0.9 and 0.01, are values breadcrumbs configurations
+commonly use; a merge YAML file takes mergekit's (mergeconfig: density 1, which keeps everything,
+as gamma 0 does here). Conventions:
 - The mask is by cuts (`math.magnitude_cut`): an entry is kept when `lo <= |d| < hi`, with hi the
   `round(gamma * N)`-th largest |d| (no upper cut when that is 0) and lo the
   `(round(gamma * N) + round(density * N))`-th largest. Entries tied in magnitude at a cut are
@@ -89,7 +91,7 @@ class Breadcrumbs:
 
     @dataclass(frozen=True)
     class Params:
-        density: float = param(0.9, "fraction of each delta's entries kept, in (0, 1]")
+        density: float = param(0.9, "fraction of each delta's entries kept, in (0, 1]", mergekit=1.0)
         gamma: float = param(0.01, "fraction of each delta's largest entries dropped; density + gamma <= 1")
         lambda_: float = param(1.0, "scaling of the merged delta")
 

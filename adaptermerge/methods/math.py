@@ -14,7 +14,8 @@ Conventions:
 - TIES works on weighted values `v_i = w_i * d_i`: the elected sign is that of `sum_i v_i`;
   adapter i agrees where its trimmed v_i has that sign; the divisor is the sum of the agreeing
   |w_i| (a weighted mean, as mergekit; PEFT divides by their count, which differs when weights
-  are unequal). Where nothing agrees the result is 0.
+  are unequal). Where nothing agrees the result is 0. Without normalizing (mergekit's
+  `normalize: false`) the agreeing entries are summed and not divided.
 - DARE drops each entry with probability 1 - density and rescales survivors by 1 / density.
 - DoRA norms are per output row (`||W||` over the input dimension), PEFT's axis.
 """
@@ -101,17 +102,36 @@ def disjoint_mean(trimmed: torch.Tensor, sign: torch.Tensor, weights: torch.Tens
     return num / den.clamp_min(DIVISOR_FLOOR)
 
 
-def ties(values: torch.Tensor, cuts: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+def disjoint_sum(trimmed: torch.Tensor, sign: torch.Tensor) -> torch.Tensor:
+    """The sum of the entries that agree with `sign`, not divided (TIES step 3 without normalizing).
+
+    Args:
+        trimmed: [k, N] trimmed weighted values.
+        sign: [N] elected sign.
+    Returns:
+        [N]; 0 where nothing agrees.
+    """
+    total = None
+    for row in trimmed:
+        part = torch.where(row * sign > 0, row, 0.0)
+        total = part if total is None else total + part
+    return total
+
+
+def ties(values: torch.Tensor, cuts: torch.Tensor, weights: torch.Tensor, normalize: bool = True) -> torch.Tensor:
     """TIES-merging (Yadav et al. 2023) of weighted values: trim, elect sign, disjoint mean.
 
     Args:
         values: [k, N] weighted deltas `w_i * d_i`.
         cuts: [k] each row's magnitude cut (0: no trim), e.g. `magnitude_cut(values, keep)`.
         weights: [k] the w_i (only |w_i| is used: the divisor).
+        normalize: divide by the agreeing |w_i| (`disjoint_mean`); False sums them (`disjoint_sum`).
     Returns:
         [N] the merged delta.
     """
     trimmed = trim(values, cuts)
+    if not normalize:
+        return disjoint_sum(trimmed, elect_sign(trimmed))
     return disjoint_mean(trimmed, elect_sign(trimmed), weights)
 
 

@@ -117,6 +117,8 @@ def _expected_delta(doc: dict, root: Path, module: str) -> torch.Tensor | None:
     params = doc.get("parameters") or {}
     if method == "linear" and params.get("normalize", True):
         weights = [w / sum(weights) for w in weights]
+    if method == "task_arithmetic" and params.get("normalize") is True:  # mergekit's option: the weights divided by their sum
+        weights = [w / sum(weights) for w in weights]
     if method == "task_arithmetic":
         weights = [w * params.get("lambda", 1.0) for w in weights]
     deltas = [load_adapter(root / (m["model"] if isinstance(m, dict) else m)).factors(module).delta() for m in doc["models"]]
