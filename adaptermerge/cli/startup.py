@@ -32,3 +32,6 @@ def require_eval_extra(command: str) -> None:
         importlib.import_module("lm_eval")
     except ImportError as exc:
         raise AdapterMergeError(f"adaptermerge {command} needs lm-eval, the 'eval' extra ({exc}): {EVAL_EXTRA_HINT}") from None
+    from ..evalsuite.harness import check_lm_eval_version
+
+    check_lm_eval_version()  # before any model is loaded

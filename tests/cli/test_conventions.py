@@ -123,3 +123,13 @@ def test_dtype_flag_sets_the_written_factors_dtype(adapters, tmp_path):
     with safe_open(str(out / "adapter_model.safetensors"), "pt") as f:
         assert {str(f.get_tensor(k).dtype) for k in f.keys()} == {"torch.bfloat16"}
     assert json.loads((out / "adaptermerge.json").read_text())["dtype"] == "bfloat16"
+
+
+def test_eval_with_an_lm_eval_outside_the_range_is_a_one_line_error(monkeypatch, tmp_path, capsys):
+    import importlib.metadata
+
+    real = importlib.metadata.version
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: "0.4.5" if name == "lm-eval" else real(name))
+    assert run(["eval", tmp_path]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: lm-eval 0.4.5 is outside the supported range >=0.4.12,<0.5")
