@@ -32,6 +32,7 @@ from .engine import MergePlan, input_paths
 from .engine import merge as _merge
 from .engine import merge_to_model as _merge_to_model
 from .errors import AdapterMergeError
+from .evalsuite import spread
 from .evalsuite.candidates import Candidate
 from .evalsuite.gates import GateConfig, load_gates
 from .evalsuite.runner import EvalReport
@@ -248,4 +249,7 @@ def run_recipe(recipe: Recipe | str | os.PathLike, *, output: str | os.PathLike,
     its adapters, merge them with every candidate it lists, evaluate each against its gates, choose
     the winner and write it with the report into `output`. `options` are the pipeline's run
     options (quick=True, mmlu_data=..., threads=...: see adaptermerge.recipe.run_recipe)."""
+    if spread.world().size > 1:
+        raise AdapterMergeError("a recipe runs in one process: start `adaptermerge run` without accelerate launch or torchrun "
+                                "(train and eval spread over processes; merging streams one module at a time and needs one)")
     return _run_recipe(recipe, output=output, force=force, **options)

@@ -208,3 +208,16 @@ def test_train_takes_a_config_or_its_fields_not_both(tmp_path):
 def test_merge_refuses_bad_seed_and_device_as_the_cli_does(adapters, options, message):
     with pytest.raises(AdapterMergeError, match=message):
         merge([adapters["a"], adapters["b"]], "linear", **options)
+
+
+def test_a_recipe_refuses_a_launchers_processes(monkeypatch, tmp_path):
+    """Training and evaluation spread over `accelerate launch` processes; a recipe's merges and
+    writes would race there, so it says so instead."""
+    from adaptermerge import run_recipe
+    from adaptermerge.recipe import example_path
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    with pytest.raises(AdapterMergeError, match="a recipe runs in one process"):
+        run_recipe(example_path(), output=tmp_path / "out")
+    assert not (tmp_path / "out").exists()

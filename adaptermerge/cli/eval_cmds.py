@@ -14,7 +14,7 @@ from ..base import DTYPE_CHOICES
 from ..evalsuite.harness import TASKS_DIR
 from ..fileio import check_destination
 from .options import COUNT, SEED, THREADS
-from .progress import console, progress_bar, results
+from .progress import console, main_process, progress_bar, results
 from .startup import load_api, require_eval_extra
 
 # Shared with `adaptermerge demo`, which evaluates the same way.
@@ -113,6 +113,8 @@ def eval_cmd(candidates, gates_path, tasks, base, mmlu_data, mmlu_limit, mmlu_sh
                             use_cache=not no_cache, workers=workers)
     with progress_bar("evaluating") as update:
         report = api.evaluate(list(candidates), task_list, config, settings, progress=update)
+    if not main_process():  # the launcher's first process reports and writes; every one has the same report
+        return 0 if report.passed else 1
     results.print(_table(report))
     for note in report.notes:
         results.print(f"[dim]{note}[/]")

@@ -19,6 +19,12 @@ def _width(stream) -> int | None:
     return None if stream.isatty() or "COLUMNS" in os.environ else LOG_WIDTH
 
 
+def main_process() -> bool:
+    """Under `accelerate launch` or torchrun every process runs the command (RANK is set for each);
+    the first one reports, the others work quietly."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 console = Console(stderr=True, width=_width(sys.stderr))  # progress, warnings: beside the results
 results = Console(width=_width(sys.stdout))  # tables and verdicts on stdout, so `> file` keeps them
 
@@ -37,6 +43,7 @@ def progress_bar(description: str):
         TextColumn("{task.fields[label]}", style="dim"),
         console=console,
         transient=False,
+        disable=not main_process(),
     )
     task = None
 

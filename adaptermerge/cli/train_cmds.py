@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import click
@@ -14,6 +13,7 @@ from ..chat.data import build_records
 from ..chat.records import jsonl_text, write_jsonl
 from ..training.presets import ALL_PROJECTIONS
 from .options import COUNT, FRACTION, POSITIVE, SEED, THREADS
+from .progress import main_process
 from .startup import load_api
 
 TASK_CHOICES = ("domain", "structured", "safety", "custom")
@@ -91,14 +91,12 @@ def train_cmd(task, data, base, output, max_steps, epochs, lr, rank, alpha, targ
     ).resolved()  # every check, before the progress bar appears
     columns = [TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn()]
-    # Under `accelerate launch` or torchrun every process runs this command; the first one reports.
-    main_process = os.environ.get("RANK", "0") == "0"
-    with Progress(*columns, console=Console(stderr=True), transient=False, disable=not main_process) as bar:
+    with Progress(*columns, console=Console(stderr=True), transient=False, disable=not main_process()) as bar:
         job = bar.add_task(f"train {task}", total=None, loss="-")
 
         def progress(step: int, total: int, loss: float) -> None:
             bar.update(job, completed=step, total=total, loss=f"{loss:.3f}")
 
         path = api.train(config, progress=progress)
-    if main_process:
+    if main_process():  # under a launcher, the first process reports
         click.echo(str(path))

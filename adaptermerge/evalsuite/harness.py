@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import re
 import subprocess
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -163,6 +164,16 @@ def _quiet_git_hash() -> str | None:
 
 
 _ENV_INFO: dict = {}
+_EVALUATED = threading.local()  # what lm_eval.evaluator.evaluate last returned, in this thread
+_LM_EVAL_EVALUATE = None  # lm-eval's own evaluate, which _evaluate_kept wraps
+
+
+def _evaluate_kept(*args, **kwargs):
+    """lm-eval's evaluate, its result also kept. simple_evaluate returns None in any process whose
+    LOCAL_RANK is not 0 (it takes a launcher's processes for one tensor-parallel model), while
+    spread.py runs a whole, independent evaluation in each process: the result is taken here."""
+    _EVALUATED.result = _LM_EVAL_EVALUATE(*args, **kwargs)
+    return _EVALUATED.result
 
 
 def _env_info_once(storage: dict) -> None:
@@ -187,10 +198,15 @@ def _run_group(lm, manager, group: list[TaskSpec]) -> dict[str, TaskScores]:
     """Scores of each task of `group` from one lm-eval call (raises when the call fails)."""
     import lm_eval  # the eval extra, heavy: only when evaluating
 
+    _EVALUATED.result = None
     result = lm_eval.simple_evaluate(
         model=lm, tasks=[spec.config for spec in group], task_manager=manager, bootstrap_iters=0, log_samples=True,
         apply_chat_template=group[0].chat, verbosity="ERROR",
     )
+    if result is None:  # a launcher's process other than the first: see _evaluate_kept
+        result = _EVALUATED.result
+    if result is None:
+        raise RuntimeError("lm-eval returned no results")
     out = {}
     for spec in group:
         task_name = spec.config["task"]
@@ -239,6 +255,10 @@ def run_specs(lm, specs: list[TaskSpec], *, progress=None) -> dict[str, TaskScor
 
     lm_eval.evaluator.get_git_commit_hash = _quiet_git_hash
     lm_eval.evaluator.add_env_info = _env_info_once
+    global _LM_EVAL_EVALUATE
+    if lm_eval.evaluator.evaluate is not _evaluate_kept:
+        _LM_EVAL_EVALUATE = lm_eval.evaluator.evaluate
+        lm_eval.evaluator.evaluate = _evaluate_kept
 
     manager = TaskManager(include_path=str(TASKS_DIR), include_defaults=False)
     out: dict[str, TaskScores] = {}

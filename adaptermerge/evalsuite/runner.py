@@ -23,7 +23,7 @@ from ..fileio import read_json_object
 from . import cache
 from . import candidates as cand_mod
 from . import gates as gates_mod
-from . import harness, mmlu, parallel, stats
+from . import harness, mmlu, parallel, spread, stats
 from .scoring import DEFAULT_TASKS, Progress, score_model, task_specs
 from .settings import EvalSettings
 
@@ -229,7 +229,10 @@ def _evaluate(candidates, tasks, gates, settings, progress, helper) -> EvalRepor
     keys = {c.name: {spec.name: cache.result_key(hashes[c.name], spec, settings, specs) for spec in specs} for c in everyone}
     lacking = {c.name: _lacking(specs, keys[c.name], settings.use_cache) for c in everyone}
     work = parallel.units([(c, lacking[c.name]) for c in everyone if lacking[c.name]], parallel.processes(settings))
-    if helper is None and parallel.wanted(settings, len(work)):
+    launched = spread.world()
+    if launched.size > 1 and helper is not None:
+        raise AdapterMergeError("evaluate: a helper process and a launcher's processes do not mix: pass workers=1")
+    if helper is None and launched.size == 1 and parallel.wanted(settings, len(work)):
         helper = parallel.Helper((task_names, settings, gates, mmlu_format), settings, base_name)
     if helper is not None:
         for unit in work:
@@ -282,8 +285,13 @@ def _evaluate(candidates, tasks, gates, settings, progress, helper) -> EvalRepor
     by_name = {c.name: c for c in everyone}
     queued = helper.names if helper is not None else set()
     with cputhreads.using(settings.threads):  # the count in the keys (the helper's too)
+        if launched.size > 1:  # the launcher's processes share the candidates, then the scores
+            for index, candidate in enumerate(everyone):
+                if launched.mine(index):
+                    visit(candidate)
+            _exchange(scores, computed, seconds_here, launched)
         try:
-            for candidate in everyone:
+            for candidate in everyone if launched.size == 1 else ():
                 if candidate.name not in queued:
                     visit(candidate)
             # Then take queued units in turn with the helper, until none is left.
@@ -316,6 +324,19 @@ def _evaluate(candidates, tasks, gates, settings, progress, helper) -> EvalRepor
                                                                   "base_resolved": str(base_mod.resolve_base(base_name))},
         versions=cache.versions(), notes=notes,
     )
+
+
+def _exchange(scores: dict, computed: dict, seconds: dict, launched: spread.World) -> None:
+    """Fill in what the other processes evaluated (in place), so that every process has it all."""
+    mine = {name: {"scores": {t: r.to_dict() for t, r in by_task.items()}, "computed": sorted(computed[name]),
+                   "seconds": seconds[name]} for name, by_task in scores.items()}
+    for rank, theirs in enumerate(spread.all_gather_json(mine)):
+        if rank == launched.rank:
+            continue
+        for name, entry in theirs.items():
+            scores[name] = {t: harness.TaskScores.from_dict(r) for t, r in entry["scores"].items()}
+            computed[name] = set(entry["computed"])
+            seconds[name] = entry["seconds"]
 
 
 def _named_references(config: gates_mod.GateConfig, cands: list[cand_mod.Candidate]) -> gates_mod.GateConfig:
