@@ -107,41 +107,63 @@ def main(argv: list[str] | None = None) -> int:
         if args.save:
             args.save.write_text(json.dumps(diag))
     adapter_names = diag["adapters"]  # in the order of `tasks`
+    ip = diag["inner_products"]
+    index = {label: i for i, label in enumerate(ip["labels"]) if i >= len(adapter_names)}
     rows = []
     for m in merges:
         scored_as = Path(m["path"]).name
-        for task, name in zip(tasks, adapter_names):
+        for j, (task, name) in enumerate(zip(tasks, adapter_names)):
             retention = m["retention"].get(task)
-            predicted = diag["predicted_interference"][name]["merged"][scored_as]
-            if retention is None or predicted is None:
+            p = diag["predicted_interference"][name]
+            if retention is None or p["merged"][scored_as] is None:
                 continue
-            rows.append({"merge": m["name"], "task": task, "predicted": predicted, "retention": retention, "loss": 1 - retention})
-    pooled = spearman([r["predicted"] for r in rows], [r["loss"] for r in rows])
-    per_task = {t: spearman([r["predicted"] for r in rows if r["task"] == t], [r["loss"] for r in rows if r["task"] == t]) for t in tasks}
-    # "which task will this merge lose": does the task with the highest prediction lose most?
-    hits, counted = 0, 0
-    for m in merges:
-        own = [r for r in rows if r["merge"] == m["name"]]
-        if len(own) == len(tasks):
-            counted += 1
-            hits += max(own, key=lambda r: r["predicted"])["task"] == max(own, key=lambda r: r["loss"])["task"]
+            rows.append({"merge": m["name"], "task": task, "retention": retention, "loss": 1 - retention,
+                         "predicted": p["merged"][scored_as], "kept": p["kept"][scored_as], "interference": p["interference"][scored_as],
+                         "dilution": 1 - p["kept"][scored_as],
+                         "data_free": error(ip["frobenius"], index[scored_as], j)})
+    scores = {"predicted": "P, the documented score" + (" (calibrated)" if diag["calibrated"] else " (data-free)")}
+    # P's two parts alone (P^2 = (1 - kept)^2 + interference^2): which failure each task's loss follows
+    scores["dilution"] = "1 - kept alone (the share of the task's own effect the merge drops)"
+    scores["interference"] = "interference alone (the merged output orthogonal to the task's own)"
+    if diag["calibrated"]:
+        scores["data_free"] = "P with G = I (the same adapters and merges, no calibration records)"
+    figures = {key: agreement(rows, key, tasks) for key in scores}
     result = {"report": str(args.report), "calibrated": diag["calibrated"], "calibration": diag["calibration"],
-              "points": len(rows), "merges": [m["name"] for m in merges], "skipped": skipped,
-              "spearman_pooled": pooled, "spearman_per_task": per_task,
-              "worst_task_hits": hits, "worst_task_merges": counted, "rows": rows}
+              "points": len(rows), "merges": [m["name"] for m in merges], "skipped": skipped, "figures": figures, "rows": rows}
     if args.json:
         print(json.dumps(result, indent=1))
         return 0
-    print(f"{'merge':32} {'task':12} {'predicted':>10} {'retention':>10}")
+    print(f"{'merge':32} {'task':12} {'P':>7} {'kept':>7} {'interf.':>7} {'P free':>7} {'retention':>9}")
     for r in rows:
-        print(f"{r['merge']:32} {r['task']:12} {r['predicted']:10.3f} {r['retention']:10.3f}")
+        print(f"{r['merge']:32} {r['task']:12} {r['predicted']:7.3f} {r['kept']:7.3f} {r['interference']:7.3f} "
+              f"{r['data_free']:7.3f} {r['retention']:9.3f}")
     print(f"left out: {'; '.join(skipped) or 'none'}")
-    mode = "calibrated (cross-activation on each task's inputs)" if diag["calibrated"] else "data-free (Frobenius geometry)"
-    print(f"predictions: {mode}")
-    print(f"Spearman(predicted interference, retention loss) over {len(rows)} (merge, task) pairs: {pooled:.3f}")
-    print("per task, across merges: " + ", ".join(f"{t} {v:.3f}" for t, v in per_task.items()))
-    print(f"the task predicted to lose most is the one that lost most in {hits} of {counted} merges")
+    for key, label in scores.items():
+        f = figures[key]
+        print(f"{label}:")
+        print(f"  Spearman(score, retention loss) over {f['points']} (merge, task) pairs: {f['pooled']:.3f}")
+        print("  per task, across merges: " + ", ".join(f"{t} {v:.3f}" for t, v in f["per_task"].items()))
+        print(f"  the task scored to lose most is the one that lost most in {f['hits']} of {f['merges']} merges")
     return 0
+
+
+def error(K: list[list[float]], merged: int, task: int) -> float:
+    """sqrt((e_M - e_j)^T K (e_M - e_j) / K[j][j]): P of merge M on task j from the inner products."""
+    return math.sqrt(max(K[merged][merged] - 2 * K[merged][task] + K[task][task], 0.0) / K[task][task])
+
+
+def agreement(rows: list[dict], key: str, tasks: list[str]) -> dict:
+    """How a score ranks the retention losses: pooled, per task across merges, and per merge the
+    task it says loses most against the one that did."""
+    per_task = {t: spearman([r[key] for r in rows if r["task"] == t], [r["loss"] for r in rows if r["task"] == t]) for t in tasks}
+    hits = merges = 0
+    for name in dict.fromkeys(r["merge"] for r in rows):
+        own = [r for r in rows if r["merge"] == name]
+        if len(own) == len(tasks):
+            merges += 1
+            hits += max(own, key=lambda r: r[key])["task"] == max(own, key=lambda r: r["loss"])["task"]
+    return {"points": len(rows), "pooled": spearman([r[key] for r in rows], [r["loss"] for r in rows]), "per_task": per_task,
+            "hits": hits, "merges": merges}
 
 
 if __name__ == "__main__":
