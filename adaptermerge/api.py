@@ -23,11 +23,14 @@ module-sized blocks on its heap for the rest of the process (the CLI turns it on
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Sequence, Union
 
+from . import calibration, diagnostics, validate
 from .adapter import Adapter, LoraFactors, load_adapter
+from .chat.data import TASKS
 from .engine import MergePlan, input_paths
 from .engine import merge as _merge
 from .engine import merge_to_model as _merge_to_model
@@ -38,7 +41,7 @@ from .evalsuite.gates import GateConfig, load_gates
 from .evalsuite.runner import EvalReport
 from .evalsuite.runner import evaluate as _evaluate
 from .evalsuite.settings import EvalSettings
-from .fileio import check_destination, read_json_object
+from .fileio import atomic_dir, check_destination, read_json_object, write_text_atomic
 from .mergeconfig import MergeJob
 from .methods import METHODS
 from .model_output import ModelOutput
@@ -63,6 +66,7 @@ __all__ = [
     "Recipe",
     "RecipeResult",
     "TrainConfig",
+    "diagnose",
     "evaluate",
     "load_adapter",
     "merge",
@@ -253,3 +257,95 @@ def run_recipe(recipe: Recipe | str | os.PathLike, *, output: str | os.PathLike,
         raise AdapterMergeError("a recipe runs in one process: start `adaptermerge run` without accelerate launch or torchrun "
                                 "(train and eval spread over processes; merging streams one module at a time and needs one)")
     return _run_recipe(recipe, output=output, force=force, **options)
+
+
+TRAINING_DATA = "train"  # a --calib entry: the adapter's own training data (its training.json)
+
+
+def _calibrations(items: list[Adapter], calib, size: int, seed: int) -> list[calibration.Calibration]:
+    """Each adapter's task inputs: per adapter a built-in task name, a JSONL file of chat records,
+    or "train" (its training data); one "train" stands for all."""
+    entries = [e.strip() for e in calib.split(",")] if isinstance(calib, str) else list(calib)
+    if entries == [TRAINING_DATA]:
+        entries = entries * len(items)
+    if len(entries) != len(items):
+        raise AdapterMergeError(f"calib: got {len(entries)} entries for {len(items)} adapters; give one per adapter "
+                                f"(a built-in task {', '.join(TASKS)}, a JSONL file, or {TRAINING_DATA!r} for its training data)")
+    out = []
+    for adapter, entry in zip(items, entries):
+        if not isinstance(entry, (str, os.PathLike)) or not str(entry):
+            raise AdapterMergeError(f"calib: expected a task name, a JSONL file or {TRAINING_DATA!r} for adapter {adapter.name}, got {entry!r}")
+        entry = str(entry)
+        if entry == TRAINING_DATA:
+            out.append(calibration.from_training(adapter, size, seed))
+        elif entry in TASKS:
+            out.append(calibration.from_task(entry, size, seed))
+        else:
+            out.append(calibration.from_file(entry, size, seed))
+    return out
+
+
+def diagnose(
+    adapters: Sequence[AdapterLike],
+    *,
+    calib: Sequence[str] | str | None = None,
+    merged: Sequence[AdapterLike] = (),
+    weights: Sequence[float] | None = None,
+    density: float = diagnostics.DENSITY,
+    calib_size: int = 64,
+    calib_max_length: int = 512,
+    seed: int = 0,
+    base: str | None = None,
+    check_base: bool = True,
+    out: str | os.PathLike | None = None,
+    force: bool = False,
+    progress: Progress | None = None,
+) -> dict:
+    """Interference diagnostics of two or more adapters, before any merge is evaluated (the
+    statistics and the predicted-interference formula: adaptermerge.diagnostics).
+
+    calib: per adapter, its task's inputs: a built-in task (domain, structured, safety), a JSONL
+    file of chat records, or "train" (the data its training.json names; "train" alone: for all).
+    With it, each task's input Grams are collected (the base with that adapter folded in reads
+    `calib_size` records, `seed` draws them; cached like regmean's) and the report adds
+    cross-activation and output-space predictions; without it, the statistics are data-free.
+    merged: merged adapters (PEFT folders) whose predicted interference per task is reported too.
+    weights: the merge's weights, for the sum and average predictions (default 1 each).
+    density: the fraction of each delta's entries counted as significant for sign conflicts.
+    out: a folder to write diagnostics.json and heatmap.png into (refused if it exists, unless force).
+    Returns the report (JSON-able). Raises AdapterMergeError on any bad input.
+    """
+    items = _adapters(adapters)
+    if len(items) < 2:
+        raise AdapterMergeError(f"adapters: diagnose compares adapters, give at least two (got {len(items)})")
+    scored = _adapters(merged)
+    for a in (*items, *scored):
+        if a.is_dora:
+            raise AdapterMergeError(f"{a.label()} is DoRA: diagnose reads plain LoRA deltas (scale * B @ A)")
+    density = validate.number(density, "density", above=0, maximum=1)
+    calib_size = validate.integer(calib_size, "calib_size", minimum=1)
+    calib_max_length = validate.integer(calib_max_length, "calib_max_length", minimum=1)
+    # shapes, bases, weights checked as for a merge; with calibration the base's weights too
+    plan = MergePlan(items, "linear", weights, base=base, seed=seed, check_base=check_base, need_base=calib is not None)
+    for a in scored:
+        for module, spec in a.specs.items():
+            if plan.shapes.get(module) != spec.shape:
+                expected = "no such module in the adapters" if module not in plan.shapes else f"{plan.shapes[module][0]}x{plan.shapes[module][1]}"
+                raise AdapterMergeError(f"merged: {a.label()} module {module} is {spec.shape[0]}x{spec.shape[1]}; expected {expected}")
+    inputs = input_paths([*items, *scored], (base, plan.base_weights.folder if plan.base_weights is not None else None))
+    if out is not None:
+        check_destination(out, force, inputs)  # before the Grams' minutes
+    grams = base_weight = None
+    if calib is not None:
+        calibs = _calibrations(items, calib, calib_size, plan.seed)
+        store = calibration.gram_store(items, calibs, plan.base_model, plan.modules, max_length=calib_max_length, progress=progress)
+        grams = store.grams
+        base_weight = plan.base_weights.weight
+    report = diagnostics.diagnose_adapters(items, plan.modules, plan.weights, merged=scored, grams=grams, base_weight=base_weight,
+                                           density=density, progress=progress)
+    report["calibration"] = store.describe() if calib is not None else None
+    if out is not None:
+        with atomic_dir(out, force=force, inputs=inputs) as tmp:
+            write_text_atomic(tmp / "diagnostics.json", json.dumps(report, indent=1, allow_nan=False) + "\n")
+            diagnostics.heatmap(tmp / "heatmap.png", report)
+    return report

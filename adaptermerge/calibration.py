@@ -32,7 +32,7 @@ from safetensors.torch import save_file
 
 from . import base as base_mod
 from .adapter import Adapter
-from .chat.data import build_records
+from .chat.data import DATA_SEED, build_records
 from .chat.digest import model_fingerprint, sha256_text, weights_digest
 from .chat.records import jsonl_text, read_jsonl
 from .chat.tokens import collate, tokenize_record
@@ -95,6 +95,13 @@ def from_training(adapter: Adapter, size: int, seed: int) -> Calibration:
     if not path.is_file():
         raise AdapterMergeError(f"adapter {adapter.name}: its training data {path} (from {summary}) is not here; {hint}")
     return from_file(path, size, seed)
+
+
+def from_task(task: str, size: int, seed: int) -> Calibration:
+    """`size` records of a built-in task's train split: the records `from_training` draws for an
+    adapter trained on that task's built-in data (so the Grams cached for one serve the other)."""
+    source = f"built-in {task} train split (seed {DATA_SEED})"
+    return _described(_sample(build_records(task, "train", DATA_SEED), size, seed, source), source)
 
 
 def resolve(adapters: list[Adapter], files: list[str | None] | None, size: int, seed: int) -> list[Calibration]:

@@ -25,7 +25,7 @@ LAYERS = {
     # math
     "methods": 3, "lowrank": 3, "calibration": 3,
     # engine
-    "engine": 4, "model_output": 4, "qlora": 4, "inspection": 4, "mergeconfig": 4,
+    "engine": 4, "diagnostics": 4, "model_output": 4, "qlora": 4, "inspection": 4, "mergeconfig": 4,
     # training and evaluation
     "training": 5, "evalsuite": 5,
     # the pipeline

@@ -38,7 +38,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 
 from ..errors import AdapterMergeError  # noqa: E402 - after TQDM_DISABLE
 from ..fileio import os_error_message  # noqa: E402
-from . import base_cmds, demo_cmds, eval_cmds, info_cmds, merge_cmds, quantize_cmds, run_cmds, train_cmds  # noqa: E402
+from . import base_cmds, demo_cmds, diagnose_cmds, eval_cmds, info_cmds, merge_cmds, quantize_cmds, run_cmds, train_cmds  # noqa: E402
 
 def version() -> str:
     """The installed distribution's version, as adaptermerge.__version__ (which this module may not
@@ -50,7 +50,7 @@ def version() -> str:
 
 
 # Each exposes `register(group)` (click lists the commands alphabetically).
-COMMAND_MODULES = (merge_cmds, info_cmds, base_cmds, train_cmds, eval_cmds, quantize_cmds, run_cmds, demo_cmds)
+COMMAND_MODULES = (merge_cmds, info_cmds, base_cmds, train_cmds, eval_cmds, quantize_cmds, run_cmds, demo_cmds, diagnose_cmds)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
