@@ -45,7 +45,6 @@ from typing import Callable, Sequence
 import torch
 
 from .adapter import Adapter, LoraFactors
-from .errors import AdapterMergeError
 
 log = logging.getLogger(__name__)
 

@@ -11,8 +11,7 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from .merge_cmds import _floats
-from .options import COUNT, FRACTION, SEED
+from .options import COUNT, FRACTION, SEED, float_list
 from .progress import progress_bar, results
 from .startup import load_api
 
@@ -95,7 +94,7 @@ def register(group: click.Group) -> None:
         docs/diagnose.md describes each statistic."""
         api = load_api()
         with progress_bar("diagnose") as update:
-            report = api.diagnose(list(adapters), calib=calib, merged=list(merged), weights=_floats(weights, "weights"),
+            report = api.diagnose(list(adapters), calib=calib, merged=list(merged), weights=float_list(weights, "weights"),
                                   density=density, calib_size=calib_size, calib_max_length=calib_max_length, seed=seed,
                                   base=base, check_base=not ignore_base_mismatch, out=output, force=force, progress=update)
         if as_json:

@@ -10,7 +10,6 @@ as JSON), the progress bar on stderr. Without -o, a method command writes ./merg
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 
@@ -18,24 +17,11 @@ import click
 from rich.table import Table
 
 from ..errors import AdapterMergeError
-from ..validate import quote
 from . import catalog
-from .options import COUNT, FINITE, INT32, SEED
+from .options import COUNT, FINITE, INT32, SEED, float_list
 from .progress import progress_bar, results
 from .quantize_cmds import quantization_table
 from .startup import load_api
-
-
-def _floats(text: str | None, what: str, finite: bool = True) -> list[float] | None:
-    if text is None:
-        return None
-    try:
-        values = [float(x) for x in text.split(",")]  # an empty entry ("1,,2") is an error, not skipped
-    except ValueError:
-        raise AdapterMergeError(f"--{what} {quote(text)}: expected comma-separated numbers such as 0.6,0.4") from None
-    if finite and not all(math.isfinite(v) for v in values):
-        raise AdapterMergeError(f"--{what} {quote(text)}: expected finite numbers")
-    return values
 
 
 def _param_options(entry: dict) -> list[click.Option]:
@@ -95,8 +81,8 @@ def _method_command(entry: dict) -> click.Command:
             inputs=list(inputs),
             out=out,
             method=name,
-            weights=_floats(weights, "weights"),
-            alphas=_floats(alpha, "alpha", finite=False),  # checked per input, with its name
+            weights=float_list(weights, "weights"),
+            alphas=float_list(alpha, "alpha", finite=False),  # checked per input, with its name
             params={k: v for k, v in params.items() if v is not None},
             rank=rank,
             base=base,

@@ -4,10 +4,13 @@ refuse them at parse time, and main() prints click's message as one `error:` lin
 
 from __future__ import annotations
 
+import math
+
 import click
 
 from .. import validate
 from ..errors import AdapterMergeError
+from ..validate import quote
 
 SEED = click.IntRange(0, validate.SEED_MAX)
 COUNT = click.IntRange(1, 2**31 - 1)  # steps, ranks, sizes, questions, threads: 1 or more
@@ -49,3 +52,16 @@ FINITE = Number()
 POSITIVE = Number(above=0)
 FRACTION = Number(minimum=0, maximum=1)
 DEVICE = Device()
+
+
+def float_list(text: str | None, what: str, finite: bool = True) -> list[float] | None:
+    """Comma-separated numbers from an option (`--weights 0.6,0.4`), finite unless finite=False."""
+    if text is None:
+        return None
+    try:
+        values = [float(x) for x in text.split(",")]  # an empty entry ("1,,2") is an error, not skipped
+    except ValueError:
+        raise AdapterMergeError(f"--{what} {quote(text)}: expected comma-separated numbers such as 0.6,0.4") from None
+    if finite and not all(math.isfinite(v) for v in values):
+        raise AdapterMergeError(f"--{what} {quote(text)}: expected finite numbers")
+    return values
