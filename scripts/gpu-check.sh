@@ -367,7 +367,10 @@ stage_demo() {
     # A cache of its own (the base borrowed): the demo trains, merges and evaluates from scratch.
     mkdir -p "$work/cache-demo"
     [ -e "$work/cache/base" ] && [ ! -e "$work/cache-demo/base" ] && ln -s "$work/cache/base" "$work/cache-demo/base"
-    ADAPTERMERGE_CACHE="$work/cache-demo" run_stage demo "0 1" "${AM[@]}" "${args[@]}" || return
+    # The smoke leaves MMLU out (its gate reads "not scored"): 19 subjects would double its evaluation.
+    local mmlu="${ADAPTERMERGE_MMLU_DATA:-}"
+    [ "$mode" = smoke ] && mmlu=""
+    ADAPTERMERGE_CACHE="$work/cache-demo" ADAPTERMERGE_MMLU_DATA="$mmlu" run_stage demo "0 1" "${AM[@]}" "${args[@]}" || return
     record demo "seconds=$stage_s variant=$([ "$mode" = smoke ] && echo smoke || echo "$demo") $("$PY" "$FIG" demo "$work/demo/report.json" 2>/dev/null)$stage_mem"
 }
 
