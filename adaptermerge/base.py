@@ -161,17 +161,19 @@ DTYPES = ("float32", "bfloat16")
 DTYPE_CHOICES = ("auto", *DTYPES)
 
 
-def resolve_dtype(name: str) -> str:
-    """"auto": bfloat16 where the hardware computes it natively (CUDA with bf16, or a CPU with
-    AVX512-BF16/AMX, where it halves the evaluation time), else float32 (emulated bf16 is slower)."""
+def resolve_dtype(name: str, device: str = "cpu") -> str:
+    """"auto": bfloat16 where the hardware that computes (`device`: "cpu" or "cuda") does it natively
+    (a GPU with bf16, or a CPU with AVX512-BF16/AMX, where it halves the evaluation time), else
+    float32 (emulated bf16 is slower). The device matters, not what else the machine has: a CPU
+    computation on a machine with a GPU is still a CPU computation."""
     if name != "auto":
         if name not in DTYPES:
             raise AdapterMergeError(f"unknown dtype {name!r}: expected one of {', '.join(DTYPE_CHOICES)}")
         return name
     import torch
 
-    if torch.cuda.is_available():
-        return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
+    if str(device).startswith("cuda"):
+        return "bfloat16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "float32"
     return "bfloat16" if cpu_has_native_bf16() else "float32"
 
 

@@ -212,7 +212,7 @@ BF16_RANGE_MIN = 1 << 19  # entries from which the range finder runs in bfloat16
 def _range_dtype(delta: torch.Tensor) -> torch.dtype:
     if delta.numel() < BF16_RANGE_MIN:
         return torch.float32
-    return torch.bfloat16 if resolve_dtype("auto") == "bfloat16" else torch.float32
+    return torch.bfloat16 if resolve_dtype("auto", delta.device.type) == "bfloat16" else torch.float32
 
 
 def _thin_svd(d: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -92,7 +92,7 @@ def eval_cmd(candidates, gates_path, tasks, base, mmlu_data, mmlu_limit, mmlu_sh
       adaptermerge eval merged/ --mmlu-limit 10 --mmlu-data ~/data/mmlu -o report/
     The same tasks run on lm-eval's CLI:
       lm-eval run --model hf --model_args pretrained=HF_ID,peft=ADAPTER --device cpu --apply_chat_template \\
-        --include_path $(adaptermerge eval --print-include-path) --tasks adaptermerge_domain
+        --include_path $(adaptermerge eval --print-include-path) --tasks adaptermerge   # the three chat tasks (docs/lm-eval.md)
       (MMLU: --tasks adaptermerge_mmlu_cloze --metadata '{"mmlu_data": "DIR", "mmlu_limit": 10}')
     """
     if print_include_path:

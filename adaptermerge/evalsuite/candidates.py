@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -149,7 +150,17 @@ def load(candidate: Candidate, reference_tokenizer_from: str | None = None, dtyp
             model = _apply_adapter(model, candidate.path)
         tokenizer_src = folder
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_src)
-    if dtype != "float32" and getattr(model, "hf_quantizer", None) is None:
-        model = model.to(getattr(torch, dtype))
+    if getattr(model, "hf_quantizer", None) is None:  # a quantized folder stays where bitsandbytes put it
+        model = model.to(device=eval_device(), dtype=getattr(torch, dtype))
     model.eval()
     return model, tokenizer
+
+
+def eval_device() -> str:
+    """Where models are evaluated: this process's GPU when there is one (a launcher's process
+    takes the one its LOCAL_RANK names), else the CPU."""
+    import torch  # heavy: only when a model is loaded
+
+    if not torch.cuda.is_available():
+        return "cpu"
+    return f"cuda:{int(os.environ.get('LOCAL_RANK', '0') or 0) % torch.cuda.device_count()}"

@@ -136,7 +136,7 @@ def check_data_seed(candidates: list[cand_mod.Candidate], tasks: list[str], data
 
 def _plan(tasks: list[str] | None, gates: gates_mod.GateConfig | None, settings: EvalSettings, base_name: str | None):
     """(settings with the dtype resolved, task names, MMLU format, notes)."""
-    settings = dataclasses.replace(settings, dtype=base_mod.resolve_dtype(settings.dtype), threads=eval_threads(settings))
+    settings = dataclasses.replace(settings, dtype=base_mod.resolve_dtype(settings.dtype, cand_mod.eval_device()), threads=eval_threads(settings))
     task_names = list(tasks) if tasks else (list(gates.tasks) if gates and gates.tasks else list(DEFAULT_TASKS))
     notes = []
     mmlu_format = settings.mmlu_format

@@ -85,7 +85,7 @@ class TrainConfig:
         """A copy with preset defaults filled in and every value checked."""
         p = preset(self.task)
         cfg = TrainConfig(**{**asdict(self), "output": Path(self.output)})
-        cfg.compute_dtype = base_mod.resolve_dtype(cfg.compute_dtype)
+        cfg.compute_dtype = base_mod.resolve_dtype(cfg.compute_dtype, distributed_device())
         if cfg.base and Path(cfg.base).expanduser().is_dir():
             # recorded in the adapter: a relative folder would only resolve from this directory
             cfg.base = str(Path(cfg.base).expanduser().resolve())
@@ -257,6 +257,14 @@ def _full_precision_base(cfg: TrainConfig):
     return base_mod.load_adapter(model, cfg.on_top_of).merge_and_unload()
 
 
+def distributed_device() -> str:
+    """Where training computes: the GPU when there is one (accelerate puts each process on its
+    own), else the CPU."""
+    import torch  # heavy: imported when a run starts, not with the module
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def _load_base(cfg: TrainConfig, scratch: Path, device: str = "cpu", fsdp: bool = False):
     import torch  # heavy: imported when a run starts, not with the module
 
@@ -266,7 +274,7 @@ def _load_base(cfg: TrainConfig, scratch: Path, device: str = "cpu", fsdp: bool 
         return base_mod.load_model(cfg.base, dtype=dtype, quantization=quantization, device=device, fsdp=fsdp)
     merged = _full_precision_base(cfg)  # merged in float32, then cast or quantized
     if not cfg.qlora:
-        return merged.to(dtype)
+        return merged.to(device=device, dtype=dtype)
     folder = scratch / "merged-base"
     merged.save_pretrained(folder)
     del merged

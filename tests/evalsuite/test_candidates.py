@@ -28,6 +28,22 @@ def test_emulated_bf16_is_not_taken_for_native(monkeypatch):
     assert base.resolve_dtype("auto") == "bfloat16"
 
 
+def test_auto_asks_the_device_that_computes(monkeypatch):
+    """A CPU computation on a machine with a GPU is still a CPU computation (evaluation, a CPU
+    merge's range finder): auto must not pick the GPU's bfloat16 for it."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    assert base.resolve_dtype("auto") == "float32"
+    assert base.resolve_dtype("auto", "cpu") == "float32"
+    assert base.resolve_dtype("auto", "cuda") == "bfloat16"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert base.resolve_dtype("auto", "cuda:1") == "float32"
+
+
 def test_explicit_dtype_is_kept_and_unknown_is_refused():
     assert base.resolve_dtype("float32") == "float32"
     with pytest.raises(AdapterMergeError, match="float16.*auto, float32, bfloat16"):
