@@ -102,3 +102,9 @@ def test_density_zero_takes_the_inner_default():
 def test_parameters_are_checked(params, message):
     with pytest.raises(AdapterMergeError, match=message):
         method.Params(**params)
+
+
+def test_an_adapter_merged_with_itself_is_itself():
+    # rank-deficient stacks: the reference bases carry directions where every core is zero
+    f = lora(24, 20, 4, 7)
+    torch.testing.assert_close(run([f, f], [1.0, 1.0], inner="ties", density=1.0).delta(), f.delta(), rtol=1e-5, atol=1e-5)

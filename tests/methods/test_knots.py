@@ -93,3 +93,9 @@ def test_dare_ties_is_seeded_and_at_density_one_is_ties():
 def test_parameters_are_checked(params, message):
     with pytest.raises(AdapterMergeError, match=message):
         method.Params(**params)
+
+
+def test_an_adapter_merged_with_itself_is_itself():
+    # the stacked factors are rank deficient: the joint SVD keeps the numerical rank only
+    f = lora(24, 20, 4, 7)
+    torch.testing.assert_close(run([f, f], [1.0, 1.0]).delta(), f.delta(), rtol=1e-5, atol=1e-5)
