@@ -10,14 +10,19 @@ one line below; method files never import this package (the registry imports the
 from ..registry import Registry
 from .base import MergeContext, MergeMethod, ModuleResult
 from .breadcrumbs import Breadcrumbs
+from .core import Core
 from .dora import Dora
+from .iso import IsoC, IsoCts
+from .knots import Knots
 from .linear import Cat, Linear, TaskArithmetic
 from .regmean import RegMean
 from .sequential import Sequential
 from .sparse import DareLinear, DareTies, Ties
+from .tsv import Tsv
 
 METHODS: Registry[MergeMethod] = Registry("merge method")
-for _cls in (Linear, TaskArithmetic, Sequential, Ties, DareLinear, DareTies, Dora, Cat, RegMean, Breadcrumbs):
+for _cls in (Linear, TaskArithmetic, Sequential, Ties, DareLinear, DareTies, Dora, Cat, RegMean, Breadcrumbs,
+             Knots, Tsv, IsoC, IsoCts, Core):
     METHODS.register(_cls.name, _cls())
 
 __all__ = ["METHODS", "MergeContext", "MergeMethod", "ModuleResult"]
