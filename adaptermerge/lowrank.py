@@ -14,9 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 from .base import resolve_dtype
+from .lazy import torch
 
 # Singular values below this fraction of the largest are float32 round-off, not rank.
 RANK_TOL = 1e-6

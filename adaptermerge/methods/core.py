@@ -28,7 +28,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-from ..adapter import LoraFactors
 from ..errors import AdapterMergeError
 from .base import ModuleResult, check_choice, param
 from .iso import IsoC, IsoCts
@@ -73,6 +72,8 @@ class Core:
         return inner.Params(**{k: v for k, v in given.items() if k in names})
 
     def merge_module(self, inputs, weights, base_weight, params, ctx) -> ModuleResult:
+        from ..adapter import LoraFactors  # a merge's work: describing the method loads no adapters (or torch)
+
         index, Bs, As = weighted_factors(inputs, [1.0] * len(inputs))
         cs = core_space(Bs, As)
         core_inputs = [None] * len(inputs)  # positions kept: DARE's generators follow the input index

@@ -29,8 +29,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
+from ..lazy import torch
 from . import math
 from .base import ModuleResult, check_choice, check_density, param
 from .subspace import core_space, numerical_rank, weighted_factors

@@ -30,9 +30,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 from ..errors import AdapterMergeError
+from ..lazy import torch
 from .base import ModuleResult, param
 from .subspace import core_space, numerical_rank, polar, weighted_factors
 
