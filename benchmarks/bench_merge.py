@@ -11,6 +11,12 @@ reference, or the exact weighted sum), aggregated over the checked modules.
     python benchmarks/bench_merge.py                 # both cases
     python benchmarks/bench_merge.py --case a        # SmolLM2 shapes only
     python benchmarks/bench_merge.py --device cuda   # adaptermerge on the GPU
+    python benchmarks/bench_merge.py --case a --isa avx2 --only-ties   # as on a CPU without AVX-512
+
+--isa avx2 emulates a CPU without AVX-512 on one with it, for both tools: PyTorch's own kernels,
+MKL and oneDNN are capped at AVX2 (ATEN_CPU_CAPABILITY, MKL_ENABLE_INSTRUCTIONS, ONEDNN_MAX_CPU_ISA),
+so is the C extension (ADAPTERMERGE_NATIVE=avx2), and the bfloat16 paths that need AVX512-BF16 or
+AMX are off. --kernels torch runs adaptermerge without its C extension (the pure-PyTorch kernels).
 """
 
 from __future__ import annotations
@@ -124,6 +130,10 @@ def rss_mb() -> float:
 def child(args) -> dict:
     import torch
 
+    if args.emulate_avx2:  # no AVX512-BF16 or AMX on such a CPU: the bf16 range finder stays off
+        torch.cpu._is_avx512_bf16_supported = lambda: False
+        torch.cpu._is_amx_tile_supported = lambda: False
+
     torch.manual_seed(0)
     adapter_dirs = [Path(p) for p in args.adapters]
     check = args.check_modules.split(",")
@@ -176,10 +186,16 @@ def child(args) -> dict:
     return result
 
 
+EMULATE_AVX2 = False  # --isa avx2: every child caps its instruction set
+
+
 def run_child(**kw) -> dict:
+    kw["emulate_avx2"] = EMULATE_AVX2
     argv = [sys.executable, __file__, "--child"]
     for k, v in kw.items():
-        if isinstance(v, list):
+        if isinstance(v, bool):
+            argv += [f"--{k.replace('_', '-')}"] if v else []
+        elif isinstance(v, list):
             argv += [f"--{k.replace('_', '-')}", *map(str, v)]
         elif v is not None:
             argv += [f"--{k.replace('_', '-')}", str(v)]
@@ -190,7 +206,7 @@ def run_child(**kw) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------
-def case_a(root: Path, device: str) -> list[dict]:
+def case_a(root: Path, device: str, only_ties: bool = False) -> list[dict]:
     from adaptermerge.base import embedded_base_dir
 
     base = embedded_base_dir()
@@ -201,10 +217,13 @@ def case_a(root: Path, device: str) -> list[dict]:
     rows = [
         run_child(tool="adaptermerge", method="ties", device=device, **common),
         run_child(tool="peft", method="ties_svd", base=str(base), **common),
-        run_child(tool="peft", method="ties", base=str(base), **common),
-        run_child(tool="adaptermerge", method="linear", device=device, **{**common, "rank": None}),
-        run_child(tool="peft", method="svd", base=str(base), **common),
     ]
+    if not only_ties:
+        rows += [
+            run_child(tool="peft", method="ties", base=str(base), **common),
+            run_child(tool="adaptermerge", method="linear", device=device, **{**common, "rank": None}),
+            run_child(tool="peft", method="svd", base=str(base), **common),
+        ]
     for r in rows:
         r["case"] = "a: SmolLM2-135M shapes (30 layers)"
     return rows
@@ -268,10 +287,14 @@ def main() -> None:
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     ap.add_argument("--peft-layers", type=int, default=2, help="layers PEFT merges in case b (0: skip PEFT)")
     ap.add_argument("--json", type=Path, help="Also write the rows as JSON here.")
+    ap.add_argument("--isa", choices=["native", "avx2"], default="native", help="avx2: emulate a CPU without AVX-512 (see above)")
+    ap.add_argument("--kernels", choices=["native", "torch"], default="native", help="torch: adaptermerge without its C extension")
+    ap.add_argument("--only-ties", action="store_true", help="case a: only adaptermerge ties and PEFT ties_svd")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--tool"), ap.add_argument("--method"), ap.add_argument("--adapters", nargs="*")
     ap.add_argument("--check-modules"), ap.add_argument("--rank", type=int), ap.add_argument("--base")
     ap.add_argument("--layers", type=int, default=2)
+    ap.add_argument("--emulate-avx2", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         import warnings
@@ -279,19 +302,24 @@ def main() -> None:
         warnings.filterwarnings("ignore")
         print(json.dumps(child(args)))
         return
+    global EMULATE_AVX2
+    if args.isa == "avx2":  # set before torch loads: children inherit it
+        EMULATE_AVX2 = True
+        os.environ.update(ATEN_CPU_CAPABILITY="avx2", MKL_ENABLE_INSTRUCTIONS="AVX2", ONEDNN_MAX_CPU_ISA="AVX2", ADAPTERMERGE_NATIVE="avx2")
+    if args.kernels == "torch":
+        os.environ["ADAPTERMERGE_NATIVE"] = "0"
     import torch
 
     from adaptermerge.methods import _native
 
-    # Built once per machine (0.2 s) and cached, like any first-use setup: done here, outside the
-    # timed merges, so a fresh machine's first run times the merge and not the compiler.
-    fused = _native.library() is not None
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}, "
-          f"fused C loops {'built' if fused else 'unavailable (eager fallback)'}")
+    lib = _native.library()
+    print(f"torch {torch.__version__} ({torch.backends.cpu.get_cpu_capability()}), {torch.get_num_threads()} threads, device {args.device}, "
+          f"C extension {f'built, {lib.isa_name} loops' if lib else 'off or not built (PyTorch kernels)'}"
+          f"{', emulating a CPU without AVX-512' if EMULATE_AVX2 else ''}")
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench_merge_") as tmp:
         if args.case in ("a", "both"):
-            rows += case_a(Path(tmp), args.device)
+            rows += case_a(Path(tmp), args.device, args.only_ties)
         if args.case in ("b", "both"):
             rows += case_b(Path(tmp), args.device, args.peft_layers)
     print_table(rows)
