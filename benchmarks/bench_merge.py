@@ -4,19 +4,23 @@ Three random rank-16 LoRA adapters on all seven projections of
   (a) SmolLM2-135M shapes (the real embedded base, for PEFT), and
   (b) Llama-3-8B shapes (32 layers, hidden 4096, MLP 14336, GQA k/v 1024): adaptermerge on all
       layers; PEFT on `--peft-layers` layers (default 2), its time scaled to 32 layers.
-Each run is its own process, so its peak RSS (VmHWM) is its own. Reported per run: merge time,
-peak RSS, and the relative error against the exact dense merge (an independent topk TIES
-reference, or the exact weighted sum), aggregated over the checked modules.
+Each run is its own process, so its peak RSS (VmHWM) is its own. Reported per run: merge time
+(wall, and the process's CPU seconds: on a machine shared with other work the wall time grows,
+the CPU time much less), peak RSS, and the relative error against the exact dense merge (an
+independent topk TIES reference, or the exact weighted sum), aggregated over the checked modules.
 
     python benchmarks/bench_merge.py                 # both cases
     python benchmarks/bench_merge.py --case a        # SmolLM2 shapes only
     python benchmarks/bench_merge.py --device cuda   # adaptermerge on the GPU
     python benchmarks/bench_merge.py --case a --isa avx2 --only-ties   # as on a CPU without AVX-512
+    python benchmarks/bench_merge.py --case a --only-ties --threads 1  # CPU seconds hold on a busy machine
 
 --isa avx2 emulates a CPU without AVX-512 on one with it, for both tools: PyTorch's own kernels,
 MKL and oneDNN are capped at AVX2 (ATEN_CPU_CAPABILITY, MKL_ENABLE_INSTRUCTIONS, ONEDNN_MAX_CPU_ISA),
 so is the C extension (ADAPTERMERGE_NATIVE=avx2), and the bfloat16 paths that need AVX512-BF16 or
 AMX are off. --kernels torch runs adaptermerge without its C extension (the pure-PyTorch kernels).
+On a machine shared with other work, compare at --threads 1: threads that wait on each other at
+every parallel region (PEFT's SVDs) lose far more wall time to contention than one thread does.
 """
 
 from __future__ import annotations
@@ -144,11 +148,12 @@ def child(args) -> dict:
         adapters = [load_adapter(p) for p in adapter_dirs]
         result["rss_before_mb"] = rss_mb()
         params = {"density": DENSITY} if args.method == "ties" else {}
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         merged = merge(adapters, args.method, [1.0] * N_ADAPTERS, rank=args.rank, device=args.device, tune_allocator=True, **params)  # as the CLI merges
         if args.device == "cuda":
             torch.cuda.synchronize()
         result["time_s"] = time.perf_counter() - start
+        result["cpu_s"] = time.process_time() - cpu
         result["peak_rss_mb"] = peak_rss_mb()  # before the error check, which forms dense references
         got = {m: merged.factors(m).delta() for m in check}
         result["modules"] = len(merged.modules)
@@ -170,9 +175,10 @@ def child(args) -> dict:
         if args.method.endswith("svd"):
             kwargs["svd_rank"] = args.rank
         result["rss_before_mb"] = rss_mb()
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         model.add_weighted_adapter(names, weights, "merged", combination_type=args.method, **kwargs)
         result["time_s"] = time.perf_counter() - start
+        result["cpu_s"] = time.process_time() - cpu
         result["peak_rss_mb"] = peak_rss_mb()
         modules = dict(model.base_model.model.named_modules())
         got = {m: modules[m].get_delta_weight("merged").float() for m in check}
@@ -248,7 +254,7 @@ def case_b(root: Path, device: str, peft_layers: int) -> list[dict]:
 
 
 def print_table(rows: list[dict]) -> None:
-    head = f"{'case':<36} {'tool':<13} {'method':<9} {'time s':>9} {'scaled s':>9} {'peak RSS MB':>12} {'rel err':>9} {'worst':>9}"
+    head = f"{'case':<36} {'tool':<13} {'method':<9} {'time s':>9} {'cpu s':>8} {'scaled s':>9} {'peak RSS MB':>12} {'rel err':>9} {'worst':>9}"
     print(head)
     print("-" * len(head))
     for r in rows:
@@ -256,7 +262,7 @@ def print_table(rows: list[dict]) -> None:
             print(f"{r.get('case', ''):<36} {r['tool']:<13} {r['method']:<9} error: {r['error']}")
             continue
         scaled = f"{r['time_s_scaled_to_32_layers']:.1f}" if "time_s_scaled_to_32_layers" in r else ""
-        print(f"{r['case']:<36} {r['tool']:<13} {r['method']:<9} {r['time_s']:>9.2f} {scaled:>9} {r['peak_rss_mb']:>12.0f} {r['rel_error']:>9.4f} {r['worst_module_rel_error']:>9.4f}")
+        print(f"{r['case']:<36} {r['tool']:<13} {r['method']:<9} {r['time_s']:>9.2f} {r.get('cpu_s', float('nan')):>8.2f} {scaled:>9} {r['peak_rss_mb']:>12.0f} {r['rel_error']:>9.4f} {r['worst_module_rel_error']:>9.4f}")
 
 
 def target_lines(rows: list[dict]) -> list[str]:
@@ -290,6 +296,7 @@ def main() -> None:
     ap.add_argument("--isa", choices=["native", "avx2"], default="native", help="avx2: emulate a CPU without AVX-512 (see above)")
     ap.add_argument("--kernels", choices=["native", "torch"], default="native", help="torch: adaptermerge without its C extension")
     ap.add_argument("--only-ties", action="store_true", help="case a: only adaptermerge ties and PEFT ties_svd")
+    ap.add_argument("--threads", type=int, help="threads for each tool (adaptermerge: merge workers); default: all cores")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--tool"), ap.add_argument("--method"), ap.add_argument("--adapters", nargs="*")
     ap.add_argument("--check-modules"), ap.add_argument("--rank", type=int), ap.add_argument("--base")
@@ -308,6 +315,8 @@ def main() -> None:
         os.environ.update(ATEN_CPU_CAPABILITY="avx2", MKL_ENABLE_INSTRUCTIONS="AVX2", ONEDNN_MAX_CPU_ISA="AVX2", ADAPTERMERGE_NATIVE="avx2")
     if args.kernels == "torch":
         os.environ["ADAPTERMERGE_NATIVE"] = "0"
+    if args.threads:  # children inherit these: PyTorch's threads, and adaptermerge's merge workers
+        os.environ.update(OMP_NUM_THREADS=str(args.threads), ADAPTERMERGE_WORKERS=str(args.threads))
     import torch
 
     from adaptermerge.methods import _native

@@ -26,7 +26,7 @@ SHAPES = {"q/o 576x576": (576, 576, 60), "k/v 192x576": (192, 576, 60), "gate/up
 STAGES = ("form", "cut", "combine", "truncate")
 
 
-def profile(out: int, inp: int, count: int, gen) -> dict[str, float]:
+def profile(out: int, inp: int, count: int, gen, power_iters: int | None = None) -> dict[str, float]:
     import torch
 
     from adaptermerge import lowrank
@@ -37,6 +37,7 @@ def profile(out: int, inp: int, count: int, gen) -> dict[str, float]:
     n = out * inp
     keep = math.keep_count(n, 0.2)
     spent = dict.fromkeys(STAGES, 0.0)
+    spent["resid2"] = spent["norm2"] = 0.0  # the truncation's squared error and the deltas' norms, summed
     for _ in range(count):
         marks = [time.thread_time()]
         values = torch.bmm(B, A).view(3, n)
@@ -45,10 +46,13 @@ def profile(out: int, inp: int, count: int, gen) -> dict[str, float]:
         marks.append(time.thread_time())
         merged = backends.ties(values, cuts, [1.0, 1.0, 1.0], entries=n)[0].view(out, inp)  # as sparse_merge runs it
         marks.append(time.thread_time())
-        lowrank.truncate(merged, 48, sketch=A.reshape(48, inp))
+        stats = lowrank.truncate(merged, 48, sketch=A.reshape(48, inp), power_iters=power_iters)[2]
         marks.append(time.thread_time())
         for stage, start, stop in zip(STAGES, marks, marks[1:]):
             spent[stage] += stop - start
+        norm2 = float(merged.double().pow(2).sum())
+        spent["norm2"] += norm2
+        spent["resid2"] += stats.rel_error**2 * norm2
     return spent
 
 
@@ -57,6 +61,7 @@ def main() -> None:
     ap.add_argument("--isa", choices=["native", "avx2"], default="native", help="avx2: emulate a CPU without AVX-512")
     ap.add_argument("--kernels", choices=["native", "torch"], default="native", help="torch: without the C extension")
     ap.add_argument("--repeat", type=int, default=3, help="runs per shape; the fastest counts")
+    ap.add_argument("--power-iters", type=int, help="the truncation's power iterations (default: its own choice)")
     args = ap.parse_args()
     os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")  # as the CLI merges: large tensors on huge pages
     if args.isa == "avx2":  # before torch loads
@@ -76,23 +81,24 @@ def main() -> None:
     print(f"backend: {backends.choose(torch.zeros(3, 576 * 576), 576 * 576).value}"
           f"{f' ({lib.isa_name} loops)' if lib else ''}, torch {torch.backends.cpu.get_cpu_capability()}; thread CPU seconds")
     with heap_reuse():  # as merge() runs: module-sized blocks from the heap, no fresh page faults
-        run(args.repeat)
+        run(args.repeat, args.power_iters)
 
 
-def run(repeat: int) -> None:
+def run(repeat: int, power_iters: int | None) -> None:
     import torch
 
     gen = torch.Generator().manual_seed(0)
     profile(576, 576, 2, gen)  # warm-up: first calls allocate and load kernels
-    total = dict.fromkeys(STAGES, 0.0)
+    total = dict.fromkeys((*STAGES, "resid2", "norm2"), 0.0)
     print(f"{'shape':<18}" + "".join(f"{s:>10}" for s in STAGES) + f"{'all':>10}")
     for name, (out, inp, count) in SHAPES.items():
-        runs = [profile(out, inp, count, gen) for _ in range(repeat)]
-        spent = min(runs, key=lambda r: sum(r.values()))
-        print(f"{name:<18}" + "".join(f"{spent[s]:>10.3f}" for s in STAGES) + f"{sum(spent.values()):>10.3f}")
-        for s in STAGES:
+        runs = [profile(out, inp, count, gen, power_iters) for _ in range(repeat)]
+        spent = min(runs, key=lambda r: sum(r[s] for s in STAGES))
+        print(f"{name:<18}" + "".join(f"{spent[s]:>10.3f}" for s in STAGES) + f"{sum(spent[s] for s in STAGES):>10.3f}")
+        for s in total:
             total[s] += spent[s]
-    print(f"{'all 210 modules':<18}" + "".join(f"{total[s]:>10.3f}" for s in STAGES) + f"{sum(total.values()):>10.3f}")
+    print(f"{'all 210 modules':<18}" + "".join(f"{total[s]:>10.3f}" for s in STAGES) + f"{sum(total[s] for s in STAGES):>10.3f}")
+    print(f"truncation error over all modules: {(total['resid2'] / total['norm2']) ** 0.5:.7f}")
 
 
 if __name__ == "__main__":
