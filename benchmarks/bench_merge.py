@@ -4,13 +4,23 @@ Three random rank-16 LoRA adapters on all seven projections of
   (a) SmolLM2-135M shapes (the real embedded base, for PEFT), and
   (b) Llama-3-8B shapes (32 layers, hidden 4096, MLP 14336, GQA k/v 1024): adaptermerge on all
       layers; PEFT on `--peft-layers` layers (default 2), its time scaled to 32 layers.
-Each run is its own process, so its peak RSS (VmHWM) is its own. Reported per run: merge time,
-peak RSS, and the relative error against the exact dense merge (an independent topk TIES
-reference, or the exact weighted sum), aggregated over the checked modules.
+Each run is its own process, so its peak RSS (VmHWM) is its own. Reported per run: merge time
+(wall, and the process's CPU seconds: on a machine shared with other work the wall time grows,
+the CPU time much less), peak RSS, and the relative error against the exact dense merge (an
+independent topk TIES reference, or the exact weighted sum), aggregated over the checked modules.
 
     python benchmarks/bench_merge.py                 # both cases
     python benchmarks/bench_merge.py --case a        # SmolLM2 shapes only
     python benchmarks/bench_merge.py --device cuda   # adaptermerge on the GPU
+    python benchmarks/bench_merge.py --case a --isa avx2 --only-ties   # as on a CPU without AVX-512
+    python benchmarks/bench_merge.py --case a --only-ties --threads 1  # CPU seconds hold on a busy machine
+
+--isa avx2 emulates a CPU without AVX-512 on one with it, for both tools: PyTorch's own kernels,
+MKL and oneDNN are capped at AVX2 (ATEN_CPU_CAPABILITY, MKL_ENABLE_INSTRUCTIONS, ONEDNN_MAX_CPU_ISA),
+so is the C extension (ADAPTERMERGE_NATIVE=avx2), and the bfloat16 paths that need AVX512-BF16 or
+AMX are off. --kernels torch runs adaptermerge without its C extension (the pure-PyTorch kernels).
+On a machine shared with other work, compare at --threads 1: threads that wait on each other at
+every parallel region (PEFT's SVDs) lose far more wall time to contention than one thread does.
 """
 
 from __future__ import annotations
@@ -124,6 +134,10 @@ def rss_mb() -> float:
 def child(args) -> dict:
     import torch
 
+    if args.emulate_avx2:  # no AVX512-BF16 or AMX on such a CPU: the bf16 range finder stays off
+        torch.cpu._is_avx512_bf16_supported = lambda: False
+        torch.cpu._is_amx_tile_supported = lambda: False
+
     torch.manual_seed(0)
     adapter_dirs = [Path(p) for p in args.adapters]
     check = args.check_modules.split(",")
@@ -134,11 +148,12 @@ def child(args) -> dict:
         adapters = [load_adapter(p) for p in adapter_dirs]
         result["rss_before_mb"] = rss_mb()
         params = {"density": DENSITY} if args.method == "ties" else {}
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         merged = merge(adapters, args.method, [1.0] * N_ADAPTERS, rank=args.rank, device=args.device, tune_allocator=True, **params)  # as the CLI merges
         if args.device == "cuda":
             torch.cuda.synchronize()
         result["time_s"] = time.perf_counter() - start
+        result["cpu_s"] = time.process_time() - cpu
         result["peak_rss_mb"] = peak_rss_mb()  # before the error check, which forms dense references
         got = {m: merged.factors(m).delta() for m in check}
         result["modules"] = len(merged.modules)
@@ -160,9 +175,10 @@ def child(args) -> dict:
         if args.method.endswith("svd"):
             kwargs["svd_rank"] = args.rank
         result["rss_before_mb"] = rss_mb()
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         model.add_weighted_adapter(names, weights, "merged", combination_type=args.method, **kwargs)
         result["time_s"] = time.perf_counter() - start
+        result["cpu_s"] = time.process_time() - cpu
         result["peak_rss_mb"] = peak_rss_mb()
         modules = dict(model.base_model.model.named_modules())
         got = {m: modules[m].get_delta_weight("merged").float() for m in check}
@@ -176,10 +192,16 @@ def child(args) -> dict:
     return result
 
 
+EMULATE_AVX2 = False  # --isa avx2: every child caps its instruction set
+
+
 def run_child(**kw) -> dict:
+    kw["emulate_avx2"] = EMULATE_AVX2
     argv = [sys.executable, __file__, "--child"]
     for k, v in kw.items():
-        if isinstance(v, list):
+        if isinstance(v, bool):
+            argv += [f"--{k.replace('_', '-')}"] if v else []
+        elif isinstance(v, list):
             argv += [f"--{k.replace('_', '-')}", *map(str, v)]
         elif v is not None:
             argv += [f"--{k.replace('_', '-')}", str(v)]
@@ -190,7 +212,7 @@ def run_child(**kw) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------
-def case_a(root: Path, device: str) -> list[dict]:
+def case_a(root: Path, device: str, only_ties: bool = False) -> list[dict]:
     from adaptermerge.base import embedded_base_dir
 
     base = embedded_base_dir()
@@ -201,10 +223,13 @@ def case_a(root: Path, device: str) -> list[dict]:
     rows = [
         run_child(tool="adaptermerge", method="ties", device=device, **common),
         run_child(tool="peft", method="ties_svd", base=str(base), **common),
-        run_child(tool="peft", method="ties", base=str(base), **common),
-        run_child(tool="adaptermerge", method="linear", device=device, **{**common, "rank": None}),
-        run_child(tool="peft", method="svd", base=str(base), **common),
     ]
+    if not only_ties:
+        rows += [
+            run_child(tool="peft", method="ties", base=str(base), **common),
+            run_child(tool="adaptermerge", method="linear", device=device, **{**common, "rank": None}),
+            run_child(tool="peft", method="svd", base=str(base), **common),
+        ]
     for r in rows:
         r["case"] = "a: SmolLM2-135M shapes (30 layers)"
     return rows
@@ -229,7 +254,7 @@ def case_b(root: Path, device: str, peft_layers: int) -> list[dict]:
 
 
 def print_table(rows: list[dict]) -> None:
-    head = f"{'case':<36} {'tool':<13} {'method':<9} {'time s':>9} {'scaled s':>9} {'peak RSS MB':>12} {'rel err':>9} {'worst':>9}"
+    head = f"{'case':<36} {'tool':<13} {'method':<9} {'time s':>9} {'cpu s':>8} {'scaled s':>9} {'peak RSS MB':>12} {'rel err':>9} {'worst':>9}"
     print(head)
     print("-" * len(head))
     for r in rows:
@@ -237,7 +262,7 @@ def print_table(rows: list[dict]) -> None:
             print(f"{r.get('case', ''):<36} {r['tool']:<13} {r['method']:<9} error: {r['error']}")
             continue
         scaled = f"{r['time_s_scaled_to_32_layers']:.1f}" if "time_s_scaled_to_32_layers" in r else ""
-        print(f"{r['case']:<36} {r['tool']:<13} {r['method']:<9} {r['time_s']:>9.2f} {scaled:>9} {r['peak_rss_mb']:>12.0f} {r['rel_error']:>9.4f} {r['worst_module_rel_error']:>9.4f}")
+        print(f"{r['case']:<36} {r['tool']:<13} {r['method']:<9} {r['time_s']:>9.2f} {r.get('cpu_s', float('nan')):>8.2f} {scaled:>9} {r['peak_rss_mb']:>12.0f} {r['rel_error']:>9.4f} {r['worst_module_rel_error']:>9.4f}")
 
 
 def target_lines(rows: list[dict]) -> list[str]:
@@ -268,10 +293,15 @@ def main() -> None:
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     ap.add_argument("--peft-layers", type=int, default=2, help="layers PEFT merges in case b (0: skip PEFT)")
     ap.add_argument("--json", type=Path, help="Also write the rows as JSON here.")
+    ap.add_argument("--isa", choices=["native", "avx2"], default="native", help="avx2: emulate a CPU without AVX-512 (see above)")
+    ap.add_argument("--kernels", choices=["native", "torch"], default="native", help="torch: adaptermerge without its C extension")
+    ap.add_argument("--only-ties", action="store_true", help="case a: only adaptermerge ties and PEFT ties_svd")
+    ap.add_argument("--threads", type=int, help="threads for each tool (adaptermerge: merge workers); default: all cores")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--tool"), ap.add_argument("--method"), ap.add_argument("--adapters", nargs="*")
     ap.add_argument("--check-modules"), ap.add_argument("--rank", type=int), ap.add_argument("--base")
     ap.add_argument("--layers", type=int, default=2)
+    ap.add_argument("--emulate-avx2", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         import warnings
@@ -279,19 +309,26 @@ def main() -> None:
         warnings.filterwarnings("ignore")
         print(json.dumps(child(args)))
         return
+    global EMULATE_AVX2
+    if args.isa == "avx2":  # set before torch loads: children inherit it
+        EMULATE_AVX2 = True
+        os.environ.update(ATEN_CPU_CAPABILITY="avx2", MKL_ENABLE_INSTRUCTIONS="AVX2", ONEDNN_MAX_CPU_ISA="AVX2", ADAPTERMERGE_NATIVE="avx2")
+    if args.kernels == "torch":
+        os.environ["ADAPTERMERGE_NATIVE"] = "0"
+    if args.threads:  # children inherit these: PyTorch's threads, and adaptermerge's merge workers
+        os.environ.update(OMP_NUM_THREADS=str(args.threads), ADAPTERMERGE_WORKERS=str(args.threads))
     import torch
 
     from adaptermerge.methods import _native
 
-    # Built once per machine (0.2 s) and cached, like any first-use setup: done here, outside the
-    # timed merges, so a fresh machine's first run times the merge and not the compiler.
-    fused = _native.library() is not None
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}, "
-          f"fused C loops {'built' if fused else 'unavailable (eager fallback)'}")
+    lib = _native.library()
+    print(f"torch {torch.__version__} ({torch.backends.cpu.get_cpu_capability()}), {torch.get_num_threads()} threads, device {args.device}, "
+          f"C extension {f'built, {lib.isa_name} loops' if lib else 'off or not built (PyTorch kernels)'}"
+          f"{', emulating a CPU without AVX-512' if EMULATE_AVX2 else ''}")
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench_merge_") as tmp:
         if args.case in ("a", "both"):
-            rows += case_a(Path(tmp), args.device)
+            rows += case_a(Path(tmp), args.device, args.only_ties)
         if args.case in ("b", "both"):
             rows += case_b(Path(tmp), args.device, args.peft_layers)
     print_table(rows)

@@ -4,9 +4,9 @@ Each backend gives bit for bit what the reference function in `math` gives (the 
 the same; tests/methods/test_backends.py checks it on adversarial inputs). Which one runs is a
 `Backend`, chosen by `choose` from the tensor and the module size:
 
-- NATIVE: the fused C loops of `_native.c` (CPU, float32, contiguous; built once per machine
-  with the system C compiler). Trim, sign election and weighted mean in one pass, the cut by a
-  radix select in two: 3-4x the eager speed (see _native.py). The CPU path wherever it builds.
+- NATIVE: the fused C loops of `_native.c` (CPU, float32, contiguous), an optional extension
+  built at install time. Trim, sign election and weighted mean in one pass, the cut by a radix
+  select in two: 3-4x the eager speed (see _native.py). The CPU path wherever it was built.
 - COMPILED: `math.ties` itself through torch.compile (Triton on a GPU, C++ on a CPU): its
   per-adapter loop unrolls into one fused loop over the block's entries. Only for modules of
   COMPILE_MIN_ENTRIES or more: compiling costs tens of seconds once per machine (then cached).
@@ -16,7 +16,8 @@ the same; tests/methods/test_backends.py checks it on adversarial inputs). Which
   cut by a radix select on the float bits. Any device.
 - REFERENCE: `math` as written. The definition; slow (7x EAGER on a CPU), for tests.
 
-ADAPTERMERGE_NATIVE=0 and ADAPTERMERGE_COMPILE=0 rule out NATIVE and COMPILED.
+ADAPTERMERGE_NATIVE=0 and ADAPTERMERGE_COMPILE=0 rule out NATIVE and COMPILED (ADAPTERMERGE_NATIVE=avx2
+or baseline keeps NATIVE at that instruction set).
 """
 
 from __future__ import annotations
@@ -106,7 +107,7 @@ def _native_library(*tensors: torch.Tensor):
     """The C loops, for tensors they can read in place; an error rather than a wild read."""
     lib = _native.library()
     if lib is None or not _native.usable(*tensors):
-        raise ValueError("the native backend needs the built C loops and contiguous float32 CPU tensors")
+        raise ValueError("the native backend needs the built extension and contiguous float32 CPU tensors")
     return lib
 
 

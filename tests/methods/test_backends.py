@@ -11,7 +11,19 @@ from adaptermerge.methods import _native, backends, math
 from adaptermerge.methods.backends import Backend
 
 lib = _native.library()
-FAST = [Backend.EAGER] + ([Backend.NATIVE] if lib is not None else [])
+# Every variant of the C loops this CPU runs (baseline, AVX2, AVX-512), each its own NATIVE case.
+FAST = [pytest.param((Backend.EAGER, None), id="eager")] + [
+    pytest.param((Backend.NATIVE, isa), id=f"native-{isa}") for isa in (lib.isas if lib is not None else ())
+]
+
+
+@pytest.fixture
+def backend(request, monkeypatch):
+    chosen, isa = request.param
+    if isa is not None:
+        monkeypatch.setenv("ADAPTERMERGE_NATIVE", isa)
+        assert _native.library().isa_name == isa
+    return chosen
 
 
 def bits(t: torch.Tensor) -> torch.Tensor:
@@ -46,7 +58,7 @@ CASES = [  # (k adapters, N entries, weights)
 ]
 
 
-@pytest.mark.parametrize("backend", FAST)
+@pytest.mark.parametrize("backend", FAST, indirect=True)
 @pytest.mark.parametrize("k,n,weights", CASES)
 def test_magnitude_cut_backends_equal_the_reference(backend, k, n, weights):
     v = weighted_rows(k, n, weights, seed=n)
@@ -56,7 +68,7 @@ def test_magnitude_cut_backends_equal_the_reference(backend, k, n, weights):
         backends.magnitude_cut(v, n + 1, backend)
 
 
-@pytest.mark.parametrize("backend", FAST)
+@pytest.mark.parametrize("backend", FAST, indirect=True)
 @pytest.mark.parametrize("k,n,weights", CASES)
 def test_ties_backends_equal_the_reference(backend, k, n, weights):
     v = weighted_rows(k, n, weights, seed=n + 1)
@@ -70,7 +82,7 @@ def test_ties_backends_equal_the_reference(backend, k, n, weights):
     assert torch.equal(v, before)  # the input is read, never written
 
 
-@pytest.mark.parametrize("backend", FAST + [Backend.REFERENCE])
+@pytest.mark.parametrize("backend", FAST + [pytest.param((Backend.REFERENCE, None), id="reference")], indirect=True)
 def test_ties_writes_into_out(backend):
     v = weighted_rows(3, 6000, [1.0, -0.5, 2.0], seed=9)
     cuts = math.magnitude_cut(v, 1200)
@@ -120,7 +132,7 @@ def test_choose_prefers_native_then_compiled_for_large_modules_then_eager(monkey
     assert backends.choose(on_cpu, entries=backends.COMPILE_MIN_ENTRIES) is Backend.EAGER
 
 
-@pytest.mark.skipif(lib is None, reason="no working C compiler here")
+@pytest.mark.skipif(lib is None, reason="extension not built here")
 def test_native_refuses_what_it_cannot_read_in_place():
     with pytest.raises(ValueError, match="float32 CPU"):
         backends.magnitude_cut(torch.randn(2, 100, dtype=torch.float64), 5, Backend.NATIVE)
