@@ -19,7 +19,7 @@ PY="${PYTHON:-python3}"
 
 # Every registered merge method has a stage here; tests/scripts/test_gpu_check.py fails when the
 # registry gains one that is missing, and the run itself prints a FAIL line for it.
-MERGE_METHODS=(linear task_arithmetic sequential ties dare_linear dare_ties dora cat regmean breadcrumbs)
+MERGE_METHODS=(linear task_arithmetic sequential ties dare_linear dare_ties dora cat regmean breadcrumbs knots tsv iso_c iso_cts core)
 
 usage() { sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; }
 
