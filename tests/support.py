@@ -7,6 +7,8 @@ from pathlib import Path
 
 import torch
 
+from adaptermerge.adapter import LoraFactors
+
 ALL_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 REPO = Path(__file__).resolve().parents[1]
 SHARED_MMLU = REPO.parent / "shared" / "data" / "mmlu"
@@ -74,3 +76,30 @@ def save_tiny_chat_model(path: Path, *, hidden: int = 32, intermediate: int = 64
     LlamaForCausalLM(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+def random_lora(out, inp, r, seed, scale=2.0):
+    """A random LoraFactors [out, in] of rank r (B rows scaled unevenly), alpha = r * scale."""
+    g = torch.Generator().manual_seed(seed)
+    return LoraFactors(torch.randn(r, inp, generator=g), torch.randn(out, r, generator=g) * torch.rand(out, 1, generator=g), r * scale, scale)
+
+
+def sorted_ties(values, weights, density):
+    """TIES written apart: keep each row's round(density * N) largest |entries| (a full sort), elect
+    the sign of the sum, average the agreeing entries with the sum of agreeing |w| as divisor."""
+    n = values.shape[1]
+    keep = max(1, min(n, round(density * n)))
+    trimmed = torch.zeros_like(values)
+    for t, row in enumerate(values):
+        idx = torch.argsort(row.abs(), descending=True)[:keep]
+        trimmed[t, idx] = row[idx]
+    sign = trimmed.sum(0).sign()
+    agree = trimmed * sign > 0
+    den = (agree * torch.tensor(weights, dtype=values.dtype).abs()[:, None]).sum(0)
+    return torch.where(den > 0, (trimmed * agree).sum(0) / den.clamp_min(1e-300), 0.0)
+
+
+def dense_polar(X):
+    """The polar factor of X (its closest matrix with orthonormal columns), from a dense SVD."""
+    P, _, Qh = torch.linalg.svd(X, full_matrices=False)
+    return P @ Qh

@@ -6,30 +6,11 @@ import pytest
 import torch
 
 from adaptermerge import AdapterMergeError
-from adaptermerge.adapter import LoraFactors
 from adaptermerge.methods import METHODS, MergeContext
+from support import random_lora, sorted_ties
 
 method = METHODS.get("core")
 CTX = MergeContext("m", 0, torch.device("cpu"))
-
-
-def lora(out, inp, r, seed, scale=2.0):
-    g = torch.Generator().manual_seed(seed)
-    return LoraFactors(torch.randn(r, inp, generator=g), torch.randn(out, r, generator=g) * torch.rand(out, 1, generator=g), r * scale, scale)
-
-
-def sorted_ties(values, weights, density):
-    """TIES written apart (a full sort per row; divisor: the sum of the agreeing |w|)."""
-    n = values.shape[1]
-    keep = max(1, min(n, round(density * n)))
-    trimmed = torch.zeros_like(values)
-    for t, row in enumerate(values):
-        idx = torch.argsort(row.abs(), descending=True)[:keep]
-        trimmed[t, idx] = row[idx]
-    sign = trimmed.sum(0).sign()
-    agree = trimmed * sign > 0
-    den = (agree * torch.tensor(weights, dtype=values.dtype).abs()[:, None]).sum(0)
-    return torch.where(den > 0, (trimmed * agree).sum(0) / den.clamp_min(1e-300), 0.0)
 
 
 def dense_core_ties(inputs, weights, density, lam):
@@ -52,7 +33,7 @@ CASES = [((24, 20), (2, 3, 4)), ((12, 10), (4, 4, 4)), ((20, 24), (3, 1))]
 @pytest.mark.parametrize("shape, ranks", CASES)
 @pytest.mark.parametrize("density", [1.0, 0.3, 0.1])
 def test_ties_in_core_space_matches_dense_bases(shape, ranks, density):
-    inputs = [lora(*shape, r, seed) for seed, r in enumerate(ranks)]
+    inputs = [random_lora(*shape, r, seed) for seed, r in enumerate(ranks)]
     weights = [1.0, -0.5, 2.0][: len(inputs)]
     expect = dense_core_ties(inputs, weights, density, 0.8)
     got = run(inputs, weights, inner="ties", density=density, lambda_=0.8)
@@ -62,7 +43,7 @@ def test_ties_in_core_space_matches_dense_bases(shape, ranks, density):
 @pytest.mark.parametrize("inner", ["task_arithmetic", "iso_c", "iso_cts", "tsv"])
 @pytest.mark.parametrize("shape, ranks", [((24, 20), (3, 3, 3)), ((20, 24), (2, 2))])
 def test_rotation_invariant_methods_give_the_full_space_merge(inner, shape, ranks):
-    inputs = [lora(*shape, r, seed) for seed, r in enumerate(ranks)]
+    inputs = [random_lora(*shape, r, seed) for seed, r in enumerate(ranks)]
     weights = [1.0, 0.5, -1.5][: len(inputs)]
     full = METHODS.get(inner)
     expect = full.merge_module(inputs, weights, None, full.Params(lambda_=1.3), CTX).delta()
@@ -71,19 +52,19 @@ def test_rotation_invariant_methods_give_the_full_space_merge(inner, shape, rank
 
 
 def test_one_input_comes_back():
-    f = lora(24, 20, 4, 7)
+    f = random_lora(24, 20, 4, 7)
     torch.testing.assert_close(run([f], [1.0], inner="ties", density=1.0).delta(), f.delta(), rtol=1e-5, atol=1e-5)
 
 
 def test_input_order_does_not_matter():
-    inputs = [lora(24, 20, r, seed) for seed, r in enumerate((2, 3, 4))]
+    inputs = [random_lora(24, 20, r, seed) for seed, r in enumerate((2, 3, 4))]
     a = run(inputs, [1.0, 0.5, 1.5], density=0.3).delta()
     b = run([inputs[2], None, inputs[0], inputs[1]], [1.5, 9.0, 1.0, 0.5], density=0.3).delta()
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
 def test_output_is_low_rank_and_dare_is_seeded():
-    inputs = [lora(24, 20, r, seed) for seed, r in enumerate((2, 3))]
+    inputs = [random_lora(24, 20, r, seed) for seed, r in enumerate((2, 3))]
     a = run(inputs, [1.0, 1.0], inner="dare_ties", density=0.5)
     assert sum(B.shape[1] for B, _ in a.terms) <= 5  # at most the core's width
     torch.testing.assert_close(a.delta(), run(inputs, [1.0, 1.0], inner="dare_ties", density=0.5).delta())
@@ -106,5 +87,5 @@ def test_parameters_are_checked(params, message):
 
 def test_an_adapter_merged_with_itself_is_itself():
     # rank-deficient stacks: the reference bases carry directions where every core is zero
-    f = lora(24, 20, 4, 7)
+    f = random_lora(24, 20, 4, 7)
     torch.testing.assert_close(run([f, f], [1.0, 1.0], inner="ties", density=1.0).delta(), f.delta(), rtol=1e-5, atol=1e-5)

@@ -5,22 +5,12 @@ import pytest
 import torch
 
 from adaptermerge import AdapterMergeError
-from adaptermerge.adapter import LoraFactors
 from adaptermerge.methods import METHODS, MergeContext
 from adaptermerge.methods.iso import cts_sizes
+from support import dense_polar, random_lora
 
 iso_c, iso_cts = METHODS.get("iso_c"), METHODS.get("iso_cts")
 CTX = MergeContext("m", 0, torch.device("cpu"))
-
-
-def lora(out, inp, r, seed, scale=2.0):
-    g = torch.Generator().manual_seed(seed)
-    return LoraFactors(torch.randn(r, inp, generator=g), torch.randn(out, r, generator=g) * torch.rand(out, 1, generator=g), r * scale, scale)
-
-
-def dense_polar(X):
-    P, _, Qh = torch.linalg.svd(X, full_matrices=False)
-    return P @ Qh
 
 
 def dense_iso_c(total, lam):
@@ -59,7 +49,7 @@ CASES = [((24, 20), (2, 3, 4)), ((12, 10), (4, 4, 4)), ((20, 24), (3, 1))]
 @pytest.mark.parametrize("shape, ranks", CASES)
 @pytest.mark.parametrize("lam", [1.0, 1.3])
 def test_iso_c_matches_a_dense_svd(shape, ranks, lam):
-    inputs = [lora(*shape, r, seed) for seed, r in enumerate(ranks)]
+    inputs = [random_lora(*shape, r, seed) for seed, r in enumerate(ranks)]
     weights = [1.0, -0.5, 2.0][: len(inputs)]
     expect = dense_iso_c(sum(f.delta().double() * w for f, w in zip(inputs, weights)), lam)
     got = run(iso_c, inputs, weights, lambda_=lam).delta().double()
@@ -69,7 +59,7 @@ def test_iso_c_matches_a_dense_svd(shape, ranks, lam):
 @pytest.mark.parametrize("shape, ranks", CASES)
 @pytest.mark.parametrize("common", [0.8, 0.5, 0.0])
 def test_iso_cts_matches_dense_svds(shape, ranks, common):
-    inputs = [lora(*shape, r, seed) for seed, r in enumerate(ranks)]
+    inputs = [random_lora(*shape, r, seed) for seed, r in enumerate(ranks)]
     weights = [1.0, -0.5, 2.0][: len(inputs)]
     expect = dense_iso_cts([f.delta().double() * w for f, w in zip(inputs, weights)], ranks, common, 1.2)
     got = run(iso_cts, inputs, weights, common=common, lambda_=1.2).delta().double()
@@ -77,7 +67,7 @@ def test_iso_cts_matches_dense_svds(shape, ranks, common):
 
 
 def test_iso_c_flattens_the_spectrum_to_its_mean():
-    inputs = [lora(24, 20, r, seed) for seed, r in enumerate((2, 3))]
+    inputs = [random_lora(24, 20, r, seed) for seed, r in enumerate((2, 3))]
     total = sum(f.delta().double() for f in inputs)
     S = torch.linalg.svdvals(total)[:5]
     got = torch.linalg.svdvals(run(iso_c, inputs, [1.0, 1.0]).delta().double())
@@ -86,7 +76,7 @@ def test_iso_c_flattens_the_spectrum_to_its_mean():
 
 
 def test_iso_cts_with_all_common_is_iso_c():
-    inputs = [lora(24, 20, r, seed) for seed, r in enumerate((2, 3, 4))]
+    inputs = [random_lora(24, 20, r, seed) for seed, r in enumerate((2, 3, 4))]
     a = run(iso_cts, inputs, [1.0, 2.0, 0.5], common=1.0).delta()
     b = run(iso_c, inputs, [1.0, 2.0, 0.5]).delta()
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
@@ -101,7 +91,7 @@ def test_sizes_follow_the_papers_rounding():
 
 @pytest.mark.parametrize("method", [iso_c, iso_cts])
 def test_input_order_does_not_matter(method):
-    inputs = [lora(24, 20, r, seed) for seed, r in enumerate((2, 3, 4))]
+    inputs = [random_lora(24, 20, r, seed) for seed, r in enumerate((2, 3, 4))]
     a = run(method, inputs, [1.0, 0.5, 1.5]).delta()
     b = run(method, [inputs[2], None, inputs[0], inputs[1]], [1.5, 9.0, 1.0, 0.5]).delta()
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)

@@ -5,31 +5,11 @@ import pytest
 import torch
 
 from adaptermerge import AdapterMergeError
-from adaptermerge.adapter import LoraFactors
 from adaptermerge.methods import METHODS, MergeContext
+from support import random_lora, sorted_ties
 
 method = METHODS.get("knots")
 CTX = MergeContext("m", 0, torch.device("cpu"))
-
-
-def lora(out, inp, r, seed, scale=2.0):
-    g = torch.Generator().manual_seed(seed)
-    return LoraFactors(torch.randn(r, inp, generator=g), torch.randn(out, r, generator=g) * torch.rand(out, 1, generator=g), r * scale, scale)
-
-
-def sorted_ties(values, weights, density):
-    """TIES written apart: keep each row's round(density * N) largest |entries| (a full sort), elect
-    the sign of the sum, average the agreeing entries with the sum of agreeing |w| as divisor."""
-    n = values.shape[1]
-    keep = max(1, min(n, round(density * n)))
-    trimmed = torch.zeros_like(values)
-    for t, row in enumerate(values):
-        idx = torch.argsort(row.abs(), descending=True)[:keep]
-        trimmed[t, idx] = row[idx]
-    sign = trimmed.sum(0).sign()
-    agree = trimmed * sign > 0
-    den = (agree * torch.tensor(weights, dtype=values.dtype).abs()[:, None]).sum(0)
-    return torch.where(den > 0, (trimmed * agree).sum(0) / den.clamp_min(1e-300), 0.0)
 
 
 def dense_knots(deltas, weights, density, lam):
@@ -48,7 +28,7 @@ def run(inputs, weights, **params):
 @pytest.mark.parametrize("shape, ranks", [((24, 20), (2, 3, 4)), ((12, 10), (4, 4, 4)), ((20, 24), (3, 1))])
 @pytest.mark.parametrize("density", [1.0, 0.3, 0.05])
 def test_ties_matches_a_dense_joint_svd(shape, ranks, density):
-    inputs = [lora(*shape, r, seed) for seed, r in enumerate(ranks)]
+    inputs = [random_lora(*shape, r, seed) for seed, r in enumerate(ranks)]
     weights = [1.0, 0.5, 2.0][: len(inputs)]
     expect = dense_knots([f.delta().double() for f in inputs], weights, density, 0.7)
     got = run(inputs, weights, density=density, lambda_=0.7)
@@ -57,13 +37,13 @@ def test_ties_matches_a_dense_joint_svd(shape, ranks, density):
 
 
 def test_one_input_comes_back():
-    f = lora(24, 20, 4, 7)
+    f = random_lora(24, 20, 4, 7)
     torch.testing.assert_close(run([f], [1.0]).delta(), f.delta(), rtol=1e-5, atol=1e-5)
 
 
 def test_aligned_coefficients_differ_from_ties_on_the_deltas():
     # the point of the alignment: the same trim on the raw deltas gives another merge
-    inputs = [lora(24, 20, r, seed) for seed, r in enumerate((2, 3, 4))]
+    inputs = [random_lora(24, 20, r, seed) for seed, r in enumerate((2, 3, 4))]
     got = run(inputs, [1.0] * 3, density=0.3).delta()
     ties = METHODS.get("ties")
     plain = ties.merge_module(inputs, [1.0] * 3, None, ties.Params(density=0.3), CTX).delta()
@@ -71,14 +51,14 @@ def test_aligned_coefficients_differ_from_ties_on_the_deltas():
 
 
 def test_input_order_does_not_matter():
-    inputs = [lora(24, 20, r, seed) for seed, r in enumerate((2, 3, 4))]
+    inputs = [random_lora(24, 20, r, seed) for seed, r in enumerate((2, 3, 4))]
     a = run(inputs, [1.0, 0.5, 1.5], density=0.4).delta()
     b = run([inputs[2], None, inputs[0], inputs[1]], [1.5, 9.0, 1.0, 0.5], density=0.4).delta()
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
 def test_dare_ties_is_seeded_and_at_density_one_is_ties():
-    inputs = [lora(24, 20, r, seed) for seed, r in enumerate((2, 3))]
+    inputs = [random_lora(24, 20, r, seed) for seed, r in enumerate((2, 3))]
     full = run(inputs, [1.0, 1.0], inner="dare_ties", density=1.0).delta()
     torch.testing.assert_close(full, run(inputs, [1.0, 1.0]).delta())
     a = run(inputs, [1.0, 1.0], inner="dare_ties", density=0.3).delta()
@@ -97,5 +77,5 @@ def test_parameters_are_checked(params, message):
 
 def test_an_adapter_merged_with_itself_is_itself():
     # the stacked factors are rank deficient: the joint SVD keeps the numerical rank only
-    f = lora(24, 20, 4, 7)
+    f = random_lora(24, 20, 4, 7)
     torch.testing.assert_close(run([f, f], [1.0, 1.0]).delta(), f.delta(), rtol=1e-5, atol=1e-5)

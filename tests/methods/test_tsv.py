@@ -5,21 +5,11 @@ import pytest
 import torch
 
 from adaptermerge import AdapterMergeError
-from adaptermerge.adapter import LoraFactors
 from adaptermerge.methods import METHODS, MergeContext
+from support import dense_polar, random_lora
 
 method = METHODS.get("tsv")
 CTX = MergeContext("m", 0, torch.device("cpu"))
-
-
-def lora(out, inp, r, seed, scale=2.0):
-    g = torch.Generator().manual_seed(seed)
-    return LoraFactors(torch.randn(r, inp, generator=g), torch.randn(out, r, generator=g) * torch.rand(out, 1, generator=g), r * scale, scale)
-
-
-def dense_polar(X):
-    P, _, Qh = torch.linalg.svd(X, full_matrices=False)
-    return P @ Qh
 
 
 def dense_tsv(deltas, ranks, keep, lam):
@@ -41,7 +31,7 @@ def run(inputs, weights, **params):
 @pytest.mark.parametrize("shape, ranks", [((24, 20), (2, 3, 4)), ((12, 10), (4, 4, 4)), ((20, 24), (3, 1))])
 @pytest.mark.parametrize("keep, lam", [(1.0, 1.0), (0.5, 0.7)])
 def test_matches_dense_svds(shape, ranks, keep, lam):
-    inputs = [lora(*shape, r, seed) for seed, r in enumerate(ranks)]
+    inputs = [random_lora(*shape, r, seed) for seed, r in enumerate(ranks)]
     weights = [1.0, -0.5, 2.0][: len(inputs)]
     deltas = [f.delta().double() * w for f, w in zip(inputs, weights)]
     expect = dense_tsv(deltas, ranks, keep, lam)
@@ -51,18 +41,18 @@ def test_matches_dense_svds(shape, ranks, keep, lam):
 
 def test_the_width_share_caps_each_task():
     # 12 x 10 with three rank-4 inputs: the paper's share is 10 // 3 = 3 components each
-    inputs = [lora(12, 10, 4, seed) for seed in range(3)]
+    inputs = [random_lora(12, 10, 4, seed) for seed in range(3)]
     B, A = run(inputs, [1.0] * 3).terms[0]
     assert B.shape[1] == A.shape[0] == 9
 
 
 def test_one_input_comes_back():
-    f = lora(24, 20, 4, 7)
+    f = random_lora(24, 20, 4, 7)
     torch.testing.assert_close(run([f], [1.0]).delta(), f.delta(), rtol=1e-5, atol=1e-5)
 
 
 def test_input_order_does_not_matter_and_missing_inputs_add_nothing():
-    inputs = [lora(24, 20, r, seed) for seed, r in enumerate((2, 3, 4))]
+    inputs = [random_lora(24, 20, r, seed) for seed, r in enumerate((2, 3, 4))]
     weights = [1.0, 0.5, 1.5]
     a = run(inputs, weights).delta()
     b = run([inputs[2], None, inputs[0], inputs[1]], [weights[2], 9.0, weights[0], weights[1]]).delta()
@@ -71,7 +61,7 @@ def test_input_order_does_not_matter_and_missing_inputs_add_nothing():
 
 def test_decorrelates_the_tasks():
     # the merged update's left singular vectors are orthonormal: the task's overlap is gone
-    inputs = [lora(24, 20, 3, seed) for seed in range(3)]
+    inputs = [random_lora(24, 20, 3, seed) for seed in range(3)]
     B, _ = run(inputs, [1.0] * 3).terms[0]
     X = B / B.norm(dim=0)  # B = U_orth diag(S): columns are the orthonormal directions, scaled
     torch.testing.assert_close(X.T @ X, torch.eye(B.shape[1]), atol=1e-5, rtol=0)
