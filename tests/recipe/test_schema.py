@@ -95,7 +95,7 @@ def test_the_demo_recipe_is_the_demo():
     recipe = load_recipe(example_path())
     assert [(a.name, a.preset, a.task) for a in recipe.adapters] == [(t, t, t) for t in ("domain", "structured", "safety")]
     assert [c.method for c in recipe.candidates] == ["linear", "task_arithmetic", "sequential", "ties", "dare_linear",
-                                                      "dare_ties", "dora", "cat", "regmean"]
+                                                      "dare_ties", "dora", "cat", "regmean", "tsv", "knots"]
     assert all(c.params == {} and c.weights is None and c.name == c.method for c in recipe.candidates)
     assert recipe.baselines == BASELINES
     assert [g.describe() for g in recipe.gates.gates] == [
