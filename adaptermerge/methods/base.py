@@ -86,6 +86,18 @@ class MergeMethod(Protocol):
     ) -> ModuleResult: ...
 
 
+class ExactLowRank:
+    """What most methods share: LoRA inputs only (no DoRA), no base weights, and an output that is
+    the merge exactly (low-rank terms, never truncated). A method class inherits these defaults
+    and overrides what differs."""
+
+    accepts_dora: ClassVar[bool] = False
+    output_exact: ClassVar[bool] = True
+
+    def needs_base(self, adapters) -> bool:
+        return False
+
+
 def param(default, help: str, **extra):
     """A Params field with its help text (shown by `adaptermerge methods` and `--help`).
     `mergekit=VALUE` in `extra`: mergekit's default where it differs, which a merge YAML file gets."""

@@ -29,7 +29,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 from ..errors import AdapterMergeError
-from .base import ModuleResult, check_choice, param
+from .base import ExactLowRank, ModuleResult, check_choice, param
 from .iso import IsoC, IsoCts
 from .linear import TaskArithmetic
 from .sparse import DareLinear, DareTies, Ties
@@ -39,14 +39,12 @@ from .tsv import Tsv
 INNER = {m.name: m for m in (Ties(), DareTies(), DareLinear(), TaskArithmetic(), Tsv(), IsoC(), IsoCts())}
 
 
-class Core:
+class Core(ExactLowRank):
     """Core Space merging (Panariello et al. 2025): the inner method merges the inputs' r x r-sized
     cores in the shared reference bases of their factors; exact reconstruction, low rank."""
 
     name = "core"
     summary = "run a merge (ties, dare_ties, tsv, iso_c, ...) on the core matrices of a shared basis (exact, low rank)"
-    accepts_dora = False
-    output_exact = True
 
     @dataclass(frozen=True)
     class Params:
@@ -58,9 +56,6 @@ class Core:
             check_choice(self.inner, tuple(INNER), "inner")
             if not (isinstance(self.density, (int, float)) and 0.0 <= self.density <= 1.0):
                 raise AdapterMergeError(f"density must be in (0, 1], or 0 for the inner method's default; got {self.density}")
-
-    def needs_base(self, adapters) -> bool:
-        return False
 
     def inner_params(self, params):
         """The inner method's Params: its defaults, with density and lambda passed on where it has them."""

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 from ..errors import AdapterMergeError
 from ..lazy import torch
-from .base import ModuleResult, param
+from .base import ExactLowRank, ModuleResult, param
 from .subspace import core_space, numerical_rank, polar, weighted_factors
 
 
@@ -75,21 +75,16 @@ def iso_cts(cores: list[torch.Tensor], width: int, common: float) -> tuple[torch
     return polar(torch.cat(Xs, 1)), float(S.mean()), polar(torch.cat(Ys, 1))
 
 
-class IsoC:
+class IsoC(ExactLowRank):
     """Iso-C (Marczak et al. 2025): the task-arithmetic sum with its singular values all replaced
     by their mean, times lambda. Exact, low rank (the rank of the sum)."""
 
     name = "iso_c"
     summary = "isotropic merge: the summed deltas with a flat singular spectrum (exact, low rank)"
-    accepts_dora = False
-    output_exact = True
 
     @dataclass(frozen=True)
     class Params:
         lambda_: float = param(1.0, "scaling of the merged delta (the paper's alpha)")
-
-    def needs_base(self, adapters) -> bool:
-        return False
 
     def merge_module(self, inputs, weights, base_weight, params, ctx) -> ModuleResult:
         _, Bs, As = weighted_factors(inputs, weights)
@@ -98,14 +93,12 @@ class IsoC:
         return ModuleResult(terms=[cs.terms(X * (params.lambda_ * sigma), Y.T)])
 
 
-class IsoCts:
+class IsoCts(ExactLowRank):
     """Iso-CTS (Marczak et al. 2025): the sum's top singular directions (common subspace) plus each
     task's top directions outside it, orthogonalized, with a flat spectrum. Exact, low rank."""
 
     name = "iso_cts"
     summary = "isotropic merge of common and task-specific subspaces (exact, low rank)"
-    accepts_dora = False
-    output_exact = True
 
     @dataclass(frozen=True)
     class Params:
@@ -115,9 +108,6 @@ class IsoCts:
         def __post_init__(self):
             if not (isinstance(self.common, (int, float)) and 0.0 <= self.common <= 1.0):
                 raise AdapterMergeError(f"common must be in [0, 1], got {self.common}")
-
-    def needs_base(self, adapters) -> bool:
-        return False
 
     def merge_module(self, inputs, weights, base_weight, params, ctx) -> ModuleResult:
         _, Bs, As = weighted_factors(inputs, weights)

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 from ..lazy import torch
 from . import math
-from .base import ModuleResult, check_choice, check_density, param
+from .base import ExactLowRank, ModuleResult, check_choice, check_density, param
 from .subspace import core_space, numerical_rank, weighted_factors
 
 INNER = ("ties", "dare_ties")
@@ -60,14 +60,12 @@ def merge_coefficients(coeffs: list[torch.Tensor], weights: list[float], inner: 
     return merged.view(shape)
 
 
-class Knots:
+class Knots(ExactLowRank):
     """KnOTS (Stoica et al. 2025): align the deltas by a joint SVD of their concatenation, merge the
     aligned per-task coefficients with TIES or DARE-TIES, reconstruct. Exact, low rank."""
 
     name = "knots"
     summary = "align by a joint SVD, then TIES or DARE-TIES on the aligned coefficients (exact, low rank)"
-    accepts_dora = False
-    output_exact = True
 
     @dataclass(frozen=True)
     class Params:
@@ -78,9 +76,6 @@ class Knots:
         def __post_init__(self):
             check_choice(self.inner, INNER, "inner")
             check_density(self.density)
-
-    def needs_base(self, adapters) -> bool:
-        return False
 
     def merge_module(self, inputs, weights, base_weight, params, ctx) -> ModuleResult:
         index, Bs, As = weighted_factors(inputs, [1.0] * len(inputs))

@@ -8,22 +8,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .base import ModuleResult, normalized, param, present
+from .base import ExactLowRank, ModuleResult, normalized, param, present
 
 
 def _terms(inputs, coeffs):
     return [(f.scaled_B() * c, f.A.float()) for f, c in present(inputs, coeffs)]
 
 
-class _NoBase:
-    accepts_dora = False
-    output_exact = True
-
-    def needs_base(self, adapters) -> bool:
-        return False
-
-
-class Linear(_NoBase):
+class Linear(ExactLowRank):
     """Weighted average of the deltas: `sum_i w_i * delta_i` with weights normalized to sum 1
     (unless normalize=false). Exact; the adapter output is the exact SVD of the sum, truncated
     only to its numerical rank (or to --rank, with the error recorded)."""
@@ -39,7 +31,7 @@ class Linear(_NoBase):
         return ModuleResult(terms=_terms(inputs, normalized(weights, params.normalize)))
 
 
-class TaskArithmetic(_NoBase):
+class TaskArithmetic(ExactLowRank):
     """Task arithmetic (Ilharco et al. 2023): `lambda * sum_i w_i * delta_i`, weights not normalized."""
 
     name = "task_arithmetic"

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 from ..errors import AdapterMergeError
 from ..lazy import torch
-from .base import MergeContext, ModuleResult, param
+from .base import ExactLowRank, MergeContext, ModuleResult, param
 
 # Above this input width the S solve runs in float32 (a float64 14336 x 14336 matrix is 1.6 GB).
 FLOAT64_MAX_IN = 4096
@@ -91,11 +91,9 @@ def regmean_terms(factors, grams, weights, *, offdiag: float = 1.0, ridge: float
     return terms
 
 
-class RegMean:
+class RegMean(ExactLowRank):
     name = "regmean"
     summary = "activation-aware regression merge: each adapter's outputs kept on its own inputs (needs calibration data)"
-    accepts_dora = False
-    output_exact = True
 
     @dataclass(frozen=True)
     class Params:
@@ -117,9 +115,6 @@ class RegMean:
                     raise AdapterMergeError(f"{name} must be a positive integer, got {getattr(self, name)}")
             if int(self.refine) < 0:
                 raise AdapterMergeError(f"refine must be >= 0, got {self.refine}")
-
-    def needs_base(self, adapters) -> bool:
-        return False
 
     def prepare(self, plan):
         """Each adapter's calibration Grams (computed once per adapter and records, then cached)."""

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 from ..errors import AdapterMergeError
 from ..lazy import torch
-from .base import ModuleResult, param
+from .base import ExactLowRank, ModuleResult, param
 from .subspace import core_space, numerical_rank, polar, weighted_factors
 
 
@@ -53,14 +53,12 @@ def tsv_merge(cs, ranks: list[int], keep: float, width: int) -> tuple[torch.Tens
     return polar(X), S, polar(Y)
 
 
-class Tsv:
+class Tsv(ExactLowRank):
     """TSV-M (Gargiulo et al. 2025): keep each task's top singular components, orthogonalize the
     concatenated left and right singular vectors (polar factor), then sum: exact, low rank."""
 
     name = "tsv"
     summary = "task singular vectors: compress each delta, decorrelate the tasks' singular vectors, sum"
-    accepts_dora = False
-    output_exact = True
 
     @dataclass(frozen=True)
     class Params:
@@ -70,9 +68,6 @@ class Tsv:
         def __post_init__(self):
             if not (isinstance(self.keep, (int, float)) and 0.0 < self.keep <= 1.0):
                 raise AdapterMergeError(f"keep must be in (0, 1], got {self.keep}")
-
-    def needs_base(self, adapters) -> bool:
-        return False
 
     def merge_module(self, inputs, weights, base_weight, params, ctx) -> ModuleResult:
         _, Bs, As = weighted_factors(inputs, weights)
