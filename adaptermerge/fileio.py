@@ -312,9 +312,7 @@ def atomic_dir(path: str | Path, *, force: bool = False, inputs: Iterable[str | 
     path = check_destination(path, force, inputs)
     if path.exists() and not path.is_dir():
         raise AdapterMergeError(f"output {path} exists and is not a folder: --force replaces folders only")
-    with _os_errors(path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(path, "tmp"), dir=path.parent))
+    tmp = _new_temp(path)
     old = None
     try:
         with _os_errors(path):
@@ -333,6 +331,25 @@ def atomic_dir(path: str | Path, *, force: bool = False, inputs: Iterable[str | 
         shutil.rmtree(tmp, ignore_errors=True)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
+
+
+def _new_temp(path: Path) -> Path:
+    """An empty temp folder beside `path`, named with temp_prefix."""
+    with _os_errors(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=temp_prefix(path, "tmp"), dir=path.parent))
+
+
+@contextmanager
+def scratch_dir(path: str | Path) -> Iterator[Path]:
+    """A temp folder beside `path`, removed afterwards: the working space of a process that writes
+    no output itself (another process of a distributed run writes `path`). Named as atomic_dir's
+    temp folders, so that one left by a killed run is removed by the next."""
+    tmp = _new_temp(Path(path))
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 @contextmanager

@@ -9,6 +9,8 @@ from contextlib import contextmanager
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from ..evalsuite.spread import world
+
 LOG_WIDTH = 160
 
 
@@ -20,9 +22,9 @@ def _width(stream) -> int | None:
 
 
 def main_process() -> bool:
-    """Under `accelerate launch` or torchrun every process runs the command (RANK is set for each);
-    the first one reports, the others work quietly."""
-    return os.environ.get("RANK", "0") == "0"
+    """Under `accelerate launch` or torchrun every process runs the command; the first one
+    reports, the others work quietly."""
+    return world().rank == 0
 
 
 console = Console(stderr=True, width=_width(sys.stderr))  # progress, warnings: beside the results

@@ -59,7 +59,8 @@ def check_batch(batch_size: int, world: int) -> None:
         raise AdapterMergeError(f"--batch-size {batch_size} is the global batch and must be at least the number of processes ({world})")
 
 
-def quant_storage(distributed_type) -> bool:
-    """FSDP shards flat parameters of one dtype, so QLoRA under FSDP stores the 4-bit weights in
-    the compute dtype (bitsandbytes' bnb_4bit_quant_storage), as PEFT's FSDP-QLoRA recipe does."""
+def is_fsdp(distributed_type) -> bool:
+    """Whether accelerate runs FSDP. FSDP shards flat parameters of one dtype, so QLoRA under it
+    stores the 4-bit weights in the compute dtype (bitsandbytes' bnb_4bit_quant_storage), as
+    PEFT's FSDP-QLoRA recipe does (base.load_model(fsdp=True))."""
     return str(distributed_type).endswith("FSDP")

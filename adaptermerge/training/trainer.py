@@ -20,12 +20,10 @@ import math
 import random
 import re
 import shutil
-import tempfile
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 from .. import base as base_mod
 from .. import cputhreads
@@ -37,7 +35,7 @@ from ..chat.generation import generate_responses
 from ..chat.records import jsonl_text, read_jsonl
 from ..chat.tokens import IGNORE, collate, tokenize_record
 from ..errors import AdapterMergeError
-from ..fileio import atomic_dir, check_destination, hf_folder, sha256_file, write_text_atomic
+from ..fileio import atomic_dir, check_destination, hf_folder, scratch_dir, sha256_file, write_text_atomic
 from .presets import ALL_PROJECTIONS, preset
 
 log = logging.getLogger(__name__)
@@ -370,9 +368,9 @@ def _train(cfg: TrainConfig, progress: ProgressFn | None) -> Path:
     acc = distributed.make_accelerator()
     world, rank = acc.num_processes, acc.process_index
     distributed.check_batch(cfg.batch_size, world)
-    fsdp = cfg.qlora and distributed.quant_storage(acc.distributed_type)
+    fsdp = cfg.qlora and distributed.is_fsdp(acc.distributed_type)
     # The main process writes the adapter (atomically); the others only need scratch space.
-    with (atomic_dir(out, force=cfg.force, inputs=inputs) if acc.is_main_process else _scratch(out)) as tmp:
+    with (atomic_dir(out, force=cfg.force, inputs=inputs) if acc.is_main_process else scratch_dir(out)) as tmp:
         anchors = None
         fingerprint = base_fingerprint(cfg.base)  # hashes the weights of a non-embedded base: once
         if n_anchor:
@@ -457,18 +455,6 @@ def _train(cfg: TrainConfig, progress: ProgressFn | None) -> Path:
 
 def _to(batch: dict, device) -> dict:
     return {k: v.to(device) for k, v in batch.items()}
-
-
-@contextmanager
-def _scratch(out: Path) -> Iterator[Path]:
-    """A temporary folder beside `out`, removed afterwards: the working space of a process that
-    does not write the adapter."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    folder = Path(tempfile.mkdtemp(prefix=f".{out.name}.rank-", dir=out.parent))
-    try:
-        yield folder
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _fix_adapter_config(folder: Path, cfg: TrainConfig) -> None:
