@@ -81,121 +81,185 @@ def truncate(
     *,
     sketch: torch.Tensor | None = None,
     power_iters: int | None = None,
-    oversample: int = 8,
+    oversample: int | None = None,
     seed: int = 0,
     range_dtype: torch.dtype | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, LowRankStats]:
     """Rank-`rank` factors of a dense delta [out, in], with the error and retained energy.
 
-    Thin matrices get an exact SVD (optimal). Others a randomized range finder (Halko et al.
-    2011) whose test matrix starts from `sketch` (the stacked input A factors [R, in], padded with
-    Gaussian columns to rank + oversample): a TIES or DARE merge of LoRA deltas keeps most of its
-    energy near their row spaces, so few power iterations are needed (see power_iters). The
-    approximation is the orthogonal projection of delta onto the span of its left factor, so its
-    error follows exactly from the spectrum: `||delta - BA||^2 = ||delta||^2 - sum(S_k^2)`.
+    Thin matrices (short side up to 4 * (rank + 8)) get an exact decomposition (optimal; see
+    _thin_factors). Others a randomized range finder (Halko et al. 2011) whose test matrix starts
+    from `sketch` (the stacked input A factors [R, in], padded with Gaussian columns to rank +
+    oversample): a TIES or DARE merge of LoRA deltas keeps most of its energy near their row
+    spaces, so few power iterations are needed (see power_iters). The approximation is the
+    orthogonal projection of delta onto the span of its left factor, so its error follows exactly
+    from the spectrum: `||delta - BA||^2 = ||delta||^2 - sum(S_k^2)`.
 
-    power_iters: default 2, and 0 for deltas of 16M entries or more. Two iterations put a TIES merge
-    within float noise of the optimal truncation (the full SVD's, as PEFT's `ties_svd` computes
-    it): over 40 modules of SmolLM2-135M shapes the error was 0.571737 against the optimum 0.571736,
-    where one iteration gave 0.571757 and more oversampling barely helped (0.571754 at 24 extra
-    columns). On a 14336 x 4096 TIES merge the iteration costs 40 % of the truncation and lowers its
-    error by 0.04 % (0.60958 -> 0.60935), so the largest modules skip it.
+    Figures below: `benchmarks/profile_ties_stages.py --isa avx2 --optimum` (the 210 modules of
+    benchmark case (a), one thread, AVX2): error over all modules 0.56644884, the optimum (a full
+    SVD, as PEFT's `ties_svd` computes it) 0.56644819.
+
+    power_iters: default 2, and 0 for deltas of 16M entries or more. Two iterations put a TIES
+    merge within float noise of the optimal truncation; one gave 0.56646831 (--power-iters 1). On
+    a 14336 x 4096 TIES merge the iteration costs 40 % of the truncation and lowers its error by
+    0.04 % (0.60958 -> 0.60935), so the largest modules skip it.
+
+    oversample: Gaussian columns beyond rank; default 4 with a sketch, whose rows already point
+    where the energy is, and 8 without. With the sketch, 8 cost 7-9 % more truncation time for an
+    error 5e-8 lower (0.56644879, --oversample 8).
 
     range_dtype: the dtype of the range finder's products (default: bfloat16 for deltas of 512K
     entries or more where the hardware has native bf16, else float32: 3.7x faster for 14336 x 4096
     here, 6.9 ms against 9.6 ms for a 1536 x 576 TIES merge at one thread on an AMX Xeon). The
     range finder only chooses the subspace: bf16's 2^-8 rounding tilts it by about that much and
     loses O(2^-16) of the captured energy (over the 210 modules of benchmark case (a): error
-    0.5666013 against 0.5665997 in float32 and the optimum 0.5665990), while the factors and the
-    reported error come from the float32 core `Q^T delta`, so the error recorded is that of the
-    factors written.
+    0.56645026 against 0.56644884 in float32, `profile_ties_stages.py` on an AVX512-BF16 CPU),
+    while the factors and the reported error come from the float32 core `Q^T delta`, so the
+    error recorded is that of the factors written.
     """
     out, inp = delta.shape
     delta = delta.float()
     norm2 = float(torch.linalg.vector_norm(delta).double() ** 2)  # float32 sums are pairwise: ~1e-7 relative
     if norm2 == 0.0:
         return _zero(out, inp, delta.device)
+    if oversample is None:
+        oversample = 8 if sketch is None else 4
     width = rank + oversample
-    if min(out, inp) <= 4 * width:  # an exact decomposition is cheap and optimal
-        U, S, Vh = _thin_svd(delta.double(), rank)
+    if min(out, inp) <= 4 * (rank + 8):  # an exact decomposition is cheap and optimal
+        B, A, S = _thin_factors(delta, rank, width)
     else:
         gen = torch.Generator(device=delta.device).manual_seed(seed)
-        columns = [] if sketch is None else [sketch.float().T]
+        rows = [] if sketch is None else [sketch.float()]
         extra = width - (0 if sketch is None else sketch.shape[0])
         if extra > 0:
-            columns.append(torch.randn(inp, extra, generator=gen, device=delta.device))
-        omega = torch.cat(columns, 1)  # [in, w]; only its span matters (QR of the product)
+            rows.append(torch.randn(inp, extra, generator=gen, device=delta.device).T)
+        omega = torch.cat(rows, 0)  # [w, in]; only its span matters (QR of the product)
         fast = range_dtype or _range_dtype(delta)
         if power_iters is None:
             power_iters = 0 if delta.numel() >= NO_POWER_ITER_MIN else 2
-        U, S, Vh = _range_svd(delta, omega, rank, power_iters, fast)
+        B, A, S = _range_factors(delta, omega, rank, power_iters, fast)
         if fast != torch.float32 and norm2 - float((S[:rank] ** 2).sum()) < 0.01 * norm2:
             # A near-exact truncation (error under 10 %): bf16's O(2^-16) energy loss would
             # no longer be negligible next to the error, so the range is found in float32.
-            U, S, Vh = _range_svd(delta, omega, rank, power_iters, torch.float32)
-    k = min(rank, S.numel())
-    B, A = _balanced(U[:, :k], S[:k], Vh[:k])
-    # B A is delta projected onto the span of U_k, so ||delta - B A||^2 = ||delta||^2 - sum S_k^2,
+            B, A, S = _range_factors(delta, omega, rank, power_iters, torch.float32)
+    k = B.shape[1]
+    # B A is delta projected onto the span of B, so ||delta - B A||^2 = ||delta||^2 - sum S_k^2,
     # with both terms in float64 from float32 data. That difference is reliable to a few parts
     # in a million of ||delta||^2; below 1e-3 of it (a near-exact truncation) it is measured.
-    resid2 = max(0.0, norm2 - float((S[:k].double() ** 2).sum()))
+    resid2 = max(0.0, norm2 - float((S[:k] ** 2).sum()))
     if resid2 < 1e-3 * norm2:
         resid2 = sum(float(torch.linalg.vector_norm(delta[rs] - B[rs] @ A, dtype=torch.float64) ** 2) for rs in _row_blocks(out, inp))
     rel = (resid2 / norm2) ** 0.5
     return B, A, LowRankStats(k, rel, max(0.0, 1.0 - resid2 / norm2), rel < 1e-5)
 
 
-def _range_svd(delta, omega, rank, power_iters, dtype):
-    """Top-`rank` SVD of delta restricted to the range found from `delta @ omega` (products in
-    `dtype`; the power iteration's intermediate bases by `basis`, the final one orthonormalized in
-    float64), from the float32 core `Q^T delta`."""
+def _range_factors(delta, omega, rank, power_iters, dtype):
+    """Balanced rank-`rank` factors B [out, k], A [k, in] (float32) and the spectrum S (float64)
+    of delta restricted to the range found from `delta @ omega.T` (omega [w, in]; products in
+    `dtype`; the power iteration's intermediate bases by `basis`, the final one by `orthonormal`),
+    from the float32 core `Q^T delta`."""
     M = delta.to(dtype)
-    Y = M @ omega.to(dtype)  # [out, w]
-    for _ in range(power_iters):
-        # Between products only the span matters: a cheap, roughly orthonormal basis keeps the
-        # columns from collapsing onto the top direction. One per iteration is enough: a round
-        # trip through M and M^T raises cond(Y) by at most (s_1 / s_w)^2, which basis() takes
-        # (or hands to `orthonormal`). Case (a) of the benchmark, 35 modules at one thread:
-        # truncation 0.151 s against 0.171 s with a basis after each product, error 0.5662606
-        # against 0.5662605 (optimum 0.5662585). The last basis must be orthonormal to float64
-        # round-off (the error below follows from it), so it gets the full treatment.
-        Y = M @ (M.T @ basis(Y).to(dtype))
-    Q = orthonormal(Y)
+    # The products are taken with the thin operand first, so that every result is a contiguous
+    # [w, n] block (Y and Z as transposed views): 91-93 GFLOP/s at one AVX2 thread for w = 56
+    # and these module shapes, against 64-85 for the [n, w] results of M @ W and M^T @ W.
+    Y = (omega.to(dtype) @ M.T).T  # [out, w]
+    # Between products only the span matters: a cheap, roughly orthonormal basis keeps the columns
+    # from collapsing onto the top direction. A round trip through M and M^T raises cond(Y) by
+    # about (s_1 / s_w)^2: 15-20 for a TIES merge. bfloat16 (2^-8) needs a basis every round trip.
+    # float32 keeps 2^-24 of each column, so one basis, before the first round trip, is enough
+    # while the last Y stays conditioned below SKIP_BASIS_COND (a tilt of its span by at most
+    # 6e-5, a relative loss of 4e-9 of the energy kept); past that the iteration is run again
+    # with a basis each round trip. Case (a) of the benchmark: 4-6 % of the truncation saved, the
+    # error over the 210 modules unchanged at 8 digits (the last Y's Cholesky diagonal spreads
+    # by 180-390).
+    lazy = dtype == torch.float32 and power_iters > 1
+    Q = _power_range(M, Y, power_iters, dtype, every=not lazy)
+    if Q is None:
+        Q = _power_range(M, Y, power_iters, dtype, every=True)
     del M
-    # The [w, in] core's SVD from its w x w Gram matrix in float64: several times faster than an
-    # SVD of the core, and as accurate for the components kept.
-    Uc, S, Vh = _thin_svd((Q.T @ delta).double(), rank)
-    return Q.double() @ Uc, S, Vh
+    return _core_factors(Q, Q.T @ delta, rank)
+
+
+def _power_range(M, Y, power_iters, dtype, every):
+    """An orthonormal basis (float32) of the range of (M M^T)^power_iters Y, with `basis` before
+    the first round trip or (`every`) before each one; None where it skipped some and the last Y
+    came out conditioned beyond SKIP_BASIS_COND. The last basis must be orthonormal to float32
+    round-off (the reported error follows from it), so it gets `orthonormal`'s treatment."""
+    for it in range(power_iters):
+        if every or it == 0:
+            Y = basis(Y)
+        Y = ((Y.T.to(dtype) @ M) @ M.T).T
+    return orthonormal(Y) if every else _cholesky_qr(Y, SKIP_BASIS_COND)
+
+
+SKIP_BASIS_COND = 1e3
+
+
+def _core_factors(Q, C, rank):
+    """Balanced factors of `Q @ C` (Q [m, w] orthonormal columns, C [w, n], both float32) truncated
+    to rank: the top eigenpairs of the float64 w x w Gram matrix `C C^T` give the spectrum S and
+    the rotation Uc; then B = Q Uc sqrt(S) and A = (Uc / sqrt(S))^T C = sqrt(S) Vh. The Gram route
+    is several times faster than an SVD of C and as accurate for the components kept (float64
+    keeps the squared spectrum accurate far below them); components that vanish (rank deficiency)
+    come back as zero rather than as 0/0. Returns B [m, k], A [k, n] (float32) and S (float64)."""
+    Cd = C.double()
+    evals, evecs = torch.linalg.eigh(Cd @ Cd.T)  # ascending
+    S = evals.flip(0).clamp_min(0).sqrt()
+    k = min(rank, S.numel())
+    Uc = evecs[:, -k:].flip(1) if k else evecs[:, :0]  # [w, k]
+    root = S[:k].sqrt()
+    live = S[:k] > S[0] * 1e-7 if k and S[0] > 0 else torch.zeros(k, dtype=torch.bool, device=C.device)
+    inv_root = torch.where(live, 1 / torch.where(live, root, torch.ones_like(root)), torch.zeros_like(root))
+    # float32 products: the factors are float32 anyway, and each entry is a dot product of w
+    # terms, rounded to about 2^-24 of the largest.
+    B = Q @ (Uc * root).float()
+    A = (Uc * inv_root).T.float() @ C.float()
+    return B, A, S
 
 
 def basis(Y: torch.Tensor) -> torch.Tensor:
     """A basis [m, w] (float32) of the columns of a tall Y whose columns are orthonormal to about
     cond(Y)^2 * 2^-24: one Cholesky QR pass in float32, through the inverse of the w x w factor
-    (a matrix product; 4-5x cheaper here than `orthonormal`'s two float64 passes with triangular
-    solves). For the intermediate steps of a power iteration, where only the span is used. A
-    failed factorization (cond(Y) near 2^12 or above) takes `orthonormal`."""
+    (a triangular solve against the identity, then a matrix product; 4-5x cheaper here than
+    `orthonormal`'s float64 pass). For the intermediate steps of a power iteration, where only the
+    span is used. A failed factorization (cond(Y) near 2^12 or above) takes `orthonormal`."""
     Y = Y.float()
     L, info = torch.linalg.cholesky_ex(Y.T @ Y)
     d = L.diagonal()
-    if int(info) != 0 or not bool(d.min() > d.max() * 1e-3):
+    if not bool((info == 0) & (d.min() > d.max() * 1e-3)):
         return orthonormal(Y)
-    return Y @ torch.linalg.inv(L).T
+    return (_lower_inverse(L) @ Y.T).T  # [m, w], a transposed view: see _range_factors
+
+
+def _lower_inverse(L: torch.Tensor) -> torch.Tensor:
+    # A triangular solve against the identity: 3-4x cheaper than torch.linalg.inv (an LU) for the
+    # w x w factors here, and the product with it a matrix product rather than a triangular solve
+    # with m right-hand sides (2x cheaper for 1536 x 56).
+    return torch.linalg.solve_triangular(L, torch.eye(L.shape[0], dtype=L.dtype, device=L.device), upper=False)
 
 
 def orthonormal(Y: torch.Tensor) -> torch.Tensor:
     """An orthonormal basis [m, w] (float32) of the columns of a tall Y [m, w].
 
-    Cholesky QR twice in float64 (Yamamoto et al. 2015): two w x w Gram matrices and triangular
-    solves, 8x faster here than Householder QR of a 1536 x 56 matrix and orthogonal to float64
-    round-off while cond(Y) stays below ~1e6. Worse conditioned (or rank-deficient: an adapter
-    merged with itself repeats its sketch rows) falls back to Householder QR."""
+    Cholesky QR twice in float64 (Yamamoto et al. 2015): two w x w Gram matrices and products
+    with the inverse factors, 8x faster here than Householder QR of a 1536 x 56 matrix and
+    orthogonal to float64 round-off while cond(Y) stays below ~1e6. Worse conditioned (or
+    rank-deficient: an adapter merged with itself repeats its sketch rows) falls back to
+    Householder QR."""
+    Q = _cholesky_qr(Y, 1e6)
+    return torch.linalg.qr(Y.float())[0] if Q is None else Q
+
+
+def _cholesky_qr(Y: torch.Tensor, max_cond: float) -> torch.Tensor | None:
+    """`orthonormal`'s Cholesky QR, or None where the factorization fails or the diagonal of
+    Y's Cholesky factor spreads by more than max_cond (cond(Y) about that or more)."""
     Q = Y.double()
     for step in range(2):
         L, info = torch.linalg.cholesky_ex(Q.T @ Q)
         d = L.diagonal()
-        if int(info) != 0 or not bool(d.min() > d.max() * 1e-6):
-            return torch.linalg.qr(Y.float())[0]
-        Q = torch.linalg.solve_triangular(L, Q.T, upper=False).T
+        if not bool((info == 0) & (d.min() * max_cond > d.max())):
+            return None
+        Q = (_lower_inverse(L) @ Q.T).T
         if step == 0 and bool(d.min() > d.max() * 1e-3):
             # cond(Y) below ~1e3: one pass is orthonormal to ~cond^2 * 2^-53 < 1e-9, under the
             # float32 rounding of the result (the power iteration's last Y usually is: it is
@@ -214,23 +278,20 @@ def _range_dtype(delta: torch.Tensor) -> torch.dtype:
     return torch.bfloat16 if resolve_dtype("auto", delta.device.type) == "bfloat16" else torch.float32
 
 
-def _thin_svd(d: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The top-`rank` singular triplets of a float64 matrix with a short side m, from the eigen-
-    decomposition of its m x m Gram matrix (3-4x faster than a full SVD of 192 x 576). Float64
-    keeps the squared spectrum accurate far below the kept components; components that vanish
-    (rank deficiency) come back as zero rather than as 0/0."""
+def _thin_factors(d: torch.Tensor, rank: int, width: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Balanced factors of the optimal rank-`rank` truncation of a float32 matrix d whose short
+    side m is small, and its spectrum (float64): an eigendecomposition of the m x m Gram matrix in
+    float32 finds the top `width` directions, and `_core_factors` decomposes d projected onto
+    them from a float64 Gram matrix. The float32 eigenvectors are off the exact ones by about
+    2^-24 * s_1^2 / (s_rank^2 - s_width^2), so the energy kept is the optimum's to the square of
+    that. For the 60 k/v modules (192 x 576) of profile_ties_stages.py --isa avx2: 0.20 s against
+    0.25-0.26 s for a float64 Gram matrix and eigendecomposition, the same error (the optimum's)."""
     wide = d.shape[0] <= d.shape[1]
     m = d if wide else d.T  # [short, long]
-    evals, evecs = torch.linalg.eigh(m @ m.T)  # ascending
-    S = evals.flip(0).clamp_min(0).sqrt()
-    k = min(rank, S.numel())
-    U = evecs.flip(1)[:, :k]
-    live = S[:k] > S[0] * 1e-7 if S[0] > 0 else torch.zeros(k, dtype=torch.bool, device=d.device)
-    Vh = (U.T @ m) / torch.where(live, S[:k], torch.ones_like(S[:k]))[:, None]
-    Vh = Vh * live[:, None]
-    if wide:
-        return U, S, Vh
-    return Vh.T, S, U.T
+    evecs = torch.linalg.eigh(m @ m.T)[1]  # ascending
+    Q = orthonormal(evecs[:, -min(width, m.shape[0]):])  # float32 orthonormality made float64's
+    B, A, S = _core_factors(Q, Q.T @ m, rank)
+    return (B, A, S) if wide else (A.T, B.T, S)
 
 
 def _row_blocks(out: int, inp: int, entries: int = 1 << 22) -> list[slice]:

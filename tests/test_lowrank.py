@@ -123,3 +123,57 @@ def test_default_truncation_of_a_ties_like_delta_is_within_float_noise_of_optima
     _, _, one = truncate(merged, 24, sketch=sketch, power_iters=1)
     assert default.rel_error - optimal < 2e-6
     assert one.rel_error - optimal > default.rel_error - optimal
+
+
+def test_power_iteration_skips_a_basis_only_while_the_range_stays_well_conditioned():
+    """float32 power iterations take one basis, before the first round trip, when the last range
+    comes out conditioned below SKIP_BASIS_COND (a flat, TIES-like spectrum); a steep spectrum
+    (cond beyond it) is run again with a basis every round trip, and stays optimal."""
+    from adaptermerge.lowrank import SKIP_BASIS_COND, _power_range, orthonormal
+
+    torch.manual_seed(6)
+    omega = torch.randn(20, 500)
+    flat = torch.randn(600, 500)
+    lazy = _power_range(flat, flat @ omega.T, 2, torch.float32, every=False)
+    every = _power_range(flat, flat @ omega.T, 2, torch.float32, every=True)
+    assert lazy is not None
+    # the same subspace to float32 round-off: the energy each captures agrees to 1e-6
+    captured = [float((Q.double().T @ flat.double()).pow(2).sum()) for Q in (lazy, every)]
+    assert captured[0] == pytest.approx(captured[1], rel=1e-6)
+    U, _, Vh = torch.linalg.svd(torch.randn(600, 500), full_matrices=False)
+    steep = (U[:, :40] * torch.logspace(0, -2, 40)) @ Vh[:40]  # cond((M M^T)^2 M omega) ~ 1e8
+    assert torch.linalg.cond(steep @ steep.T @ steep @ steep.T @ steep @ omega.T) > SKIP_BASIS_COND
+    assert _power_range(steep, steep @ omega.T, 2, torch.float32, every=False) is None
+    torch.testing.assert_close(orthonormal(steep @ omega.T).T @ orthonormal(steep @ omega.T), torch.eye(20), atol=1e-5, rtol=0)
+    B, A, stats = truncate(steep, 12)
+    S = torch.linalg.svdvals(steep.double())
+    optimal = float((S[12:] ** 2).sum().sqrt() / S.norm())
+    measured = float((steep.double() - B.double() @ A.double()).norm() / steep.double().norm())
+    assert stats.rel_error == pytest.approx(optimal, rel=1e-4) and measured == pytest.approx(stats.rel_error, rel=1e-4)
+
+
+@pytest.mark.parametrize("shape", [(48, 200), (200, 48), (400, 300)], ids=["wide", "tall", "randomized"])
+def test_truncated_factors_are_balanced(shape):
+    """B = U sqrt(S) and A = sqrt(S) V^T: B^T B = A A^T = diag(S), on both paths (S the exact
+    spectrum on the thin path, the range finder's on the randomized one)."""
+    torch.manual_seed(7)
+    d = torch.randn(shape)
+    B, A, stats = truncate(d, 6)
+    gram = B.double().T @ B.double()
+    S = gram.diagonal()
+    torch.testing.assert_close(gram, torch.diag(S), atol=1e-5 * float(S[0]), rtol=0)
+    torch.testing.assert_close(A.double() @ A.double().T, torch.diag(S), atol=1e-5 * float(S[0]), rtol=0)
+    assert bool((S[:-1] >= S[1:]).all())
+    if min(shape) < 100:  # the thin path: the exact top of the spectrum
+        torch.testing.assert_close(S, torch.linalg.svdvals(d.double())[:6], atol=1e-5 * float(S[0]), rtol=0)
+
+
+def test_truncation_is_deterministic_with_a_seed_and_oversamples_less_with_a_sketch():
+    torch.manual_seed(8)
+    d, sketch = torch.randn(400, 300), torch.randn(10, 300)
+    B1, A1, s1 = truncate(d, 10, sketch=sketch, seed=3)
+    B2, A2, s2 = truncate(d, 10, sketch=sketch, seed=3)
+    assert torch.equal(B1, B2) and torch.equal(A1, A2) and s1 == s2
+    # the default with a sketch is 4 extra columns, without one 8
+    assert torch.equal(truncate(d, 10, sketch=sketch, oversample=4, seed=3)[0], B1)
+    assert torch.equal(truncate(d, 10, oversample=8)[0], truncate(d, 10)[0])
