@@ -16,8 +16,8 @@ import click
 
 from ..errors import AdapterMergeError
 from ..validate import quote
-from .options import COUNT, SEED
-from .run_cmds import execute, run_options
+from .options import COUNT, SEED, seeds as parse_seeds
+from .run_cmds import SEEDS_HELP, execute, run_options
 from .startup import load_api
 
 if TYPE_CHECKING:
@@ -43,9 +43,11 @@ def _parse_steps(text: str | None, names: list[str]) -> dict[str, int] | None:
     return out
 
 
-def demo_recipe(recipe: Recipe, *, base=None, seed=None, mmlu_limit=None, train_steps=None, methods=None, baselines=True,
+def demo_recipe(recipe: Recipe, *, base=None, seed=None, seeds=None, mmlu_limit=None, train_steps=None, methods=None, baselines=True,
                 sweep=True, weight_search=False, dtype="auto") -> Recipe:
-    """The recipe with the demo's command-line overrides applied."""
+    """The recipe with the demo's command-line overrides applied (`seeds`: a list, run as the recipe's `seeds:`)."""
+    if seed is not None and seeds is not None:
+        raise AdapterMergeError("--seed and --seeds: give one (--seeds 0,1,2 runs at each and chooses on the worst)")
     if mmlu_limit is not None and mmlu_limit <= 0:
         raise AdapterMergeError(f"--mmlu-limit must be positive, got {mmlu_limit}")
     steps = _parse_steps(train_steps, [a.name for a in recipe.adapters]) or {}
@@ -67,7 +69,8 @@ def demo_recipe(recipe: Recipe, *, base=None, seed=None, mmlu_limit=None, train_
         changes["candidates"] = tuple(c for c in recipe.candidates if c.method in wanted)
     if not baselines:
         changes["baselines"] = ()
-    return recipe.with_overrides(**changes)
+    recipe = recipe.with_overrides(**changes)
+    return recipe if seeds is None else recipe.at_seeds(seeds, "--seeds")
 
 
 @click.command("demo")
@@ -82,8 +85,9 @@ def demo_recipe(recipe: Recipe, *, base=None, seed=None, mmlu_limit=None, train_
               help="Run the proxy weight search of task-arithmetic weights before the sweep (default: off; regmean does better).")
 @click.option("--seed", type=SEED, default=None,
               help="Seed of training (initialization, data order), random merges (DARE), calibration and MMLU samples (default: the recipe's, 0); the built-in task data is fixed.")
+@click.option("--seeds", "seeds", default=None, help=SEEDS_HELP)
 def demo_cmd(output, quick, mmlu_data, mergekit, threads, dtype, force, base, mmlu_limit, train_steps, methods, no_baselines,
-             no_sweep, weight_search, seed) -> int:
+             no_sweep, weight_search, seed, seeds) -> int:
     """Run the example recipe examples/manga-assist.yaml: train the domain, structured and safety
     adapters, merge them with every method and with PEFT / mergekit / sequential training for
     comparison, evaluate all of them against the gates, and write report.md, report.json and the
@@ -92,11 +96,12 @@ def demo_cmd(output, quick, mmlu_data, mergekit, threads, dtype, force, base, mm
     \b
       adaptermerge demo -o demo/
       adaptermerge demo --quick -o demo-quick/
+      adaptermerge demo --seeds 0,1,2 -o demo-seeds/
     """
     load_api()  # torch, transformers: loaded when a command runs (start-up time)
     from ..recipe import example_path, load_recipe
 
-    recipe = demo_recipe(load_recipe(example_path()), base=base, seed=seed, mmlu_limit=mmlu_limit, train_steps=train_steps,
+    recipe = demo_recipe(load_recipe(example_path()), base=base, seed=seed, seeds=parse_seeds(seeds), mmlu_limit=mmlu_limit, train_steps=train_steps,
                          methods=methods, baselines=not no_baselines, sweep=not no_sweep, weight_search=weight_search, dtype=dtype)
     execute(recipe, output=output, quick=quick, mmlu_data=mmlu_data, mergekit=mergekit, threads=threads, force=force)
     return 0  # the table is the demo's result, whether or not a merge passes every gate

@@ -5,6 +5,7 @@ refuse them at parse time, and main() prints click's message as one `error:` lin
 from __future__ import annotations
 
 import math
+import re
 
 import click
 
@@ -65,3 +66,15 @@ def float_list(text: str | None, what: str, finite: bool = True) -> list[float] 
     if finite and not all(math.isfinite(v) for v in values):
         raise AdapterMergeError(f"--{what} {quote(text)}: expected finite numbers")
     return values
+
+
+def seeds(text: str | None, what: str = "seeds") -> list[int] | None:
+    """Comma-separated seeds from an option (`--seeds 0,1,2`) as integers; the list's own checks
+    (empty, negative, repeated) are the recipe key's (schema.seed_list), run by the caller."""
+    if text is None:
+        return None
+    parts = [p.strip() for p in text.split(",")]
+    # ASCII digits only: int() takes "²", "1_0" and " 1 ", which a seed list never means
+    if not all(re.fullmatch(r"-?[0-9]{1,19}", p) for p in parts):
+        raise AdapterMergeError(f"--{what} {quote(text)}: expected comma-separated integer seeds such as 0,1,2")
+    return [int(p) for p in parts]

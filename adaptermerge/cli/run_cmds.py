@@ -1,8 +1,8 @@
 """`adaptermerge run RECIPE.yaml`: train or take the recipe's adapters, merge them every way it
 lists, evaluate every candidate with its gates, choose, and write the winner and the report.
 
-Exit status: 0 the chosen merge passes every gate and was written, 1 it misses a gate (or no merge
-was usable), 2 bad input (the recipe's errors name its file and key).
+Exit status: 0 the chosen merge passes every gate (with --seeds, at every seed) and was written, 1
+it misses a gate (or no merge was usable), 2 bad input (the recipe's errors name its file and key).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from .eval_cmds import dtype_option
-from .options import THREADS
+from .options import THREADS, seeds as parse_seeds
 from .progress import console, results
 from .startup import load_api, require_eval_extra
 
@@ -49,10 +49,15 @@ def _with(command, options):
     return command
 
 
+SEEDS_HELP = ("Train (or take) the adapters at each of these seeds, e.g. 0,1,2, and choose the merge whose worst seed "
+              "ranks best on the dev split (the recipe's `seeds:`; replaces its seed). About that many times a one-seed run's compute.")
+
+
 @click.command("run")
 @click.argument("recipe_path", metavar="RECIPE.yaml", type=click.Path(path_type=Path))
 @run_options()
-def run_cmd(recipe_path, output, quick, mmlu_data, mergekit, threads, dtype, force) -> int:
+@click.option("--seeds", "seeds", default=None, help=SEEDS_HELP)
+def run_cmd(recipe_path, output, quick, mmlu_data, mergekit, threads, dtype, force, seeds) -> int:
     """Run a recipe: train or take its adapters, merge them with every candidate it lists (and the
     PEFT, mergekit and sequential-training baselines it asks for), evaluate all of them against its
     gates, choose the winner (on the dev split when none passes), and write report.md, report.json,
@@ -66,16 +71,12 @@ def run_cmd(recipe_path, output, quick, mmlu_data, mergekit, threads, dtype, for
     from ..recipe import load_recipe
 
     recipe = load_recipe(recipe_path)
+    if seeds is not None:
+        recipe = recipe.at_seeds(parse_seeds(seeds), "--seeds")
     if dtype != "auto":
         recipe = recipe.with_overrides(eval={"dtype": dtype})
     result = execute(recipe, output=output, quick=quick, mmlu_data=mmlu_data, mergekit=mergekit, threads=threads, force=force)
-    return 0 if passed(result) else 1
-
-
-def passed(result: RecipeResult) -> bool:
-    """Whether the chosen merge was written and passes every gate (`run`'s exit status 0)."""
-    best = next((r for r in result.rows if r.name == result.best), None)
-    return result.winner is not None and best is not None and all(g.passed for g in best.gates)
+    return 0 if result.passed else 1
 
 
 def execute(recipe, **kwargs) -> RecipeResult:
@@ -112,17 +113,34 @@ def _table(data: dict) -> Table:
     return table
 
 
+def _seed_table(data: dict) -> Table | None:
+    from ..recipe.report import seed_rows
+
+    rows = seed_rows(data)
+    if rows is None:
+        return None
+    table = Table(title=f"{data['seeds']['chosen']} at each seed, eval split (chosen by its worst seed on the {data['seeds']['split']} split)")
+    for i, head in enumerate(rows[0]):
+        table.add_column(head, justify="left" if i in (0, len(rows[0]) - 1) else "right")
+    for r in rows[1:]:
+        table.add_row(*r, style="bold" if r[0] == "min over seeds" else None)
+    return table
+
+
 def show(result: RecipeResult) -> None:
     results.print(_table(result.report))
+    seeds = _seed_table(result.report)
+    if seeds is not None:
+        results.print(seeds)
     click.echo(f"wrote {result.output}/report.md, report.json" + (f", winner/ ({result.winner.name})" if result.winner else ""))
-    best = next((r for r in result.rows if r.name == result.best), None)
-    if best is None:
+    if not result.best_rows:
         click.echo("no merge produced a usable result")
         return
-    click.echo(f"best merge: {best.name}, {verdict(best.gates)}" + ("" if result.winner else "; writing it failed (see report.md, Notes)"))
-    for g in best.gates:
-        if not g.passed:
-            click.echo(f"  missed {g.rule}: {g.detail}")
+    for best in result.best_rows:  # one, or the chosen merge at each seed
+        click.echo(f"best merge: {best.name}, {verdict(best.gates)}" + ("" if result.winner else "; writing it failed (see report.md, Notes)"))
+        for g in best.gates:
+            if not g.passed:
+                click.echo(f"  missed {g.rule}: {g.detail}")
 
 
 def verdict(gates) -> str:

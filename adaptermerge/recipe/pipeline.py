@@ -2,7 +2,9 @@
 
 base -> adapters (trained from presets, cached; or given) -> merge every candidate -> evaluate
 with the gates -> choose (the sweep, on the dev split, when none passes) -> the winner (adapter and
-re-quantized model) -> report. Everything is written into a temporary folder beside the output,
+re-quantized model) -> report. With `seeds:` (`run_seeds`), the adapters, merges and dev-split
+scores are made at every seed, the merge whose worst seed ranks best is chosen (select.py) and
+scored on the eval split at every seed. Everything is written into a temporary folder beside the output,
 which replaces the output in one rename at the end. A candidate that fails becomes a row with its
 error; one that cannot run here (a missing optional tool) a skipped row that says why.
 """
@@ -15,7 +17,7 @@ import os
 import platform
 import shutil
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
@@ -38,7 +40,7 @@ from . import adapters as adapters_mod
 from . import baselines, dedupe, report, select, weights
 from . import tasks as tasks_mod
 from .rows import MMLU, Candidate, Row, Winner, best_merge, build_rows
-from .schema import Recipe, load_recipe
+from .schema import Recipe, check_seeds, load_recipe
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +66,12 @@ class RecipeResult:
     winner: Winner | None  # written to output/winner (None when writing it failed or nothing was usable)
     report: dict  # report.json's data
     best: str | None = None  # the best merge by the gates, whether or not writing it worked
+    best_rows: list[Row] = field(default_factory=list)  # its rows on the eval split: one, or one per seed
+
+    @property
+    def passed(self) -> bool:
+        """The chosen merge was written and passes every gate (at every seed)."""
+        return self.winner is not None and bool(self.best_rows) and all(g.passed for r in self.best_rows for g in r.gates)
 
 
 def _noop(stage: str, done: int, total: int, label: str = "") -> None:
@@ -73,8 +81,10 @@ def _noop(stage: str, done: int, total: int, label: str = "") -> None:
 class Run:
     """One run's fixed context: the recipe, its options and the evaluation plan."""
 
-    def __init__(self, recipe: Recipe, options: RunOptions, tmp: Path, progress: Progress):
+    def __init__(self, recipe: Recipe, options: RunOptions, tmp: Path, progress: Progress, eval_seed: int | None = None):
         self.recipe, self.options, self.tmp, self.progress = recipe, options, tmp, progress
+        # MMLU's sample: across seeds, the first seed's at every seed, so that only the adapters differ
+        self.eval_seed = recipe.seed if eval_seed is None else eval_seed
         self.quick = recipe.quick if options.quick else None
         # MMLU's questions: the local copy, else the hub; None (and why) when neither can be read
         source, self.mmlu_problem = tasks_mod.mmlu_source(options.mmlu_data) if MMLU in recipe.tasks else (None, None)
@@ -89,7 +99,7 @@ class Run:
     def eval_settings(self, split: str = "eval") -> EvalSettings:
         """The evaluation settings; on the dev split MMLU's questions come from its dev split."""
         return EvalSettings(base=self.base, mmlu_data=self.options.mmlu_data, mmlu_limit=self.plan.mmlu_limit,
-                            mmlu_subjects=self.plan.mmlu_subjects, seed=self.recipe.seed,
+                            mmlu_subjects=self.plan.mmlu_subjects, seed=self.eval_seed,
                             mmlu_split="dev" if split == "dev" else "test", threads=self.options.threads,
                             batch_size=self.recipe.eval.batch_size, dtype=self.recipe.eval.dtype)
 
@@ -245,13 +255,13 @@ def to_evaluate(entries: list[Row]) -> list[Row]:
     return [e for e in entries if e.kind != "base" and e.error is None and not e.same_as]
 
 
-def evaluate_entries(run: Run, entries: list[Row], gate_config, helper=None, split: str = "eval"):
+def evaluate_entries(run: Run, entries: list[Row], gate_config, helper=None, split: str = "eval", stage: str | None = None):
     """Evaluate the base and every entry that produced an output (one call: cached results are
     reused; `helper`: one started early, already fed part of them). A copy of an earlier merge
     gets that one's scores."""
     mark_copies(entries)
     cands = [_eval_candidate(e, run.base) for e in to_evaluate(entries)]
-    stage = "eval" if split == "eval" else "sweep"
+    stage = stage or ("eval" if split == "eval" else "sweep")
     evaluated = evaluate(cands, tasks=run.eval_tasks(gate_config), gates=gate_config, settings=run.eval_settings(split),
                          progress=lambda d, n, label: run.progress(stage, d, n, f"{split}: {label}"), helper=helper)
     for e in entries:
@@ -266,13 +276,13 @@ class EarlyEvaluation:
     process, on the threads the helper leaves, goes on with the baselines (sequential training,
     mergekit, PEFT). No helper (one core, a GPU, the results cache off): nothing changes."""
 
-    def __init__(self, run: Run, gate_config):
-        self.run, self.gate_config = run, gate_config
+    def __init__(self, run: Run, gate_config, split: str = "eval"):
+        self.run, self.gate_config, self.split = run, gate_config, split
         self.helper = None
         self._threads = contextlib.ExitStack()  # this process's thread count while the helper runs
 
     def __enter__(self) -> "EarlyEvaluation":
-        self.helper = start_helper(self.run.eval_tasks(self.gate_config), self.gate_config, self.run.eval_settings())
+        self.helper = start_helper(self.run.eval_tasks(self.gate_config), self.gate_config, self.run.eval_settings(self.split))
         if self.helper is not None:  # the helper has its threads; this process the rest
             self._threads.enter_context(cputhreads.using(max(1, cputhreads.machine_threads() - self.helper.threads)))
         return self
@@ -394,14 +404,18 @@ def run_recipe(recipe: Recipe | str | Path, *, output: str | Path, force: bool =
     MMLU's gates fail for every model (recipe/tasks.py)."""
     if not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe)
+    check_seeds(recipe, str(recipe.path or "recipe"))  # a Recipe built or changed in code
     progress = progress or _noop
     # the one output rule (fileio.check_destination): never a given adapter or the base folder
-    inputs = [spec.path for spec in recipe.adapters if spec.path is not None]
+    inputs = recipe.given_files
     if recipe.base and Path(recipe.base).expanduser().exists():
         inputs.append(Path(recipe.base).expanduser())
     output = check_destination(Path(output), force, inputs)
     options = RunOptions(quick=quick, mmlu_data=mmlu_data, threads=threads,
                          mergekit=mergekit, train_workers=train_workers)
+    if recipe.seeds:
+        return run_seeds(recipe, options, output=output, force=force, inputs=inputs, progress=progress)
+    recipe = recipe.one_seed(recipe.seed)  # a given adapter's `paths:` entry for the seed as its path
     started, timings, notes, extra, warnings = time.perf_counter(), {}, [], {}, []
     with atomic_dir(output, force=force, inputs=inputs) as tmp:
         run = Run(recipe, options, tmp, progress)
@@ -478,7 +492,119 @@ def run_recipe(recipe: Recipe | str | Path, *, output: str | Path, force: bool =
         data = report_data(run, rows, winner, timings=timings, notes=notes + _eval_notes(evaluated.notes),
                            eval_names=eval_names, headline=headline, extra={"warnings": warnings, **extra})
         report.write(data, tmp)
-    return RecipeResult(output, rows, winner, data, best.name if best else None)
+    return RecipeResult(output, rows, winner, data, best.name if best else None, [best] if best else [])
+
+
+def run_seeds(recipe: Recipe, options: RunOptions, *, output: Path, force: bool, inputs: list[Path],
+              progress: Progress) -> RecipeResult:
+    """The run across `recipe.seeds` (the module docstring): for each seed, its adapters, every
+    candidate merged from them and scored on the choice split (seed-N/ holds them); the max-min
+    choice (select.choose_across_seeds); that merge scored on the eval split at every seed, beside
+    the base and each seed's adapters; the first seed's merge written as the winner."""
+    seeds, first = recipe.seeds, recipe.seeds[0]
+    started, timings, notes, warnings = time.perf_counter(), {}, [], []
+    split, split_note = choice_split(recipe)
+    notes += [split_note] if split_note else []
+    if recipe.select.sweep:
+        notes.append("no sweep across seeds: its points follow one seed's best merge; the choice is among the recipe's candidates")
+    with atomic_dir(output, force=force, inputs=inputs) as tmp:
+        t = time.perf_counter()
+        progress("base", 0, 1, "resolving")
+        base_dir = base_mod.resolve_base(recipe.base)
+        progress("base", 1, 1, str(base_dir.name))
+        timings["base"] = round(time.perf_counter() - t, 2)
+        runs, entries, choice_rows = {}, {}, {}
+        for seed in seeds:
+            def shown(stage: str, done: int, total: int, label: str = "", seed=seed) -> None:
+                progress(stage, done, total, f"seed {seed}: {label}")
+
+            run = runs[seed] = Run(recipe.one_seed(seed), options, tmp / f"seed-{seed}", shown, eval_seed=first)
+            if run.mmlu_problem and not warnings:
+                warnings.append(tasks_mod.unscored_warning(run.mmlu_problem, recipe))
+                log.warning("%s", warnings[-1])
+            t = time.perf_counter()
+            entries[seed] = [Row("base", "base"), *prepare_adapters(run)]
+            timings[f"train (seed {seed})"] = round(time.perf_counter() - t, 2)
+            t = time.perf_counter()
+            (run.tmp / "merges").mkdir(parents=True)
+            gate_config = tasks_mod.gate_config(run.recipe, run.plan.docs, tmp / "eval-data", split=split)
+            names = tasks_mod.eval_names(run.recipe, run.plan.docs, split)
+            with EarlyEvaluation(run, gate_config, split) as early:  # as in one seed's run, on the choice split
+                early.feed(entries[seed])
+                todo = candidates(run)
+                for i, candidate in enumerate(todo):
+                    shown("merge", i, len(todo), candidate.name)
+                    entries[seed].append(make_candidate(run, candidate))
+                    early.feed(entries[seed])
+                shown("merge", len(todo), len(todo), "done")
+                timings[f"merge (seed {seed})"] = round(time.perf_counter() - t, 2)
+                t = time.perf_counter()
+                evaluated = evaluate_entries(run, entries[seed], gate_config, helper=early.take(), split=split, stage="eval")
+            choice_rows[seed] = _scored_rows(run, entries[seed], evaluated.scores, gate_config, names,
+                                             {task: recipe.headline(task) for task in names})
+            timings[f"{split} (seed {seed})"] = round(time.perf_counter() - t, 2)
+        choice_names = names
+        chosen, ranked = select.choose_across_seeds(choice_rows)
+
+        # The chosen merge on the eval split at every seed: its first evaluation there at each.
+        t = time.perf_counter()
+        run0 = runs[first]
+        gate_config = tasks_mod.gate_config(recipe, run0.plan.docs, tmp / "eval-data")
+        eval_names = tasks_mod.eval_names(recipe, run0.plan.docs)
+        headline = {task: recipe.headline(task) for task in eval_names}
+        rows, best_rows, eval_notes = [], {}, []
+        for seed in seeds:
+            # the chosen merge evaluated itself, even where it was a copy of another on the choice split
+            keep = [e if e.kind != "merge" else replace(e, same_as=None, probe_difference=None)
+                    for e in entries[seed] if e.kind in ("base", "adapter") or e.name == chosen]
+            evaluated = evaluate_entries(runs[seed], keep, gate_config)
+            eval_notes += [n for n in _eval_notes(evaluated.notes) if n not in eval_notes]
+            scored = _scored_rows(runs[seed], keep, evaluated.scores, gate_config, eval_names, headline)
+            named = [replace(r, name=seed_name(r.name, seed)) for r in scored]
+            best_rows.update({seed: n for r, n in zip(scored, named) if r.name == chosen})
+            rows += [r for r in named if r.kind != "base" or seed == first]
+        timings["eval"] = round(time.perf_counter() - t, 2)
+
+        winner = None
+        if chosen is not None:
+            t = time.perf_counter()
+            source = next(e for e in entries[first] if e.name == chosen)
+            try:
+                winner = write_winner(run0, source, tmp / "winner")
+            except Exception as exc:  # noqa: BLE001 - the table is still worth writing
+                log.warning("writing the winner failed: %s", exc, exc_info=log.isEnabledFor(logging.DEBUG))
+                notes.append(f"writing the winner {chosen} failed: {type(exc).__name__}: {exc}")
+            timings["winner"] = round(time.perf_counter() - t, 2)
+            notes.append(f"the winner written is {chosen} merged from the seed-{first} adapters (seed-{first}/merges/{chosen}); "
+                         f"the other seeds' merges are in seed-N/merges/")
+        else:
+            notes.append("no merge was usable at every seed: no winner written")
+        for run in runs.values():
+            shutil.rmtree(run.work, ignore_errors=True)
+        timings["total"] = round(time.perf_counter() - started, 2)
+
+        by_name = {seed: {r.name: r for r in choice_rows[seed]} for seed in seeds}
+        section = {
+            "seeds": list(seeds), "split": split, "eval_tasks": choice_names, "chosen": chosen,
+            "rule": "max-min: each merge's worst seed (rows.rank_key), the best of those",
+            "ranking": [{"name": n, "describe": _describe(by_name, n),
+                         **select.across_seeds({s: by_name[s][n] for s in seeds if n in by_name[s]})} for n in ranked],
+            "eval": select.across_seeds(best_rows) if best_rows else None,
+        }
+        data = report_data(run0, rows, winner, timings=timings, notes=notes + eval_notes, eval_names=eval_names,
+                           headline=headline, extra={"warnings": warnings, "seeds": section}, recipe=recipe, root=tmp)
+        report.write(data, tmp)
+    return RecipeResult(output, rows, winner, data, chosen, [best_rows[s] for s in seeds if s in best_rows])
+
+
+def seed_name(name: str, seed: int) -> str:
+    """A row's name in a run across seeds: the base is one row, every other row one per seed."""
+    return name if name == "base" else f"{name} (seed {seed})"
+
+
+def _describe(by_name: dict[int, dict[str, Row]], name: str) -> str | None:
+    row = next((rows[name] for rows in by_name.values() if name in rows), None)
+    return row.candidate.describe if row is not None and row.candidate is not None else None
 
 
 def _scored_rows(run: Run, entries: list[Row], scores: dict, gate_config, eval_names: dict, headline: dict) -> list[Row]:
@@ -488,10 +614,11 @@ def _scored_rows(run: Run, entries: list[Row], scores: dict, gate_config, eval_n
 
 
 def report_data(run: Run, rows: list[Row], winner: Winner | None, *, timings: dict, notes: list[str], eval_names: dict,
-                headline: dict, extra: dict) -> dict:
-    recipe = run.recipe
+                headline: dict, extra: dict, recipe: Recipe | None = None, root: Path | None = None) -> dict:
+    """report.json's data. `recipe`, `root`: the recipe and the run's folder when `run` is one seed's of several."""
+    recipe = recipe or run.recipe
     candidates_json = report.plain(rows)
-    report.relative_paths(candidates_json, run.tmp)
+    report.relative_paths(candidates_json, root or run.tmp)
     metrics = {**headline, **({MMLU: "acc"} if run.plan.has_mmlu else {})}
     return {
         "recipe": recipe.name,

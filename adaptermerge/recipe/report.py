@@ -5,6 +5,12 @@ The markdown, the terminal table and the charts are made from report.json's data
 (`table_rows`, `retention_matrix`, `score_panels`): retention.png, the merges by tasks with the
 failed gates marked, and chart.png, each task's scores of the merges against the base and the
 single-task adapter, with standard errors where report.json has them (a row's `stderr`).
+
+A run across seeds (report.json's `seeds`) names its rows `<name> (seed N)` (the base is one row),
+adds the choice across seeds (`ranking`: every merge at every seed on the choice split, best first)
+and the chosen merge's retention per seed on the eval split with its minimum over the seeds
+(`seed_rows`, also the terminal's second table); its chart is retention.png, the chosen merge at
+each seed by the tasks (chart.png's references are one seed's adapters, so it is not drawn).
 """
 
 from __future__ import annotations
@@ -103,9 +109,13 @@ def to_markdown(data: dict) -> str:
         won = f"Winner: **{winner['name']}**" + (f" ({', '.join(where)})" if where else "")
     else:
         won = "Winner: none"
-    lines += ["", f"Gates: {', '.join(g['rules'])}{retention}.", "",
-              won + ": a merge that passes every gate, else the nearest miss (the smallest shortfall of its worst gate, "
-              "as a fraction of the value that gate needs), then the most gates passed.", ""]
+    rule = ("a merge that passes every gate, else the nearest miss (the smallest shortfall of its worst gate, "
+            "as a fraction of the value that gate needs), then the most gates passed")
+    if data.get("seeds"):
+        rule = (f"the merge whose worst seed ranks best on the {data['seeds']['split']} split (each seed ranked as one run's "
+                f"choice is: {rule}), made from the seed-{data['seeds']['seeds'][0]} adapters")
+    lines += ["", f"Gates: {', '.join(g['rules'])}{retention}.", "", f"{won}: {rule}.", ""]
+    lines += seeds_section(data)
     lines += winner_gates(data)
     if data["eval_tasks"] and any(k != v for k, v in data["eval_tasks"].items()):
         lines += ["Evaluation subsets: " + ", ".join(f"{k} -> {v}" for k, v in data["eval_tasks"].items()), ""]
@@ -175,6 +185,65 @@ def _lowrank_text(lowrank: dict | None) -> str:
     return f"; truncated to rank {ranks}, relative error {lowrank['mean_rel_error']:.3f} on average (max {lowrank['max_rel_error']:.3f})"
 
 
+def seed_rows(data: dict) -> list[list[str]] | None:
+    """The chosen merge on the eval split at each seed, then the minimum over the seeds, as text
+    cells (header first): retention per task, the worst of them, MMLU delta, gates. None for one seed."""
+    seeds = data.get("seeds")
+    if not seeds or not seeds.get("eval"):
+        return None
+    tasks, mmlu = data["tasks"], _has_mmlu(data)
+    head = ["seed", *[f"retention {t}" for t in tasks], "worst task", *(["MMLU Δ"] if mmlu else []), "gates"]
+    out = [head]
+    per_seed, minimum = seeds["eval"]["per_seed"], seeds["eval"]["min"]
+
+    def cells(label: str, r: dict) -> list[str]:
+        ret = r.get("retention") or {}
+        delta = r.get("mmlu_delta")
+        return [label, *[_fmt(ret.get(t), 2) for t in tasks], _fmt(r.get("min_retention"), 2),
+                *(["-" if delta is None else f"{delta:+.3f}"] if mmlu else []),
+                f"{r['gates_passed']}/{r['gates_total']}" + (" pass" if r["passed"] else "")]
+    out += [cells(str(seed), r) for seed, r in per_seed.items()]
+    return out + [cells("min over seeds", minimum)]
+
+
+def seeds_section(data: dict) -> list[str]:
+    """A run across seeds: the chosen merge per seed on the eval split, and the choice's ranking."""
+    seeds = data.get("seeds")
+    if not seeds:
+        return []
+    listed = ", ".join(map(str, seeds["seeds"]))
+    lines = [f"## Across seeds {listed}", ""]
+    table = seed_rows(data)
+    if table:
+        lines += [f"{seeds['chosen']} on the eval split, merged from each seed's adapters (retention against that seed's "
+                  "single-task adapters; 'worst task' its lowest retention); the last row is the minimum over the seeds, "
+                  "task by task:", "", "| " + " | ".join(table[0]) + " |", "|" + "---|" * len(table[0])]
+        lines += ["| " + " | ".join(r) + " |" for r in table[1:]] + [""]
+    split = seeds["split"]
+    lines += [f"The choice, on the {split} split at every seed" + (" (other documents than the table's)" if split == "dev" else "")
+              + f": each merge's worst seed (**bold**: the seed each merge ranks lowest at), the best of those first. "
+              "Cells: gates passed, worst task retention.", "",
+              "| merge | " + " | ".join(f"seed {s}" for s in seeds["seeds"]) + " | mean of worst task |",
+              "|" + "---|" * (len(seeds["seeds"]) + 2)]
+    for r in seeds["ranking"]:
+        cells = []
+        for s in seeds["seeds"]:
+            one = r["per_seed"].get(str(s)) or r["per_seed"].get(s)
+            if one is None:
+                cells.append("-")
+                continue
+            text = ("error" if one["error"] else
+                    f"{one['gates_passed']}/{one['gates_total']}{' pass' if one['passed'] else ''}, {_fmt(one['min_retention'], 2)}")
+            cells.append(f"**{text}**" if str(s) == str(r["worst_seed"]) else text)
+        kept = [v["min_retention"] for v in r["per_seed"].values() if v["min_retention"] is not None]
+        name = f"**{r['name']}**" if r["name"] == seeds["chosen"] else r["name"]
+        copies = {v.get("same_as") for v in r["per_seed"].values()}
+        if len(copies) == 1 and None not in copies:  # the same weights as another merge at every seed
+            name += f" (= {copies.pop()})"
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {_fmt(sum(kept) / len(kept) if kept else None, 2)} |")
+    return lines + [""]
+
+
 def winner_gates(data: dict) -> list[str]:
     """The winner's gates, one row each with its detail: why the nearest miss misses, in items."""
     winner = data["winner"]
@@ -199,8 +268,11 @@ def warning_lines(data: dict) -> list[str]:
 def chart_lines(data: dict) -> list[str]:
     lines = []
     if retention_matrix(data) is not None:
-        lines += ["Retention of each merge on each task (0 = the base, 1 = the single-task adapter); a red border "
+        which = ("the chosen merge at each seed" if data.get("seeds") else "each merge")
+        lines += [f"Retention of {which} on each task (0 = the base, 1 = the single-task adapter); a red border "
                   "and ✗ mark a task where one of the merge's gates failed.", "", "![retention](retention.png)", ""]
+    if data.get("seeds"):  # chart.png's references would be one seed's adapters
+        return lines
     errors = " (± standard error)" if any(c.get("stderr") for c in _merges(data)) else ""
     return lines + [f"Each task's score of each merge{errors} against the base (dashed) and the single-task "
                     "adapter (solid); a red cross marks a failed gate on that task.", "", "![scores](chart.png)", ""]
@@ -279,7 +351,8 @@ def write_charts(data: dict, folder: Path) -> list[Path]:
         threshold = (data.get("gates") or {}).get("retention_min")
         out.append(charts.retention_heatmap(folder / "retention.png", matrix, title=f"{data['recipe']}: retention",
                                             threshold=threshold, highlight=winner))
-    out.append(charts.score_panels(folder / "chart.png", score_panels(data), title=f"{data['recipe']}: scores"))
+    if not data.get("seeds"):
+        out.append(charts.score_panels(folder / "chart.png", score_panels(data), title=f"{data['recipe']}: scores"))
     return out
 
 

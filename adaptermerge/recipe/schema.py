@@ -2,10 +2,11 @@
 
     name: manga-assist
     base: null                       # HF id or folder; null: the embedded SmolLM2-135M-Instruct
-    seed: 0
+    seed: 0                          # or `seeds: [0, 1, 2]`: choose on the worst seed (below); not both
     adapters:                        # at least two; order = the order of `weights`
       domain: {preset: domain}       # trained from a built-in preset (cached by its settings)
       faq: {path: faq.safetensors, alpha: 16, task: faq}   # given: a PEFT folder or a bare .safetensors
+      # with `seeds:`, a given adapter names one file per seed: {paths: {0: faq-s0/, 1: faq-s1/}, task: faq}
     candidates:                      # `all` (every registered method at its defaults) or a list:
       - ties                         #   a method at its defaults
       - {method: ties, name: ties_dense, params: {density: 0.5}, weights: [1, 2]}
@@ -21,6 +22,10 @@
     output: {quantize: nf4}          # the winner as an adapter, plus a re-quantized model (nf4, int8 or null)
     quick: {step_fraction: 0.1, anchor_unique: 16, docs: {domain: 8}, mmlu_limit: 1, mmlu_subjects: 19,
             params: {regmean: {calib_size: 16}}}
+
+`seeds:` (two or more distinct seeds, `seed_list`): the adapters are trained (or taken) at every
+seed, every candidate is merged and scored on the dev split at each, and the candidate whose worst
+seed ranks best wins (recipe/select.py, `choose_across_seeds`); one seed is a plain run at that seed.
 
 Relative paths are taken from the recipe file's folder. Loading is strict: an unknown key, a value
 of the wrong type (a string is never a bool or a number), a non-finite number, an unknown method,
@@ -60,6 +65,7 @@ class AdapterSpec:
     task: str | None = None  # the gate task it was trained for: retention's denominator
     alpha: float | None = None  # a bare .safetensors file without lora_alpha in its metadata
     steps: int | None = None  # training steps instead of the preset's (and of --quick's)
+    paths: dict[int, Path] | None = None  # given per training seed (`seeds:`): seed -> a folder or file
 
 
 @dataclass(frozen=True)
@@ -116,7 +122,8 @@ class Recipe:
     dev_data: dict[str, Path] = field(default_factory=dict)  # user task -> its dev-split JSONL
     baselines: tuple[str, ...] = ()
     base: str | None = None
-    seed: int = 0
+    seed: int = 0  # the run's seed; with `seeds`, their first
+    seeds: tuple[int, ...] | None = None  # two or more: a run at each, chosen on the worst (None: `seed` alone)
     description: str = ""
     eval: EvalOptions = field(default_factory=EvalOptions)
     select: SelectOptions = field(default_factory=SelectOptions)
@@ -136,6 +143,30 @@ class Recipe:
     def headline(self, task: str) -> str:
         """The metric a task's column shows: its first gate's."""
         return self.gates.metric_for(task)
+
+    @property
+    def seed_list(self) -> tuple[int, ...]:
+        """The training seeds of the run: `seeds`, else `seed` alone."""
+        return self.seeds or (self.seed,)
+
+    def at_seeds(self, seeds, where: str = "seeds") -> "Recipe":
+        """A copy run at `seeds` (checked as the recipe key is; `where` names the option in errors):
+        one seed is a plain run at it. The given adapters must have a file for each (`check_seeds`)."""
+        seeds = seed_list(seeds, where)
+        recipe = dataclasses.replace(self, seed=seeds[0], seeds=seeds if len(seeds) > 1 else None)
+        check_seeds(recipe, where)
+        return recipe
+
+    def one_seed(self, seed: int) -> "Recipe":
+        """The recipe of the run at `seed`: that seed alone, each given adapter's file for it as its `path`."""
+        adapters = tuple(dataclasses.replace(a, path=a.paths[seed], paths=None) if a.paths is not None else a
+                         for a in self.adapters)
+        return dataclasses.replace(self, seed=seed, seeds=None, adapters=adapters)
+
+    @property
+    def given_files(self) -> list[Path]:
+        """Every given adapter file or folder, at every seed (the output may never be one of them)."""
+        return [p for a in self.adapters for p in ([a.path] if a.path is not None else list((a.paths or {}).values()))]
 
     def with_overrides(self, **changes) -> "Recipe":
         """A copy with top-level fields replaced (`eval`, `select`... as dicts of their fields)."""
@@ -216,7 +247,37 @@ def _non_finite(data, key: str = "") -> str | None:
     return None
 
 
-_TOP = ("name", "description", "base", "seed", "adapters", "candidates", "baselines", "gates", "eval", "select", "output", "quick")
+def seed_list(value, where: str) -> tuple[int, ...]:
+    """Training seeds (the `seeds:` key, the --seeds option): a non-empty list of distinct
+    integers in 0..2**63-1, in the order given."""
+    if not isinstance(value, (list, tuple)) or not value:
+        raise AdapterMergeError(f"{where}: expected a non-empty list of seeds such as [0, 1, 2], got {validate.quote(value)}")
+    seeds = tuple(validate.seed(s, f"{where}[{i}]") for i, s in enumerate(value))
+    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+    if repeated:
+        raise AdapterMergeError(f"{where}: seed {repeated[0]} is given twice: expected distinct seeds")
+    return seeds
+
+
+def check_seeds(recipe: Recipe, where: str) -> None:
+    """Every given adapter has a file at each of the run's seeds: a `path:` serves one seed only
+    (a file cannot be retrained at another), `paths:` must name every seed. `where`: the recipe
+    file, or the option that set the seeds."""
+    if recipe.seeds and recipe.select.weight_search:  # its proxy scores one seed's adapters
+        raise AdapterMergeError(f"{where}: select.weight_search runs at one seed: not with seeds {', '.join(map(str, recipe.seeds))}")
+    for spec in recipe.adapters:
+        if spec.paths is not None:
+            missing = [s for s in recipe.seed_list if s not in spec.paths]
+            if missing:
+                raise AdapterMergeError(f"{where}: adapters.{spec.name}.paths: no file for seed {missing[0]} "
+                                        f"(it has seeds {', '.join(map(str, spec.paths))})")
+        elif spec.path is not None and recipe.seeds:
+            raise AdapterMergeError(f"{where}: adapters.{spec.name}.path: a given file cannot be retrained at seeds "
+                                    f"{', '.join(map(str, recipe.seeds))}: give one file per seed as "
+                                    f"`paths: {{{recipe.seeds[0]}: FILE, ...}}`, or train it from a preset")
+
+
+_TOP = ("name", "description", "base", "seed", "seeds", "adapters", "candidates", "baselines", "gates", "eval", "select", "output", "quick")
 
 
 def load_recipe(path: str | Path) -> Recipe:
@@ -240,6 +301,12 @@ def parse_recipe(data, *, where: str = "recipe", root: Path | None = None, sourc
     if base is not None and not Path(base).is_absolute() and validate.probe(root / base) is not None:
         base = str(root / base)
     seed = validate.seed(data.get("seed", 0), r.at("seed"))
+    seeds = None
+    if "seeds" in data:
+        if "seed" in data:  # which one a run uses would be a guess
+            raise r.fail("seeds", "give `seed:` (one run) or `seeds:` (a run at each, chosen on the worst), not both")
+        seeds = seed_list(data["seeds"], r.at("seeds"))
+        seed, seeds = seeds[0], (seeds if len(seeds) > 1 else None)
 
     gates, dev_data = _gates(r, data["gates"], root)
     tasks = list(gates.tasks)
@@ -283,9 +350,11 @@ def parse_recipe(data, *, where: str = "recipe", root: Path | None = None, sourc
         mmlu_limit=r.integer(q.get("mmlu_limit", QuickOptions.mmlu_limit), "quick.mmlu_limit", minimum=1),
         mmlu_subjects=r.integer(q.get("mmlu_subjects"), "quick.mmlu_subjects", minimum=1, optional=True),
         params=_quick_params(r, q.get("params")))
-    return Recipe(name=name, description=description, base=base, seed=seed, adapters=adapters, candidates=candidates,
-                  baselines=baselines, gates=gates, dev_data=dev_data, eval=eval_opts, select=select, output=output,
-                  quick=quick, path=source.resolve() if source else None)
+    recipe = Recipe(name=name, description=description, base=base, seed=seed, seeds=seeds, adapters=adapters, candidates=candidates,
+                    baselines=baselines, gates=gates, dev_data=dev_data, eval=eval_opts, select=select, output=output,
+                    quick=quick, path=source.resolve() if source else None)
+    check_seeds(recipe, where)
+    return recipe
 
 
 def _gates(r: _Reader, value, root: Path) -> tuple[gates_mod.GateConfig, dict[str, Path]]:
@@ -343,17 +412,21 @@ def _adapters(r: _Reader, value, root: Path, tasks: list[str]) -> tuple[AdapterS
         name = r.name(name, key)
         if name in RESERVED:
             raise r.fail(key, f"{validate.quote(name)} is reserved for the base model's row")
-        spec = r.mapping(spec, key, ("preset", "path", "task", "alpha", "steps"))
-        if ("preset" in spec) == ("path" in spec):
-            raise r.fail(key, "expected exactly one of `preset:` (train it) or `path:` (a PEFT folder or .safetensors file)")
+        spec = r.mapping(spec, key, ("preset", "path", "paths", "task", "alpha", "steps"))
+        if sum(k in spec for k in ("preset", "path", "paths")) != 1:
+            raise r.fail(key, "expected exactly one of `preset:` (train it), `path:` (a PEFT folder or .safetensors file) "
+                              "or `paths:` (one per seed)")
         preset = r.string(spec.get("preset"), f"{key}.preset", BUILTIN_TASKS, optional=True)
-        path = None
+        path, paths = None, None
         if "path" in spec:
-            path = r.path(spec["path"], f"{key}.path", root)
-            if validate.probe(path) is None:
-                raise r.fail(f"{key}.path", f"{path} does not exist")
-            if not (validate.probe(path) == "folder" or path.suffix == ".safetensors"):
-                raise r.fail(f"{key}.path", f"{path}: expected a PEFT adapter folder or a .safetensors file")
+            path = _given(r, spec["path"], f"{key}.path", root)
+        if "paths" in spec:
+            given = spec["paths"]
+            if not isinstance(given, dict) or not given:
+                raise r.fail(f"{key}.paths", "expected a mapping of seeds to files, e.g. {0: faq-s0/, 1: faq-s1/}")
+            paths = {validate.seed(s, r.at(f"{key}.paths.{validate.listing([s])}")): _given(r, p, f"{key}.paths.{s}", root)
+                     for s, p in given.items()}
+        if path is not None or paths is not None:
             if "steps" in spec:
                 raise r.fail(f"{key}.steps", "only an adapter trained from a preset has training steps")
         elif "alpha" in spec:
@@ -364,8 +437,19 @@ def _adapters(r: _Reader, value, root: Path, tasks: list[str]) -> tuple[AdapterS
         alpha = r.number(spec.get("alpha"), f"{key}.alpha", optional=True)
         if alpha is not None and alpha <= 0:
             raise r.fail(f"{key}.alpha", f"must be positive, got {alpha}")
-        out.append(AdapterSpec(name, preset, path, task, alpha, r.integer(spec.get("steps"), f"{key}.steps", minimum=1, optional=True)))
+        out.append(AdapterSpec(name, preset, path, task, alpha, r.integer(spec.get("steps"), f"{key}.steps", minimum=1, optional=True),
+                               paths))
     return tuple(out)
+
+
+def _given(r: _Reader, value, key: str, root: Path) -> Path:
+    """A given adapter's file: an existing PEFT folder or .safetensors file."""
+    path = r.path(value, key, root)
+    if validate.probe(path) is None:
+        raise r.fail(key, f"{path} does not exist")
+    if not (validate.probe(path) == "folder" or path.suffix == ".safetensors"):
+        raise r.fail(key, f"{path}: expected a PEFT adapter folder or a .safetensors file")
+    return path
 
 
 def check_params(method: str, params, key: str, r: _Reader) -> dict:
@@ -436,4 +520,4 @@ def _quick_params(r: _Reader, value) -> dict[str, dict]:
 
 
 __all__ = ["AdapterSpec", "BASELINES", "BUILTIN_TASKS", "EvalOptions", "MergeSpec", "OutputOptions", "QuickOptions",
-           "Recipe", "SelectOptions", "load_recipe", "parse_recipe"]
+           "Recipe", "SelectOptions", "check_seeds", "load_recipe", "parse_recipe", "seed_list"]

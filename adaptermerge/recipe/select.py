@@ -9,6 +9,13 @@ the dev split (`select.split: dev`; other documents than the table's), the best 
 (rows.rank_key), and only that one is then scored on the eval split, for the table: its row is
 its first evaluation there, not a best of several. A recipe whose user tasks lack a `dev:` file
 (or that asks `split: eval`) chooses on the eval split, and the report says so.
+
+Across seeds (`seeds:` in the recipe): every candidate is merged from each seed's adapters and
+scored on the dev split at each; its score is its worst seed's rank (rows.rank_key, the same rule
+as one seed's choice: gates, nearest miss, gates passed, worst retention, MMLU delta) and the
+candidate whose worst seed ranks best wins (`choose_across_seeds`): a merge that does well at two
+seeds and badly at the third loses to one that does fairly well at all three. No sweep runs there:
+its points follow one seed's best merge.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ from pathlib import Path
 from typing import Callable
 
 from . import tasks as tasks_mod
-from .rows import Candidate, Row, best_merge, build_rows
+from .rows import Candidate, Row, best_merge, build_rows, rank_key
 from .schema import Recipe
 
 # One point each (each costs a full evaluation), chosen by the method of the best merge so far.
@@ -162,3 +169,59 @@ def selection_note(sweep: dict | None, winner_name: str | None) -> str | None:
     return (f"the sweep chose {chosen} ({which}) among {n} merges {where}. The sweep's points are fixed steps "
             "(recipe/select.py): regmean's read off a grid on the dev split, the other methods' fallback points off "
             "older eval-split grids" + ("" if winner_name == chosen else f"; the winner written is {winner_name}"))
+
+
+# ---------------------------------------------------------------- across seeds
+
+def worst_seed(rows: dict[int, Row]) -> int:
+    """The seed at which a candidate ranks lowest (rows.rank_key; the first such seed on a tie)."""
+    return min(rows, key=lambda seed: rank_key(rows[seed]))
+
+
+def choose_across_seeds(rows_by_seed: dict[int, list[Row]]) -> tuple[str | None, list[str]]:
+    """(the chosen merge, every merge ranked best first) by the max-min rule: each merge's key is
+    its worst seed's rank_key; a merge unusable at any seed (an error, a task that failed) is
+    ranked but never chosen. A merge missing at a seed counts as unusable there."""
+    seeds = list(rows_by_seed)
+    by_name = {seed: {r.name: r for r in rows if r.kind == "merge"} for seed, rows in rows_by_seed.items()}
+    names = list(dict.fromkeys(n for seed in seeds for n in by_name[seed]))
+
+    def key(name: str) -> tuple:
+        rows = {seed: by_name[seed].get(name) for seed in seeds}
+        if any(r is None for r in rows.values()):
+            return (False,)
+        return rank_key(rows[worst_seed(rows)])
+
+    ranked = sorted(names, key=key, reverse=True)  # stable: the recipe's order among equals
+    chosen = next((n for n in ranked if all(n in by_name[s] and by_name[s][n].usable for s in seeds)), None)
+    return chosen, ranked
+
+
+def seed_row(row: Row) -> dict:
+    """One row at one seed, as report.json's `seeds` section gives it."""
+    kept = [v for v in (row.retention or {}).values() if v is not None]
+    return {"scores": row.scores, "retention": row.retention, "min_retention": min(kept) if kept else None,
+            "mmlu_delta": row.mmlu_delta, "gates_passed": row.gates_passed, "gates_total": row.gates_total,
+            "passed": row.passed, "missed": [g.rule for g in row.gates if not g.passed],
+            "error": row.error or ("; ".join(row.errors) if row.errors else None), "same_as": row.same_as}
+
+
+def _minimum(values) -> float | None:
+    values = [v for v in values if v is not None]
+    return min(values) if values else None
+
+
+def across_seeds(rows: dict[int, Row]) -> dict:
+    """One merge's rows at each seed and, per task, the minimum over the seeds of its score and
+    retention (None where no seed has a value), the worst MMLU delta and the fewest gates passed."""
+    per_seed = {seed: seed_row(r) for seed, r in rows.items()}
+    tasks = list(dict.fromkeys(t for r in per_seed.values() for t in (r["retention"] or {})))
+    scored = list(dict.fromkeys(t for r in per_seed.values() for t in r["scores"]))
+    minimum = {"scores": {t: _minimum(r["scores"].get(t) for r in per_seed.values()) for t in scored},
+               "retention": {t: _minimum((r["retention"] or {}).get(t) for r in per_seed.values()) for t in tasks},
+               "min_retention": _minimum(r["min_retention"] for r in per_seed.values()),
+               "mmlu_delta": _minimum(r["mmlu_delta"] for r in per_seed.values()),
+               "gates_passed": min(r["gates_passed"] for r in per_seed.values()),
+               "gates_total": max(r["gates_total"] for r in per_seed.values()),
+               "passed": all(r["passed"] for r in per_seed.values())}
+    return {"per_seed": per_seed, "min": minimum, "worst_seed": worst_seed(rows)}
