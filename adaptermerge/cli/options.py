@@ -65,3 +65,16 @@ def float_list(text: str | None, what: str, finite: bool = True) -> list[float] 
     if finite and not all(math.isfinite(v) for v in values):
         raise AdapterMergeError(f"--{what} {quote(text)}: expected finite numbers")
     return values
+
+
+def name_files(items: tuple[str, ...], what: str) -> dict[str, str]:
+    """NAME=FILE entries of a repeatable option (`--heal-prompts domain=d.jsonl`) as {NAME: FILE}."""
+    out = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise AdapterMergeError(f"--{what} {quote(item)}: expected NAME=FILE.jsonl (an input adapter's name or task, and a file)")
+        if name in out:
+            raise AdapterMergeError(f"--{what} {name}: given twice")
+        out[name] = path
+    return out
