@@ -161,8 +161,8 @@ def _heal_config(steps, prompts, options, seed: int) -> "heal_mod.HealConfig":
     steps = heal_mod.check_steps(steps)
     if prompts is not None and not isinstance(prompts, dict):
         raise AdapterMergeError(f"heal_prompts: expected a mapping of adapter names to JSONL files, got {prompts!r}")
-    if (prompts or options) and not steps:
-        raise AdapterMergeError("--heal-prompts and heal options apply with --heal STEPS (1 or more)")
+    if prompts and not steps:
+        raise AdapterMergeError("--heal-prompts applies with --heal STEPS (1 or more)")
     fields = {f.name for f in dataclasses.fields(heal_mod.HealConfig)} - {"steps", "prompts", "seed"}
     unknown = sorted(set(options or {}) - fields)
     if unknown:

@@ -186,7 +186,7 @@ def test_inspect_and_methods(adapters, capsys):
     (["--heal", "-1"], "'--heal'"),
     (["--heal", "2", "--heal-prompts", "a"], "--heal-prompts 'a': expected NAME=FILE.jsonl"),
     (["--heal", "2", "--heal-prompts", "zz=x.jsonl"], "--heal-prompts zz: names no input adapter; expected one of a, b"),
-    (["--heal-prompts", "a=x.jsonl"], "--heal-prompts and heal options apply with --heal STEPS"),
+    (["--heal-prompts", "a=x.jsonl"], "--heal-prompts applies with --heal STEPS"),
     (["--heal", "2", "--output", "model"], "--heal applies to adapter output"),
 ])
 def test_heal_refusals_are_one_line_exit_2(adapters, tmp_path, capsys, extra, message):
