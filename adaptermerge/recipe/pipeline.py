@@ -173,7 +173,7 @@ def _healed(run: Run, candidate: Candidate, out: Path):
     merged = merge(items, candidate.method, list(candidate.weights), base=run.base, seed=run.recipe.seed,
                    progress=_calibration_progress(run.progress), **candidate.params)
     healed = heal_mod.heal(merged, items, config, base=run.base, prompts=prompts, progress=lambda s, n, loss: run.progress(
-        "merge", s, n, f"{candidate.name}: heal step {s}/{n} loss {loss:.3f}"))
+        "train", s, n, f"{candidate.name}: heal step {s}/{n} loss {loss:.3f}"))
     healed.save(out)
     return healed
 
