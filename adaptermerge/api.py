@@ -23,6 +23,7 @@ module-sized blocks on its heap for the rest of the process (the CLI turns it on
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -49,6 +50,7 @@ from .progress import Progress, StageProgress
 from .quantization import quantize_model
 from .recipe import Recipe, RecipeResult
 from .recipe import run_recipe as _run_recipe
+from .training import heal as heal_mod
 from .training.trainer import ProgressFn as TrainProgress
 from .training.trainer import TrainConfig
 from .training.trainer import train as _train
@@ -116,6 +118,10 @@ def merge(
     progress: Progress | None = None,
     tune_allocator: bool = False,
     dtype: str | None = None,
+    heal: int = 0,
+    heal_prompts: dict[str, str | os.PathLike] | None = None,
+    heal_options: dict | None = None,
+    heal_progress: TrainProgress | None = None,
     **params,
 ) -> Adapter:
     """Merge adapters into one LoRA adapter; with `out`, also write it there as a PEFT folder.
@@ -129,15 +135,46 @@ def merge(
     precision, else float32). With `out`, README.md (a model card) is written beside the weights.
     out/force: checked before the merge runs; the returned adapter's `save` checks the same rule.
     tune_allocator: see the module docstring. Raises AdapterMergeError on any bad input.
+
+    heal: optimizer steps of the post-merge distillation (adaptermerge.training.heal; 0: none), a
+    merge that uses training compute: each adapter's replies on its own training prompts (from its
+    training.json, or `heal_prompts` {adapter name or task: JSONL file}) and the base's on anchor
+    prompts are distilled into the merged adapter. heal_options: HealConfig fields (lr, batch_size,
+    max_length, prompts_per_task, anchor_prompts, qlora, threads); heal_progress(step, total, loss).
     """
     items = _adapters(adapters)
+    heal_config = _heal_config(heal, heal_prompts, heal_options, seed)
+    prompts = heal_mod.resolve_prompts(items, heal_config) if heal_config.steps else None  # before the merge, too
     if out is not None:
         check_destination(out, force, input_paths(items, (base,)))  # before the merge's minutes, not after
     merged = _merge(items, method, weights, base=base, rank=rank, seed=seed, device=device, progress=progress,
                     check_base=check_base, tune_allocator=tune_allocator, dtype=dtype, **params)
+    if heal_config.steps:
+        merged = heal_mod.heal(merged, items, heal_config, base=base, prompts=prompts, progress=heal_progress)
     if out is not None:
         merged.save(out, force=force)
     return merged
+
+
+def _heal_config(steps, prompts, options, seed: int) -> "heal_mod.HealConfig":
+    """The heal's settings, every value checked (the CLI's --heal and --heal-prompts refuse alike)."""
+    steps = heal_mod.check_steps(steps)
+    if prompts is not None and not isinstance(prompts, dict):
+        raise AdapterMergeError(f"heal_prompts: expected a mapping of adapter names to JSONL files, got {prompts!r}")
+    if prompts and not steps:
+        raise AdapterMergeError("--heal-prompts applies with --heal STEPS (1 or more)")
+    fields = {f.name for f in dataclasses.fields(heal_mod.HealConfig)} - {"steps", "prompts", "seed"}
+    unknown = sorted(set(options or {}) - fields)
+    if unknown:
+        raise AdapterMergeError(f"heal_options: unknown option {', '.join(unknown)}; expected among {', '.join(sorted(fields))}")
+    config = heal_mod.HealConfig(steps=steps, prompts={str(k): Path(v) for k, v in (prompts or {}).items()}, seed=seed,
+                                 **(options or {}))
+    for name in ("prompts_per_task", "batch_size", "max_length"):
+        validate.integer(getattr(config, name), f"heal_options.{name}", minimum=1)
+    validate.integer(config.anchor_prompts, "heal_options.anchor_prompts", minimum=0)
+    validate.number(config.lr, "heal_options.lr", above=0)
+    validate.boolean(config.qlora, "heal_options.qlora")
+    return config
 
 
 def merge_to_model(
@@ -192,8 +229,9 @@ def run_merge_job(
                              merge_onto=job.merge_onto, requantize=job.requantize, compute_dtype=job.compute_dtype,
                              dtype=job.dtype, quantize_progress=quantize_progress, **common)
         return read_json_object(out / "adaptermerge.json")
+    heal_progress = None if progress is None else (lambda step, total, loss: progress(step, total, f"heal: step {step}/{total} loss {loss:.3f}"))
     merged = merge(adapters, job.method, job.weights, out=job.out, force=job.force, rank=job.rank, tune_allocator=tune_allocator,
-                   dtype=job.dtype, **common)
+                   dtype=job.dtype, heal=job.heal, heal_prompts=job.heal_prompts or None, heal_progress=heal_progress, **common)
     return merged.metadata
 
 

@@ -99,6 +99,8 @@ class MergeJob:
     requantize: str | None = None  # nf4 | int8, with output model
     compute_dtype: str = "float32"
     dtype: str | None = None  # float16 | bfloat16 | float32: adapter factors or model weights (None: as the inputs)
+    heal: int = 0  # post-merge distillation steps (training/heal.py); adapter output only
+    heal_prompts: dict[str, Path] = field(default_factory=dict)  # adapter name or task -> JSONL of prompts
 
     def __post_init__(self):
         # The flags' own types: a YAML file's values were checked with its name by load_merge_config.
@@ -117,6 +119,8 @@ class MergeJob:
                     raise AdapterMergeError(f"{flag} applies to --output model (the full merged model), not to adapter output")
         elif self.rank is not None:
             raise AdapterMergeError("--rank applies to adapter output; --output model adds the exact merged delta")
+        elif self.heal:
+            raise AdapterMergeError("--heal applies to adapter output: it trains the merged LoRA adapter")
         if self.alphas is not None and len(self.alphas) not in (1, len(self.inputs)):
             raise AdapterMergeError(f"--alpha: {len(self.alphas)} values for {len(self.inputs)} inputs: give one value, or one per input")
 

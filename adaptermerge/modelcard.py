@@ -97,6 +97,20 @@ def _quantization_lines(quant: dict) -> list[str]:
     return lines
 
 
+def _heal_lines(heal: dict) -> list[str]:
+    """The post-merge distillation (training/heal.py): not a data-free merge, so the card says so."""
+    losses = heal.get("loss_per_step") or []
+    lines = [f"After the merge, this adapter was trained {heal.get('steps')} steps: a merge that uses training compute, "
+             "like sequential training, not a data-free merge.",
+             f"- loss: {heal.get('loss')}" + (f", {_number(losses[0])} at the first step, {_number(losses[-1])} at the last" if losses else "")]
+    for name, task in (heal.get("tasks") or {}).items():
+        lines.append(f"- {name}: {task.get('prompts')} prompts from {task.get('source')}; teacher {task.get('teacher')}")
+    anchors = heal.get("anchors")
+    if anchors:
+        lines.append(f"- anchors: {anchors.get('prompts')} general prompts; teacher {anchors.get('teacher')}")
+    return lines
+
+
 def model_card(meta: dict) -> str:
     """The README.md text for an output whose provenance is `meta` (a merge's, a quantized model's,
     or both)."""
@@ -141,6 +155,8 @@ def model_card(meta: dict) -> str:
         summary = _summary(meta)
         if summary:
             lines += ["## Per-module error", "", *summary, ""]
+    if isinstance(meta.get("heal"), dict):
+        lines += ["## Heal (uses training compute)", "", *_heal_lines(meta["heal"]), ""]
     if quant:
         lines += ["## Quantization", "", *_quantization_lines(quant), ""]
     versions = meta.get("versions") or {}

@@ -18,7 +18,7 @@ from rich.table import Table
 
 from ..errors import AdapterMergeError
 from . import catalog
-from .options import COUNT, FINITE, INT32, SEED, float_list
+from .options import COUNT, FINITE, INT32, SEED, float_list, name_files
 from .progress import progress_bar, results
 from .quantize_cmds import quantization_table
 from .startup import load_api
@@ -57,6 +57,11 @@ COMMON = [
     click.Option(["--device"], type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True),
     click.Option(["--ignore-base-mismatch"], is_flag=True, help="Merge adapters whose recorded base models differ."),
     click.Option(["--force"], is_flag=True, help="Replace an existing output (never an input adapter or the base model's folder)."),
+    click.Option(["--heal"], type=click.IntRange(0, 2**31 - 1), default=0, metavar="STEPS",
+                 help="After the merge, train the merged adapter STEPS steps to reproduce each input adapter's replies on its own "
+                      "training prompts (and the base's on anchor prompts): a merge that uses training compute (docs/heal.md)."),
+    click.Option(["--heal-prompts"], multiple=True, metavar="NAME=FILE.jsonl",
+                 help="With --heal: the prompts for the adapter (or task) NAME, instead of the training data its training.json names."),
     click.Option(["--json", "as_json"], is_flag=True, help="Print the merge's provenance as JSON instead of the table: path, method, params, weights, inputs, summary, modules (per module), as in OUT/adaptermerge.json."),
 ]
 
@@ -70,7 +75,7 @@ def _method_command(entry: dict) -> click.Command:
     name = entry["method"]
 
     def callback(inputs, out, weights, alpha, rank, base, output_kind, shard_size, merge_onto, requantize, compute_dtype, dtype, seed, device,
-                 ignore_base_mismatch, force, as_json, **params):
+                 ignore_base_mismatch, force, heal, heal_prompts, as_json, **params):
         if out is None:
             out = default_out(name)
             if out.exists() and not force:  # the default is never replaced silently
@@ -96,6 +101,8 @@ def _method_command(entry: dict) -> click.Command:
             requantize=requantize,
             compute_dtype=compute_dtype,
             dtype=dtype,
+            heal=heal,
+            heal_prompts=name_files(heal_prompts, "heal-prompts"),
         )
         return run_and_report(job, as_json)
 
@@ -122,6 +129,10 @@ def run_and_report(job, as_json: bool = False) -> int:
         table.add_row("output ranks", ", ".join(map(str, summary["ranks"])))
         exact = "yes" if summary["all_exact"] else f"no (max rel. error {summary['max_rel_error']:.3g}, mean {summary['mean_rel_error']:.3g}, min energy {summary['min_energy']:.4f})"
         table.add_row("exact low rank", exact)
+    heal = meta.get("heal")
+    if heal:
+        losses = heal["loss_per_step"]
+        table.add_row("heal (training compute)", f"{heal['steps']} steps, {heal['rows']} prompts, loss {losses[0]:.3f} -> {losses[-1]:.3f}")
     onto = meta.get("merge_onto")
     if onto:
         table.add_row("merged onto", f"{onto['merge_onto']} ({onto['reason']})")

@@ -78,3 +78,16 @@ def seeds(text: str | None, what: str = "seeds") -> list[int] | None:
     if not all(re.fullmatch(r"-?[0-9]{1,19}", p) for p in parts):
         raise AdapterMergeError(f"--{what} {quote(text)}: expected comma-separated integer seeds such as 0,1,2")
     return [int(p) for p in parts]
+
+
+def name_files(items: tuple[str, ...], what: str) -> dict[str, str]:
+    """NAME=FILE entries of a repeatable option (`--heal-prompts domain=d.jsonl`) as {NAME: FILE}."""
+    out = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise AdapterMergeError(f"--{what} {quote(item)}: expected NAME=FILE.jsonl (an input adapter's name or task, and a file)")
+        if name in out:
+            raise AdapterMergeError(f"--{what} {name}: given twice")
+        out[name] = path
+    return out

@@ -36,6 +36,7 @@ from ..evalsuite.settings import EvalSettings
 from ..fileio import atomic_dir, check_destination
 from ..methods import METHODS
 from ..quantization import quantize_model
+from ..training import heal as heal_mod
 from . import adapters as adapters_mod
 from . import baselines, dedupe, report, select, weights
 from . import tasks as tasks_mod
@@ -150,8 +151,11 @@ def candidates(run: Run) -> list[Candidate]:
     recipe = run.recipe
     n = len(recipe.adapters)
     quick = recipe.quick.params if run.options.quick else {}
-    out = [Candidate(m.name, "method", m.method, {**m.params, **quick.get(m.method, {})}, m.weights or (1.0,) * n)
-           for m in recipe.candidates]
+    made = [Candidate(m.name, "heal" if m.heal else "method", m.method, {**m.params, **quick.get(m.method, {})},
+                      m.weights or (1.0,) * n, _heal_steps(run, m.heal))
+            for m in recipe.candidates]
+    out = [c for c in made if not c.uses_training_compute]
+    healed = [c for c in made if c.uses_training_compute]
     ties_density = METHODS.get("ties").Params().density
     baseline = {
         "peft_ties": Candidate("peft_ties", "peft", "ties", {"density": ties_density}, (1.0,) * n),
@@ -159,7 +163,29 @@ def candidates(run: Run) -> list[Candidate]:
         "mergekit_ties": Candidate("mergekit_ties", "mergekit", "ties", {"density": ties_density}, (1.0,) * n),
         "sequential_training": Candidate("sequential_training", "train", "on_top_of", {}, (1.0,) * n),
     }
-    return out + [baseline[b] for b in recipe.baselines]
+    # the merges that use training compute last, side by side: the heals, then sequential training
+    return (out + [baseline[b] for b in recipe.baselines if not baseline[b].uses_training_compute] + healed
+            + [baseline[b] for b in recipe.baselines if baseline[b].uses_training_compute])
+
+
+def _heal_steps(run: Run, steps: int) -> int:
+    """A candidate's heal steps; a quick run takes the same fraction of them as of the presets' steps."""
+    if not steps or run.quick is None:
+        return steps
+    return max(1, round(steps * run.quick.step_fraction))
+
+
+def _healed(run: Run, candidate: Candidate, out: Path):
+    """The candidate's merge, then its heal (training/heal.py) on the input adapters' own prompts."""
+    items = [load_adapter(p) for p in run.inputs.values()]
+    config = heal_mod.HealConfig(steps=candidate.heal, seed=run.recipe.seed)
+    prompts = heal_mod.resolve_prompts(items, config)  # before the merge: a given adapter may lack training.json
+    merged = merge(items, candidate.method, list(candidate.weights), base=run.base, seed=run.recipe.seed,
+                   progress=_calibration_progress(run.progress), **candidate.params)
+    healed = heal_mod.heal(merged, items, config, base=run.base, prompts=prompts, progress=lambda s, n, loss: run.progress(
+        "train", s, n, f"{candidate.name}: heal step {s}/{n} loss {loss:.3f}"))
+    healed.save(out)
+    return healed
 
 
 def _sequential_training(run: Run, out: Path) -> Path:
@@ -212,6 +238,8 @@ def make_candidate(run: Run, candidate: Candidate) -> Row:
             baselines.mergekit_merge(paths, out, base=recipe.base, weights=list(candidate.weights), density=candidate.params["density"],
                                      work=run.work / "mergekit", executable=run.options.mergekit, threads=torch.get_num_threads())
             row.model = "full"
+        elif candidate.kind == "heal":
+            row.lowrank = _lowrank_summary(_healed(run, candidate, out).metadata)
         elif candidate.kind == "train":
             _sequential_training(run, out)
         else:

@@ -27,7 +27,7 @@ from .rows import MMLU, Candidate
 def plain(obj):
     """report.json's form of a value: dataclasses as dicts (a Candidate with its `describe`), paths as text."""
     if isinstance(obj, Candidate):
-        return {**plain(dataclasses.asdict(obj)), "describe": obj.describe}
+        return {**plain(dataclasses.asdict(obj)), "describe": obj.describe, "uses_training_compute": obj.uses_training_compute}
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return {f.name: plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
     if isinstance(obj, dict):
@@ -61,6 +61,13 @@ def _initials(data: dict) -> str:
     return "/".join(t[0] for t in data["tasks"])
 
 
+TRAINS = " (trains)"  # the table's mark of a merge that uses training compute
+
+
+def _trains(c: dict) -> bool:
+    return bool((c.get("candidate") or {}).get("uses_training_compute"))
+
+
 def table_rows(data: dict) -> list[list[str]]:
     """The table as text cells: header first. Shared by report.md and the terminal."""
     tasks, mmlu = data["tasks"], _has_mmlu(data)
@@ -78,7 +85,7 @@ def table_rows(data: dict) -> list[list[str]]:
         gates = f"{c['gates_passed']}/{c['gates_total']}" + (" pass" if c["passed"] else "")
         if c.get("errors"):
             gates = "error: " + "; ".join(c["errors"])[:120]
-        name = c["name"] + (f" (= {c['same_as']})" if c.get("same_as") else "")
+        name = c["name"] + (f" (= {c['same_as']})" if c.get("same_as") else "") + (TRAINS if _trains(c) else "")
         out.append([name, *[_fmt(scores.get(t)) for t in tasks], *([_fmt(scores.get(MMLU))] if mmlu else []), ret_text,
                     *(["-" if delta is None else f"{delta:+.3f}"] if mmlu else []), gates])
     return out
@@ -96,6 +103,9 @@ def to_markdown(data: dict) -> str:
               f"total {data['timings_s'].get('total', 0) / 60:.1f} min ({'quick' if data['run']['quick'] else 'full'} run).", "",
               "| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
     lines += ["| " + " | ".join(r) + " |" for r in rows[1:]]
+    if any(_trains(c) for c in data["candidates"]):
+        lines += ["", f"{TRAINS.strip()}: a merge that uses training compute (sequential training, or a merge healed by "
+                  "distillation on the adapters' training prompts: docs/heal.md), not a data-free merge."]
     g = data["gates"]
     retention = (f", retention >= {g['retention_min']} of each single adapter's gain over the base "
                  "(retention = (merge - base) / (single adapter - base) on the task's metric; '-' where the single "

@@ -19,24 +19,34 @@ from ..evalsuite import gates as gates_mod
 
 BASE = "base"
 MMLU = gates_mod.MMLU
+TRAINING_KINDS = ("train", "heal")  # candidates that train (the rest merge without data or training)
 
 
 @dataclass(frozen=True)
 class Candidate:
     """One merge to make. kind: "method" (the engine's merge), "peft" (add_weighted_adapter),
-    "mergekit" (mergekit-yaml on base+lora models), "train" (sequential training, --on-top-of)."""
+    "mergekit" (mergekit-yaml on base+lora models), "train" (sequential training, --on-top-of),
+    "heal" (the engine's merge, then `heal` steps of distillation: training/heal.py).
+    "train" and "heal" use training compute; the others are data-free."""
 
     name: str
     kind: str
     method: str
     params: dict = field(default_factory=dict)
     weights: tuple[float, ...] = ()
+    heal: int = 0  # kind "heal": the distillation's steps
+
+    @property
+    def uses_training_compute(self) -> bool:
+        return self.kind in TRAINING_KINDS
 
     @property
     def describe(self) -> str:
         params = ", ".join(f"{k}={v}" for k, v in self.params.items())
         weights = "" if self.kind == "train" else f" weights={list(self.weights)}"
-        return f"{self.kind}:{self.method}" + (f" ({params})" if params else "") + weights
+        heal = f", then {self.heal} heal steps" if self.kind == "heal" else ""
+        compute = "; uses training compute" if self.uses_training_compute else ""
+        return f"{self.kind}:{self.method}" + (f" ({params})" if params else "") + weights + heal + compute
 
 
 @dataclass(frozen=True)

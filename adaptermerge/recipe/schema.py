@@ -10,6 +10,7 @@
     candidates:                      # `all` (every registered method at its defaults) or a list:
       - ties                         #   a method at its defaults
       - {method: ties, name: ties_dense, params: {density: 0.5}, weights: [1, 2]}
+      - {method: regmean, heal: 40}  #   then 40 steps of distillation (row regmean+heal40; uses training compute)
     baselines: [peft_ties, peft_ties_svd, mergekit_ties, sequential_training]   # or all / none
     gates:                           # the gates file format (evalsuite/gates.py), plus `dev:` per user task
       tasks:
@@ -76,6 +77,7 @@ class MergeSpec:
     method: str
     params: dict = field(default_factory=dict)  # the method's Params field names (lambda_, density...)
     weights: tuple[float, ...] | None = None  # None: 1 for every adapter
+    heal: int = 0  # post-merge distillation steps (training/heal.py): a candidate that uses training compute
 
 
 @dataclass(frozen=True)
@@ -487,15 +489,17 @@ def _candidates(r: _Reader, value, n_adapters: int) -> tuple[MergeSpec, ...]:
             method = _method(r, item, key)
             out.append(MergeSpec(method, method))
             continue
-        item = r.mapping(item, key, ("method", "name", "params", "weights"), required=("method",))
+        item = r.mapping(item, key, ("method", "name", "params", "weights", "heal"), required=("method",))
         method = _method(r, item["method"], f"{key}.method")
+        heal = validate.integer(item.get("heal", 0), r.at(f"{key}.heal"), minimum=0, maximum=2**31 - 1)
         weights = item.get("weights")
         if weights is not None:
             if not isinstance(weights, list) or len(weights) != n_adapters:
                 raise r.fail(f"{key}.weights", f"expected a list of {n_adapters} numbers (one per adapter), got {validate.quote(weights)}")
             weights = tuple(r.number(w, f"{key}.weights[{j}]") for j, w in enumerate(weights))
-        out.append(MergeSpec(r.name(item.get("name", method), f"{key}.name"), method,
-                             check_params(method, item.get("params"), f"{key}.params", r), weights))
+        default_name = f"{method}+heal{heal}" if heal else method
+        out.append(MergeSpec(r.name(item.get("name", default_name), f"{key}.name"), method,
+                             check_params(method, item.get("params"), f"{key}.params", r), weights, heal))
     return tuple(out)
 
 

@@ -61,6 +61,9 @@ class TrainConfig:
     qlora: bool = True
     dora: bool = False
     on_top_of: Path | None = None
+    # Start from this adapter's factors (its ranks, alphas and targets) instead of a fresh LoRA:
+    # the heal step (training/heal.py) trains a merged adapter further.
+    init_from: Path | None = None
     force: bool = False
     dropout: float = 0.0
     weight_decay: float = 0.0
@@ -125,6 +128,13 @@ class TrainConfig:
                 raise AdapterMergeError(f"--on-top-of {cfg.on_top_of}: not a PEFT adapter folder (no adapter_config.json)")
             # before any slow work: safetensors weights only (PEFT would torch.load adapter_model.bin)
             hf_folder(cfg.on_top_of, "--on-top-of adapter", stem="adapter_model", config="adapter_config.json")
+        if cfg.init_from is not None:
+            hf_folder(cfg.init_from, "init_from adapter", stem="adapter_model", config="adapter_config.json")
+            init = json.loads((Path(cfg.init_from) / "adapter_config.json").read_text())
+            # recorded in training.json: the student's own shape, not the preset's
+            cfg.rank, cfg.alpha, cfg.dora = init["r"], init["lora_alpha"], bool(init.get("use_dora"))
+            targets = init["target_modules"]
+            cfg.targets = (targets,) if isinstance(targets, str) else tuple(sorted(targets))
         return cfg
 
 
@@ -282,6 +292,13 @@ def _load_base(cfg: TrainConfig, scratch: Path, device: str = "cpu", fsdp: bool 
 def _peft_model(model, cfg: TrainConfig):
     from peft import LoraConfig, get_peft_model  # heavy: imported when a run starts, not with the module
 
+    if cfg.init_from is not None:
+        peft_model = base_mod.load_adapter(model, cfg.init_from, is_trainable=True)
+        for p in peft_model.parameters():
+            if p.requires_grad:  # the factors train in float32, whatever dtype they were saved in
+                p.data = p.data.float()
+        return peft_model
+
     present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
     missing = [t for t in cfg.targets if t not in present]
     if missing:
@@ -340,7 +357,7 @@ def _train(cfg: TrainConfig, progress: ProgressFn | None) -> Path:
 
     out = Path(cfg.output)
     # before the data and the base are loaded; the adapter never lands on what it is made from
-    inputs = [p for p in (cfg.on_top_of, cfg.data, cfg.base) if p is not None and Path(p).exists()]
+    inputs = [p for p in (cfg.on_top_of, cfg.init_from, cfg.data, cfg.base) if p is not None and Path(p).exists()]
     check_destination(out, cfg.force, inputs)
     started, cpu_started = time.time(), time.process_time()
     records, source = load_records(cfg)
@@ -424,6 +441,7 @@ def _train(cfg: TrainConfig, progress: ProgressFn | None) -> Path:
                 "compute_dtype": cfg.compute_dtype,
                 "adapter_type": "dora" if cfg.dora else "lora",
                 "on_top_of": str(Path(cfg.on_top_of).resolve()) if cfg.on_top_of is not None else None,
+                "init_from": str(Path(cfg.init_from).resolve()) if cfg.init_from is not None else None,
                 "data": {**source, "rows": len(records), "rows_used": task_rows, "rows_dropped_too_long": truncated,
                          "anchors": anchors},
                 "hyperparameters": {

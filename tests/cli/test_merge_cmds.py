@@ -179,3 +179,20 @@ def test_inspect_and_methods(adapters, capsys):
     assert run(["methods", "--json"]) == 0
     methods = {m["method"] for m in json.loads(capsys.readouterr().out)}
     assert {"linear", "task_arithmetic", "sequential", "ties", "dare_linear", "dare_ties", "dora", "cat"} <= methods
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--heal", "2"], "no training.json beside it naming its training prompts; pass --heal-prompts NAME=FILE.jsonl"),
+    (["--heal", "-1"], "'--heal'"),
+    (["--heal", "2", "--heal-prompts", "a"], "--heal-prompts 'a': expected NAME=FILE.jsonl"),
+    (["--heal", "2", "--heal-prompts", "zz=x.jsonl"], "--heal-prompts zz: names no input adapter; expected one of a, b"),
+    (["--heal-prompts", "a=x.jsonl"], "--heal-prompts applies with --heal STEPS"),
+    (["--heal", "2", "--output", "model"], "--heal applies to adapter output"),
+])
+def test_heal_refusals_are_one_line_exit_2(adapters, tmp_path, capsys, extra, message):
+    """The CLI refuses what api.merge refuses (tests/training/test_heal.py), before any merge runs."""
+    out = tmp_path / "healed"
+    assert run(["linear", adapters["a"], adapters["b"], "-o", out, *extra]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and err.count("\n") == 1, err
+    assert not out.exists()

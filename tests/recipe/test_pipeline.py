@@ -231,3 +231,30 @@ def test_the_verdict_tells_the_targets_from_the_task_minimums():
     assert "retention and reference targets met" in missed_min and "task minimums missed" in missed_min
     missed_target = verdict([gate("retention", False), gate("max_drop", True), gate("min", True)])
     assert "targets missed" in missed_target and "task minimums met" in missed_target
+
+
+def test_a_heal_candidate_merges_then_distils_and_sits_beside_sequential_training(tiny_base, tmp_path, monkeypatch):
+    """Kind "heal": the method's merge, then its heal steps on the inputs' own training prompts
+    (their training.json); listed after the data-free merges, next to sequential training."""
+    from types import SimpleNamespace
+
+    from adaptermerge.recipe import pipeline
+    from adaptermerge.recipe.schema import MergeSpec
+    from adaptermerge.training.trainer import TrainConfig, train
+
+    monkeypatch.setenv("ADAPTERMERGE_CACHE", str(tmp_path / "cache"))
+    inputs = {task: train(TrainConfig(task=task, base=str(tiny_base), output=tmp_path / task, max_steps=6, batch_size=4, rank=4, lr=5e-2,
+                                      alpha=8, qlora=False, anchor_fraction=0.0, threads=1)) for task in ("domain", "safety")}
+    recipe = SimpleNamespace(adapters=[1, 2], seed=0, base=str(tiny_base), baselines=("sequential_training", "peft_ties"),
+                             candidates=(MergeSpec("linear", "linear"), MergeSpec("linear+heal20", "linear", heal=20)),
+                             quick=SimpleNamespace(params={}, step_fraction=0.1))
+    run = SimpleNamespace(recipe=recipe, options=SimpleNamespace(quick=True), quick=recipe.quick, base=str(tiny_base),
+                          inputs=inputs, tmp=tmp_path / "run", progress=lambda *a: None)
+    todo = pipeline.candidates(run)
+    assert [(c.name, c.kind, c.heal) for c in todo] == [("linear", "method", 0), ("peft_ties", "peft", 0),
+                                                        ("linear+heal20", "heal", 2), ("sequential_training", "train", 0)]
+    row = pipeline.make_candidate(run, todo[2])
+    assert row.error is None and json.loads((row.path / "adaptermerge.json").read_text())["heal"]["steps"] == 2
+    (tmp_path / "safety" / "training.json").unlink()  # a given adapter without lineage: the row says what to do
+    row = pipeline.make_candidate(run, todo[2])
+    assert "no training.json" in row.error and "--heal-prompts" in row.error

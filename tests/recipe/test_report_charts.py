@@ -123,3 +123,19 @@ def test_warnings_head_report_md():
     data["warnings"] = ["MMLU was NOT scored: offline"]
     md = report.to_markdown(data)
     assert md.splitlines()[2] == "> **WARNING: MMLU was NOT scored: offline**"
+
+
+def test_merges_that_train_are_marked_in_the_table():
+    from adaptermerge.recipe.rows import Candidate
+
+    data = sample()
+    healed = Candidate("ties+heal40", "heal", "ties", {}, (1.0, 1.0), heal=40)
+    data["candidates"].append(_row("ties+heal40", "merge", {"domain": 0.5, "safety": 1.0, "mmlu": 0.3},
+                                   candidate=report.plain(healed), gates_total=3))
+    names = [r[0] for r in report.table_rows(data)[1:]]
+    assert names[-1] == "ties+heal40 (trains)" and "ties" in names and "ties (trains)" not in names
+    md = report.to_markdown(data)
+    assert "(trains): a merge that uses training compute" in md
+    assert "- ties+heal40: heal:ties weights=[1.0, 1.0], then 40 heal steps; uses training compute" in md
+    del data["candidates"][-1]
+    assert "uses training compute" not in report.to_markdown(data)

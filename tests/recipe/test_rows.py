@@ -87,3 +87,13 @@ def test_build_rows_gates_retention_and_a_json_form():
     assert data[2]["candidate"]["describe"] == "method:ties (density=0.2) weights=[1.0]"
     assert data[2]["gates"][0]["rule"] == "faq_first10.exact_match >= 0.5"
     assert set(data[0]) >= {"name", "kind", "scores", "gates", "passed", "retention"}
+
+
+def test_candidates_that_train_say_so():
+    from adaptermerge.recipe.rows import Candidate
+
+    healed = Candidate("regmean+heal40", "heal", "regmean", {}, (1.0, 1.0), heal=40)
+    assert healed.uses_training_compute and healed.describe == "heal:regmean weights=[1.0, 1.0], then 40 heal steps; uses training compute"
+    assert Candidate("sequential_training", "train", "on_top_of").describe == "train:on_top_of; uses training compute"
+    plain = Candidate("ties", "method", "ties", {"density": 0.2}, (1.0, 1.0))
+    assert not plain.uses_training_compute and "training" not in plain.describe

@@ -192,3 +192,13 @@ def test_yaml_is_read_safely(folder):
 def test_weight_search_needs_preset_adapters(folder):
     with pytest.raises(AdapterMergeError, match="select.weight_search: needs adapters trained from built-in presets; a"):
         load_recipe(_write(folder, _with("select.weight_search", True)))
+
+
+def test_a_heal_candidate_is_named_by_its_steps(folder):
+    data = _with("candidates", ["regmean", {"method": "regmean", "heal": 40}, {"method": "ties", "heal": 0}])
+    recipe = load_recipe(_write(folder, data))
+    assert [(c.name, c.heal) for c in recipe.candidates] == [("regmean", 0), ("regmean+heal40", 40), ("ties", 0)]
+    for bad in (-1, 1.5, "40", True):
+        path = _write(folder, _with("candidates", [{"method": "regmean", "heal": bad}]))
+        with pytest.raises(AdapterMergeError, match=r"recipe.yaml: candidates\[0\].heal"):
+            load_recipe(path)
