@@ -103,3 +103,16 @@ def dense_polar(X):
     """The polar factor of X (its closest matrix with orthonormal columns), from a dense SVD."""
     P, _, Qh = torch.linalg.svd(X, full_matrices=False)
     return P @ Qh
+
+
+def fake_scores(task: str, values: dict[str, float], n: int = 20):
+    """A TaskScores whose metrics take `values` (rounded to whole items out of `n`), with per-item
+    results that agree with them, for tests of selection and reports without a model."""
+    from adaptermerge.evalsuite.harness import TaskScores
+
+    metrics, items = {}, {}
+    for metric, value in values.items():
+        k = round(value * n)
+        items[metric] = {str(i): float(i < k) for i in range(n)}
+        metrics[metric] = {"value": k / n, "stderr": 0.0, "n": n}
+    return TaskScores(task, metrics, items)

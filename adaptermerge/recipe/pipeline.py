@@ -407,6 +407,19 @@ def write_winner(run: Run, row: Row, out: Path) -> Winner:
     return Winner(row.name, adapter, scheme, scheme, tuple(notes))
 
 
+def _winner_or_note(run: Run, row: Row, out: Path, notes: list[str], timings: dict) -> Winner | None:
+    """write_winner, timed; a failure becomes a note (the table is still worth writing)."""
+    t = time.perf_counter()
+    winner = None
+    try:
+        winner = write_winner(run, row, out)
+    except Exception as exc:  # noqa: BLE001 - the table is still worth writing
+        log.warning("writing the winner failed: %s", exc, exc_info=log.isEnabledFor(logging.DEBUG))
+        notes.append(f"writing the winner {row.name} failed: {type(exc).__name__}: {exc}")
+    timings["winner"] = round(time.perf_counter() - t, 2)
+    return winner
+
+
 def _eval_notes(notes: list[str]) -> list[str]:
     # The suite's own retention note concerns its gates; the rows compute retention themselves.
     return [n for n in notes if not n.startswith("retention:")]
@@ -505,13 +518,7 @@ def run_recipe(recipe: Recipe | str | Path, *, output: str | Path, force: bool =
 
         winner = None
         if best is not None:
-            t = time.perf_counter()
-            try:
-                winner = write_winner(run, best, tmp / "winner")
-            except Exception as exc:  # noqa: BLE001 - the table is still worth writing
-                log.warning("writing the winner failed: %s", exc, exc_info=log.isEnabledFor(logging.DEBUG))
-                notes.append(f"writing the winner {best.name} failed: {type(exc).__name__}: {exc}")
-            timings["winner"] = round(time.perf_counter() - t, 2)
+            winner = _winner_or_note(run, best, tmp / "winner", notes, timings)
         else:
             notes.append("no merge produced a usable result: no winner written")
         shutil.rmtree(run.work, ignore_errors=True)
@@ -595,14 +602,8 @@ def run_seeds(recipe: Recipe, options: RunOptions, *, output: Path, force: bool,
 
         winner = None
         if chosen is not None:
-            t = time.perf_counter()
             source = next(e for e in entries[first] if e.name == chosen)
-            try:
-                winner = write_winner(run0, source, tmp / "winner")
-            except Exception as exc:  # noqa: BLE001 - the table is still worth writing
-                log.warning("writing the winner failed: %s", exc, exc_info=log.isEnabledFor(logging.DEBUG))
-                notes.append(f"writing the winner {chosen} failed: {type(exc).__name__}: {exc}")
-            timings["winner"] = round(time.perf_counter() - t, 2)
+            winner = _winner_or_note(run0, source, tmp / "winner", notes, timings)
             notes.append(f"the winner written is {chosen} merged from the seed-{first} adapters (seed-{first}/merges/{chosen}); "
                          f"the other seeds' merges are in seed-N/merges/")
         else:

@@ -16,6 +16,7 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
+from support import fake_scores
 from adaptermerge.errors import AdapterMergeError
 from adaptermerge.evalsuite.harness import TaskScores
 from adaptermerge.recipe import example_path, load_recipe, select
@@ -73,12 +74,7 @@ def test_across_seeds_gives_the_minimum_task_by_task():
 # ---------------------------------------------------------------- the run, with fake stages
 
 def _scores(task: str, values: dict[str, float]) -> TaskScores:
-    metrics, items = {}, {}
-    for metric, value in values.items():
-        k = round(value * N)
-        items[metric] = {str(i): float(i < k) for i in range(N)}
-        metrics[metric] = {"value": k / N, "stderr": 0.0, "n": N}
-    return TaskScores(task, metrics, items)
+    return fake_scores(task, values, N)
 
 
 def _model(names, domain, structured=1.0, refusal=1.0):

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from support import fake_scores
 from adaptermerge.evalsuite.harness import TaskScores
 from adaptermerge.recipe import example_path, load_recipe, select
 from adaptermerge.recipe import tasks as tasks_mod
@@ -19,12 +20,7 @@ DOCS = {"domain": 4, "structured": 4, "safety": 4}
 
 
 def _scores(task: str, values: dict[str, float]) -> TaskScores:
-    metrics, items = {}, {}
-    for metric, value in values.items():
-        k = round(value * N)
-        items[metric] = {str(i): float(i < k) for i in range(N)}
-        metrics[metric] = {"value": k / N, "stderr": 0.0, "n": N}
-    return TaskScores(task, metrics, items)
+    return fake_scores(task, values, N)
 
 
 def _model(names, domain, structured, refusal, benign, mmlu):
