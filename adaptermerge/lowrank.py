@@ -202,13 +202,9 @@ def _core_factors(Q, C, rank):
     is several times faster than an SVD of C and as accurate for the components kept (float64
     keeps the squared spectrum accurate far below them); components that vanish (rank deficiency)
     come back as zero rather than as 0/0. Returns B [m, k], A [k, n] (float32) and S (float64)."""
-    Cd = C.double()
-    evals, evecs = torch.linalg.eigh(Cd @ Cd.T)  # ascending
-    S = evals.flip(0).clamp_min(0).sqrt()
-    k = min(rank, S.numel())
-    Uc = evecs[:, -k:].flip(1) if k else evecs[:, :0]  # [w, k]
+    S, Uc, live = _gram_eigen(C.double(), rank)  # Uc [w, k]
+    k = Uc.shape[1]
     root = S[:k].sqrt()
-    live = S[:k] > S[0] * 1e-7 if k and S[0] > 0 else torch.zeros(k, dtype=torch.bool, device=C.device)
     inv_root = torch.where(live, 1 / torch.where(live, root, torch.ones_like(root)), torch.zeros_like(root))
     # float32 products: the factors are float32 anyway, and each entry is a dot product of w
     # terms, rounded to about 2^-24 of the largest.
@@ -286,16 +282,26 @@ def _thin_factors(d: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tenso
     profile_ties_stages.py --isa avx2): LAPACK's float32 eigensolver gave results that depend on
     how many threads run it, and a merge must come out bit for bit the same on one worker or two."""
     m = d.double() if d.shape[0] <= d.shape[1] else d.double().T  # [short, long]
-    evals, evecs = torch.linalg.eigh(m @ m.T)  # ascending
-    S = evals.flip(0).clamp_min(0).sqrt()
-    k = min(rank, S.numel())
-    U = evecs.flip(1)[:, :k]
-    live = S[:k] > S[0] * 1e-7 if S[0] > 0 else torch.zeros(k, dtype=torch.bool, device=d.device)
+    S, U, live = _gram_eigen(m, rank)
+    k = U.shape[1]
     Vh = (U.T @ m) / torch.where(live, S[:k], torch.ones_like(S[:k]))[:, None] * live[:, None]
     if d.shape[0] > d.shape[1]:
         U, Vh = Vh.T, U.T
     B, A = _balanced(U, S[:k], Vh)
     return B, A, S
+
+
+def _gram_eigen(m: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The spectrum of a float64 matrix m [short, long] from its Gram matrix m m^T (all singular
+    values, descending), its top-`rank` left singular vectors U [short, k], and which of those are
+    live: a component below 1e-7 of the largest is rank deficiency, to come back as zero rather
+    than as 0/0."""
+    evals, evecs = torch.linalg.eigh(m @ m.T)  # ascending
+    S = evals.flip(0).clamp_min(0).sqrt()
+    k = min(rank, S.numel())
+    U = evecs.flip(1)[:, :k]
+    live = S[:k] > S[0] * 1e-7 if k and S[0] > 0 else torch.zeros(k, dtype=torch.bool, device=m.device)
+    return S, U, live
 
 
 def _row_blocks(out: int, inp: int, entries: int = 1 << 22) -> list[slice]:
