@@ -283,6 +283,31 @@ def to_evaluate(entries: list[Row]) -> list[Row]:
     return [e for e in entries if e.kind != "base" and e.error is None and not e.same_as]
 
 
+def merge_and_score(run: Run, entries: list[Row], gate_config, split: str = "eval"):
+    """Every candidate merged into `entries` (an early helper, where there is one, scoring them as
+    they come), then all of them scored on `split`: (the evaluation, merge seconds, scoring seconds)."""
+    t = time.perf_counter()
+    with EarlyEvaluation(run, gate_config, split) as early:
+        early.feed(entries)
+        todo = candidates(run)
+        for i, candidate in enumerate(todo):
+            run.progress("merge", i, len(todo), candidate.name)
+            entries.append(make_candidate(run, candidate))
+            early.feed(entries)
+        run.progress("merge", len(todo), len(todo), "done")
+        merged = time.perf_counter()
+        evaluated = evaluate_entries(run, entries, gate_config, helper=early.take(), split=split, stage="eval")
+    return evaluated, round(merged - t, 2), round(time.perf_counter() - merged, 2)
+
+
+def _resolve_base(recipe: Recipe, progress: Progress) -> float:
+    """The recipe's base resolved (converted once into the cache when embedded); its seconds."""
+    t = time.perf_counter()
+    progress("base", 0, 1, "resolving")
+    progress("base", 1, 1, str(base_mod.resolve_base(recipe.base).name))
+    return round(time.perf_counter() - t, 2)
+
+
 def evaluate_entries(run: Run, entries: list[Row], gate_config, helper=None, split: str = "eval", stage: str | None = None):
     """Evaluate the base and every entry that produced an output (one call: cached results are
     reused; `helper`: one started early, already fed part of them). A copy of an earlier merge
@@ -463,37 +488,20 @@ def run_recipe(recipe: Recipe | str | Path, *, output: str | Path, force: bool =
         if run.mmlu_problem:
             warnings.append(tasks_mod.unscored_warning(run.mmlu_problem, recipe))
             log.warning("%s", warnings[-1])
-        t = time.perf_counter()
-        progress("base", 0, 1, "resolving")
-        base_dir = base_mod.resolve_base(recipe.base)
-        progress("base", 1, 1, str(base_dir.name))
-        timings["base"] = round(time.perf_counter() - t, 2)
+        timings["base"] = _resolve_base(recipe, progress)
 
         t = time.perf_counter()
         inputs = prepare_adapters(run)
         timings["train"] = round(time.perf_counter() - t, 2)
 
-        t = time.perf_counter()
         (tmp / "merges").mkdir()
         entries = [Row("base", "base"), *inputs]
         gate_config = tasks_mod.gate_config(recipe, run.plan.docs, tmp / "eval-data")
         eval_names = tasks_mod.eval_names(recipe, run.plan.docs)
         headline = {task: recipe.headline(task) for task in eval_names}
-        with EarlyEvaluation(run, gate_config) as early:
-            early.feed(entries)
-            todo = candidates(run)
-            for i, candidate in enumerate(todo):
-                progress("merge", i, len(todo), candidate.name)
-                entries.append(make_candidate(run, candidate))
-                early.feed(entries)
-            progress("merge", len(todo), len(todo), "done")
-            timings["merge"] = round(time.perf_counter() - t, 2)
-
-            t = time.perf_counter()
-            evaluated = evaluate_entries(run, entries, gate_config, helper=early.take())
+        evaluated, timings["merge"], timings["eval"] = merge_and_score(run, entries, gate_config)
         extra["evaluated_by_helper"] = [c["name"] for c in evaluated.candidates if c.get("evaluated_by")]
         rows = _scored_rows(run, entries, evaluated.scores, gate_config, eval_names, headline)
-        timings["eval"] = round(time.perf_counter() - t, 2)
 
         best = best_merge(rows)
         if recipe.select.sweep and not (best and best.passed):
@@ -543,11 +551,7 @@ def run_seeds(recipe: Recipe, options: RunOptions, *, output: Path, force: bool,
     if recipe.select.sweep:
         notes.append("no sweep across seeds: its points follow one seed's best merge; the choice is among the recipe's candidates")
     with atomic_dir(output, force=force, inputs=inputs) as tmp:
-        t = time.perf_counter()
-        progress("base", 0, 1, "resolving")
-        base_dir = base_mod.resolve_base(recipe.base)
-        progress("base", 1, 1, str(base_dir.name))
-        timings["base"] = round(time.perf_counter() - t, 2)
+        timings["base"] = _resolve_base(recipe, progress)
         runs, entries, choice_rows = {}, {}, {}
         for seed in seeds:
             def shown(stage: str, done: int, total: int, label: str = "", seed=seed) -> None:
@@ -560,24 +564,14 @@ def run_seeds(recipe: Recipe, options: RunOptions, *, output: Path, force: bool,
             t = time.perf_counter()
             entries[seed] = [Row("base", "base"), *prepare_adapters(run)]
             timings[f"train (seed {seed})"] = round(time.perf_counter() - t, 2)
-            t = time.perf_counter()
             (run.tmp / "merges").mkdir(parents=True)
             gate_config = tasks_mod.gate_config(run.recipe, run.plan.docs, tmp / "eval-data", split=split)
             names = tasks_mod.eval_names(run.recipe, run.plan.docs, split)
-            with EarlyEvaluation(run, gate_config, split) as early:  # as in one seed's run, on the choice split
-                early.feed(entries[seed])
-                todo = candidates(run)
-                for i, candidate in enumerate(todo):
-                    shown("merge", i, len(todo), candidate.name)
-                    entries[seed].append(make_candidate(run, candidate))
-                    early.feed(entries[seed])
-                shown("merge", len(todo), len(todo), "done")
-                timings[f"merge (seed {seed})"] = round(time.perf_counter() - t, 2)
-                t = time.perf_counter()
-                evaluated = evaluate_entries(run, entries[seed], gate_config, helper=early.take(), split=split, stage="eval")
+            # as in one seed's run, on the choice split
+            evaluated, timings[f"merge (seed {seed})"], timings[f"{split} (seed {seed})"] = merge_and_score(
+                run, entries[seed], gate_config, split)
             choice_rows[seed] = _scored_rows(run, entries[seed], evaluated.scores, gate_config, names,
                                              {task: recipe.headline(task) for task in names})
-            timings[f"{split} (seed {seed})"] = round(time.perf_counter() - t, 2)
         choice_names = names
         chosen, ranked = select.choose_across_seeds(choice_rows)
 
