@@ -3,6 +3,7 @@
     python benchmarks/bench_demo.py                       # this machine as it is
     python benchmarks/bench_demo.py --isa avx2 --float32  # as on a CPU without AVX-512 or native bf16
     python benchmarks/bench_demo.py --rev HEAD~3 --keep /tmp/demo-run
+    python benchmarks/bench_demo.py -- --quick            # options after -- go to the demo
 
 Clones `--rev` of this repository into a temporary folder, makes a virtual environment that sees
 the installed packages (so nothing is downloaded again), and runs `bash scripts/bootstrap.sh demo`
@@ -51,7 +52,7 @@ def main() -> None:
     parser.add_argument("--isa", choices=["native", "avx2"], default="native")
     parser.add_argument("--float32", action="store_true", help="compute as on a CPU without native bf16")
     parser.add_argument("--keep", type=Path, help="clone here and keep it (default: a temporary folder)")
-    parser.add_argument("demo_args", nargs="*", help="passed to the demo (e.g. --quick)")
+    parser.add_argument("demo_args", nargs="*", help="passed to the demo, after -- (e.g. -- --quick)")
     args = parser.parse_args()
     mmlu = os.environ.get("ADAPTERMERGE_MMLU_DATA")
     if not mmlu:
